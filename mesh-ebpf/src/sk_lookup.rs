@@ -1,0 +1,54 @@
+//! Inbound capture. TCP arriving on an enrolled pod's interface (never loopback, which is how
+//! the proxy itself reaches the app) is handed to the pod's inbound listener, so the accepted
+//! socket's local address is the original destination. Port 15008 goes to the HBONE listener.
+//!
+//! Fail closed: if the pod is enrolled but its listener is gone (agent down), the connection is
+//! dropped rather than delivered to the app around the mesh.
+
+use aya_ebpf::{
+    bindings::sk_action::{SK_DROP, SK_PASS},
+    macros::sk_lookup,
+    programs::SkLookupContext,
+};
+use mesh_common::{listener_index, ports, stats, ListenerKind, AF_INET, AF_INET6};
+
+use crate::addr;
+use crate::maps::{count, INBOUND_LISTENERS, POD_BY_IP};
+
+const IPPROTO_TCP: u32 = 6;
+/// The loopback device is always ifindex 1 in a network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+#[sk_lookup]
+pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
+    // SAFETY: the context pointer is valid for the duration of the program.
+    let lookup = unsafe { &*ctx.lookup };
+    if lookup.protocol != IPPROTO_TCP || lookup.ingress_ifindex == LOOPBACK_IFINDEX {
+        return SK_PASS;
+    }
+    let local_port = lookup.local_port as u16; // host order in sk_lookup
+    let local = match lookup.family {
+        f if f == AF_INET as u32 => addr::v4(lookup.local_ip4, local_port),
+        f if f == AF_INET6 as u32 => addr::v6_normalised(lookup.local_ip6, local_port),
+        _ => return SK_PASS,
+    };
+    let Some(pod) = (unsafe { POD_BY_IP.get(&local.addr) }) else {
+        return SK_PASS;
+    };
+    let kind = if local_port == ports::HBONE {
+        ListenerKind::Hbone
+    } else {
+        ListenerKind::Inbound
+    };
+    let ipv6 = lookup.family == AF_INET6 as u32;
+    match INBOUND_LISTENERS.redirect_sk_lookup(&ctx, listener_index(pod.slot, kind, ipv6), 0) {
+        Ok(()) => {
+            count(stats::LOOKUP_STEERED);
+            SK_PASS
+        }
+        Err(_) => {
+            count(stats::LOOKUP_FAIL_CLOSED);
+            SK_DROP
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `kind: Service`: a set of virtual IPs and ports that the proxy load-balances over the
+//! workloads its selector picks.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{Labels, ObjectMeta};
+use crate::resource::Kind;
+use crate::validate::{check_ip, check_labels, check_meta, is_dns1123_label, Checker};
+use crate::workload::Workload;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    pub spec: ServiceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Addresses clients dial; each one is captured in the kernel and resolved by the proxy.
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// Workloads in the same namespace whose `spec.labels` contain all of these pairs.
+    pub selector: Labels,
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: u16,
+    /// Kept optional (rather than filled in) so a loaded file serialises back as written;
+    /// use [`ServicePort::target`] for the effective value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl ServicePort {
+    /// The port on the workload that traffic for this service port goes to.
+    pub fn target(&self) -> u16 {
+        self.target_port.unwrap_or(self.port)
+    }
+}
+
+/// How the proxy treats the bytes: `tcp` is opaque L4; the others enable L7 handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Http,
+    Http2,
+    Grpc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancer {
+    #[serde(default)]
+    pub policy: LbPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    Weighted,
+    LeastRequest,
+    Random,
+    RingHash,
+    Maglev,
+}
+
+impl Service {
+    /// The service port a captured connection's original destination port maps to.
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.spec.ports.iter().find(|p| p.port == port)
+    }
+
+    /// Whether `workload` is an endpoint of this service. An empty selector selects nothing:
+    /// validation rejects it, and selecting the whole namespace by accident is worse.
+    pub fn selects(&self, workload: &Workload) -> bool {
+        !self.spec.selector.is_empty()
+            && workload.metadata.namespace == self.metadata.namespace
+            && self
+                .spec
+                .selector
+                .iter()
+                .all(|(k, v)| workload.spec.labels.get(k) == Some(v))
+    }
+}
+
+impl Kind for Service {
+    const KIND: &'static str = "Service";
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn check(&self, c: &mut Checker<'_>) {
+        check_meta(c, &self.metadata);
+        let spec = &self.spec;
+
+        if spec.vips.is_empty() {
+            c.fail("spec.vips", "at least one VIP is required");
+        }
+        let mut seen_vips: HashMap<IpAddr, usize> = HashMap::new();
+        for (i, vip) in spec.vips.iter().enumerate() {
+            let field = format!("spec.vips[{i}]");
+            check_ip(c, &field, vip);
+            if let Some(j) = seen_vips.get(vip) {
+                c.fail(&field, format!("duplicate VIP {vip} (also spec.vips[{j}])"));
+            } else {
+                seen_vips.insert(*vip, i);
+            }
+        }
+
+        if spec.ports.is_empty() {
+            c.fail("spec.ports", "at least one port is required");
+        }
+        let mut seen_ports: HashMap<u16, usize> = HashMap::new();
+        let mut seen_names: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in spec.ports.iter().enumerate() {
+            if p.port == 0 {
+                c.fail(
+                    format!("spec.ports[{i}].port"),
+                    "must be between 1 and 65535, got 0",
+                );
+            } else if let Some(j) = seen_ports.get(&p.port) {
+                c.fail(
+                    format!("spec.ports[{i}].port"),
+                    format!("duplicate port {} (also spec.ports[{j}])", p.port),
+                );
+            } else {
+                seen_ports.insert(p.port, i);
+            }
+            if p.target_port == Some(0) {
+                c.fail(
+                    format!("spec.ports[{i}].targetPort"),
+                    "must be between 1 and 65535, got 0",
+                );
+            }
+            if let Some(name) = &p.name {
+                let field = format!("spec.ports[{i}].name");
+                if !is_dns1123_label(name) {
+                    c.fail(
+                        &field,
+                        format!("{name:?} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63)"),
+                    );
+                } else if let Some(j) = seen_names.get(name.as_str()) {
+                    c.fail(
+                        &field,
+                        format!("duplicate port name {name:?} (also spec.ports[{j}])"),
+                    );
+                } else {
+                    seen_names.insert(name, i);
+                }
+            }
+        }
+
+        if spec.selector.is_empty() {
+            c.fail(
+                "spec.selector",
+                "must not be empty (it picks the service's workloads)",
+            );
+        }
+        check_labels(c, "spec.selector", &spec.selector);
+    }
+}

@@ -47,3 +47,14 @@ pub fn to_user_port(port: u16) -> u32 {
 pub const LOOPBACK_V4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 pub const LOOPBACK_V6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 pub const MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// Writes `user_ip6` one 32-bit word at a time: the verifier only accepts 4-byte stores to
+/// the context, and a plain array assignment may be compiled into a copy through a modified
+/// context pointer.
+#[inline(always)]
+pub fn write_user_ip6(sa: &mut aya_ebpf::bindings::bpf_sock_addr, words: [u32; 4]) {
+    for (i, word) in words.iter().enumerate() {
+        // SAFETY: in-bounds field of the context, written with a 4-byte store.
+        unsafe { core::ptr::write_volatile(&mut sa.user_ip6[i], *word) };
+    }
+}

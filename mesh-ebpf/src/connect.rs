@@ -5,11 +5,11 @@
 //! Fail closed: the rewrite does not depend on the agent being up. If the agent is down its
 //! listener is gone and the app's connect() is refused, never silently sent around the mesh.
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
     EbpfContext,
 };
-use aya_ebpf::maps::lpm_trie::Key;
 use mesh_common::{ports, stats, SockAddr};
 
 use crate::addr::{self, from_user_port, to_user_port};
@@ -60,9 +60,9 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
     remember(&ctx, original);
     if addr::is_v4_mapped(&words) {
         // A dual-stack socket dialling an IPv4 destination: keep it IPv4 (::ffff:127.0.0.1).
-        sa.user_ip6 = [0, 0, addr::MAPPED_PREFIX_WORD, addr::LOOPBACK_V4];
+        addr::write_user_ip6(sa, [0, 0, addr::MAPPED_PREFIX_WORD, addr::LOOPBACK_V4]);
     } else {
-        sa.user_ip6 = addr::LOOPBACK_V6;
+        addr::write_user_ip6(sa, addr::LOOPBACK_V6);
     }
     sa.user_port = to_user_port(ports::OUTBOUND);
     count(stats::CONNECT_CAPTURED);

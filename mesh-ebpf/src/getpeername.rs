@@ -40,12 +40,13 @@ pub fn mesh_getpeername6(ctx: SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let peer = addr::v6_normalised(sa.user_ip6, from_user_port(sa.user_port));
     if let Some(shown) = peer_to_show(&ctx, peer) {
-        sa.user_ip6 = if shown.family == AF_INET {
+        let words = if shown.family == AF_INET {
             // The socket is AF_INET6: an IPv4 peer is shown v4-mapped.
             [0, 0, addr::MAPPED_PREFIX_WORD, shown.addr[0]]
         } else {
             shown.addr
         };
+        addr::write_user_ip6(sa, words);
         sa.user_port = to_user_port(shown.port);
         count(stats::PEERNAME_REWRITTEN);
     }

@@ -1,6 +1,11 @@
-//! Inbound capture. TCP arriving on an enrolled pod's interface (never loopback, which is how
-//! the proxy itself reaches the app) is handed to the pod's inbound listener, so the accepted
-//! socket's local address is the original destination. Port 15008 goes to the HBONE listener.
+//! Inbound capture. TCP arriving at an enrolled pod from elsewhere is handed to the pod's
+//! inbound listener, so the accepted socket's local address is the original destination.
+//! Port 15008 goes to the HBONE listener.
+//!
+//! Traffic a pod sends to itself is left alone: that is how the proxy delivers to the app
+//! (from the pod's own address, inside the pod), and steering it would loop. Loopback is
+//! recognised by the source address, not the ingress device: the kernel reports the pod's
+//! interface as ingress even for local delivery to the pod's own IP.
 //!
 //! Fail closed: if the pod is enrolled but its listener is gone (agent down), the connection is
 //! dropped rather than delivered to the app around the mesh.
@@ -27,11 +32,20 @@ pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     let local_port = lookup.local_port as u16; // host order in sk_lookup
-    let local = match lookup.family {
-        f if f == AF_INET as u32 => addr::v4(lookup.local_ip4, local_port),
-        f if f == AF_INET6 as u32 => addr::v6_normalised(lookup.local_ip6, local_port),
+    let (local, remote) = match lookup.family {
+        f if f == AF_INET as u32 => (
+            addr::v4(lookup.local_ip4, local_port),
+            addr::v4(lookup.remote_ip4, 0),
+        ),
+        f if f == AF_INET6 as u32 => (
+            addr::v6_normalised(lookup.local_ip6, local_port),
+            addr::v6_normalised(lookup.remote_ip6, 0),
+        ),
         _ => return SK_PASS,
     };
+    if local.addr == remote.addr {
+        return SK_PASS;
+    }
     let Some(pod) = (unsafe { POD_BY_IP.get(&local.addr) }) else {
         return SK_PASS;
     };

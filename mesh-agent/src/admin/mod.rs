@@ -1,0 +1,13 @@
+//! The admin API.
+//!
+//! Two listeners, closed by default:
+//! - HTTP on `--admin-addr` (loopback only): read-only `/healthz/ready`, `/metrics`,
+//!   `/config_dump`, `/status`.
+//! - A unix socket `<state-dir>/agent.sock`, mode 0600 (root only): the same plus the
+//!   mutating `/v1/pods` (enroll) and `DELETE /v1/pods/{uid}` (unenroll), which is what the
+//!   `enroll`, `unenroll` and `status` commands use.
+
+pub mod client;
+mod server;
+
+pub use server::{serve_http, serve_unix, socket_path};

@@ -1,0 +1,117 @@
+//! Admin routes and the two listeners that serve them.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::agent::Agent;
+use crate::pods::EnrollRequest;
+use crate::status::Status;
+
+type Shared = State<Arc<Agent>>;
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("agent.sock")
+}
+
+fn read_only_routes() -> Router<Arc<Agent>> {
+    Router::new()
+        .route("/healthz/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/config_dump", get(config_dump))
+        .route("/status", get(status))
+}
+
+/// Serves the read-only routes on a loopback TCP address.
+pub async fn serve_http(agent: Arc<Agent>, addr: SocketAddr) -> Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!("--admin-addr {addr} is not a loopback address; the admin API never listens beyond the node");
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin address {addr}"))?;
+    let app = read_only_routes().with_state(agent);
+    Ok(axum::serve(listener, app).await?)
+}
+
+/// Serves every route, including enrollment, on a root-only unix socket.
+pub async fn serve_unix(agent: Arc<Agent>, path: PathBuf) -> Result<tokio::task::JoinHandle<()>> {
+    let _ = std::fs::remove_file(&path); // left by an earlier run
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding the admin socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let app = read_only_routes()
+        .route("/v1/pods", post(enroll))
+        .route("/v1/pods/{uid}", delete(unenroll))
+        .with_state(agent);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin socket stopped");
+        }
+    }))
+}
+
+async fn ready(State(agent): Shared) -> Response {
+    if agent.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "resuming pods\n").into_response()
+    }
+}
+
+async fn metrics(State(agent): Shared) -> Response {
+    let text = agent.metrics.encode(&agent.datapath.maps.kernel_stats());
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn config_dump(State(agent): Shared) -> Response {
+    let snapshot = agent.registry.snapshot();
+    Json(json!({
+        "source": agent.registry.source(),
+        "resources": snapshot.resources(),
+    }))
+    .into_response()
+}
+
+async fn status(State(agent): Shared) -> Json<Status> {
+    Json(Status::of(&agent).await)
+}
+
+async fn enroll(State(agent): Shared, body: axum::body::Bytes) -> Response {
+    let request: EnrollRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad enroll request: {e}")),
+    };
+    match agent.enroll(request).await {
+        Ok(()) => (StatusCode::CREATED, Json(json!({"enrolled": true}))).into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+    }
+}
+
+async fn unenroll(State(agent): Shared, UrlPath(uid): UrlPath<String>) -> Response {
+    match agent.unenroll(&uid).await {
+        Ok(()) => Json(json!({"unenrolled": true})).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, format!("{e:#}")),
+    }
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    (code, Json(json!({"error": message}))).into_response()
+}

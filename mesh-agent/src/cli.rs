@@ -1,0 +1,107 @@
+//! Command line: `run`, `enroll`, `unenroll`, `status`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/run/mesh-agent";
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-agent",
+    version,
+    about = "Node agent of the mesh: eBPF capture and the node proxy"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the agent: load the eBPF programs, resume enrolled pods, serve their traffic.
+    Run(RunArgs),
+    /// Enroll a pod: attach capture to its cgroup and netns and open its proxy listeners.
+    Enroll(EnrollArgs),
+    /// Unenroll a pod: detach capture and close its listeners.
+    Unenroll {
+        #[arg(long)]
+        uid: String,
+        #[command(flatten)]
+        local: LocalAgent,
+    },
+    /// Show programs, pods, services, endpoints and counters.
+    Status {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+        #[command(flatten)]
+        local: LocalAgent,
+    },
+}
+
+/// How the CLI finds the running agent.
+#[derive(Args)]
+pub struct LocalAgent {
+    /// State directory of the running agent (its admin socket lives there).
+    #[arg(long, env = "MESH_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct RunArgs {
+    /// Agent settings file (YAML; keys as the long flags in camelCase). Flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Static mesh config: Service and Workload resources (YAML, multi-document).
+    #[arg(long)]
+    pub local_config: Option<PathBuf>,
+    /// This node's name, as Workloads name it in `spec.node` [default: hostname].
+    #[arg(long, env = "MESH_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Admin HTTP address (loopback only) [default: 127.0.0.1:15000].
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
+    /// Directory on bpffs for pinned maps and links [default: /sys/fs/bpf/mesh].
+    #[arg(long)]
+    pub bpffs: Option<PathBuf>,
+    /// cgroup v2 mount [default: detected from /proc/self/mounts].
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Where enrollments and the admin socket live [default: /var/run/mesh-agent].
+    #[arg(long, env = "MESH_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Upstream connect timeout in milliseconds [default: 5000].
+    #[arg(long)]
+    pub connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct EnrollArgs {
+    #[arg(long)]
+    pub uid: String,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    #[arg(long, default_value = "default")]
+    pub service_account: String,
+    /// The pod's network namespace file (e.g. /run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long)]
+    pub netns: PathBuf,
+    /// The pod's cgroup v2 directory.
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    /// The pod's IP (repeat for dual stack).
+    #[arg(long = "ip", required = true)]
+    pub ips: Vec<IpAddr>,
+    #[command(flatten)]
+    pub local: LocalAgent,
+}

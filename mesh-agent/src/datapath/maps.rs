@@ -1,0 +1,191 @@
+//! Typed handles on the pinned maps, each behind its own lock (a map operation is one short
+//! syscall, so contention is negligible next to the connection it serves).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context, Result};
+use aya::maps::lpm_trie::Key;
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, SockMap};
+use aya::Ebpf;
+use mesh_common::{ip_words, maps as names, stats, ConnKey, ListenerKind, PodSlot, SockAddr};
+use parking_lot::Mutex;
+
+pub struct Maps {
+    capture_v4: Mutex<LpmTrie<MapData, u32, u8>>,
+    capture_v6: Mutex<LpmTrie<MapData, [u8; 16], u8>>,
+    orig_dst: Mutex<HashMap<MapData, ConnKey, SockAddr>>,
+    peer_rewrite: Mutex<HashMap<MapData, ConnKey, SockAddr>>,
+    pod_by_ip: Mutex<HashMap<MapData, [u32; 4], PodSlot>>,
+    listeners: Mutex<SockMap<MapData>>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+/// The destinations the kernel captures: (address, prefix length).
+pub type CaptureSet = BTreeSet<(IpAddr, u8)>;
+
+/// Kernel-side counters summed over CPUs, by name.
+pub type KernelStats = Vec<(&'static str, u64)>;
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} is missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Maps> {
+        Ok(Maps {
+            capture_v4: Mutex::new(take(ebpf, names::CAPTURE_V4)?),
+            capture_v6: Mutex::new(take(ebpf, names::CAPTURE_V6)?),
+            orig_dst: Mutex::new(take(ebpf, names::ORIG_DST)?),
+            peer_rewrite: Mutex::new(take(ebpf, names::PEER_REWRITE)?),
+            pod_by_ip: Mutex::new(take(ebpf, names::POD_BY_IP)?),
+            listeners: Mutex::new(take(ebpf, names::INBOUND_LISTENERS)?),
+            stats: take(ebpf, names::STATS)?,
+        })
+    }
+
+    /// Makes the kernel's capture set exactly `wanted`: adds what is new, removes what is gone.
+    pub fn sync_capture_set(&self, wanted: &CaptureSet) -> Result<()> {
+        let current = self.capture_set();
+        for (ip, len) in current.difference(wanted) {
+            match ip {
+                IpAddr::V4(v4) => {
+                    let key = Key::new(u32::from(*len), u32::from_ne_bytes(v4.octets()));
+                    let _ = self.capture_v4.lock().remove(&key);
+                }
+                IpAddr::V6(v6) => {
+                    let _ = self
+                        .capture_v6
+                        .lock()
+                        .remove(&Key::new(u32::from(*len), v6.octets()));
+                }
+            }
+        }
+        for (ip, len) in wanted.difference(&current) {
+            match ip {
+                IpAddr::V4(v4) => {
+                    let key = Key::new(u32::from(*len), u32::from_ne_bytes(v4.octets()));
+                    self.capture_v4.lock().insert(&key, 1, 0)
+                }
+                IpAddr::V6(v6) => {
+                    self.capture_v6
+                        .lock()
+                        .insert(&Key::new(u32::from(*len), v6.octets()), 1, 0)
+                }
+            }
+            .with_context(|| format!("adding {ip}/{len} to the capture map (full?)"))?;
+        }
+        Ok(())
+    }
+
+    pub fn capture_set(&self) -> CaptureSet {
+        let mut set = CaptureSet::new();
+        for key in self.capture_v4.lock().keys().flatten() {
+            let ip = std::net::Ipv4Addr::from(key.data().to_ne_bytes());
+            set.insert((IpAddr::V4(ip), key.prefix_len() as u8));
+        }
+        for key in self.capture_v6.lock().keys().flatten() {
+            let ip = std::net::Ipv6Addr::from(key.data());
+            set.insert((IpAddr::V6(ip), key.prefix_len() as u8));
+        }
+        set
+    }
+
+    /// The original destination of a captured connection, found by the app socket's address
+    /// (the proxy's peer) in the pod's namespace. The entry is consumed.
+    pub fn take_original_destination(
+        &self,
+        netns_cookie: u64,
+        app: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let key = ConnKey::new(netns_cookie, SockAddr::from_std(normalise(app)));
+        let mut map = self.orig_dst.lock();
+        let found = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        found.to_std()
+    }
+
+    /// Makes the app see `client` as the peer of the connection the proxy opens from
+    /// `proxy_local` (inside the pod's namespace).
+    pub fn set_peer_rewrite(
+        &self,
+        netns_cookie: u64,
+        proxy_local: SocketAddr,
+        client: SocketAddr,
+    ) -> Result<()> {
+        let key = ConnKey::new(netns_cookie, SockAddr::from_std(normalise(proxy_local)));
+        let value = SockAddr::from_std(normalise(client));
+        self.peer_rewrite
+            .lock()
+            .insert(key, value, 0)
+            .context("updating the peer rewrite map")
+    }
+
+    pub fn clear_peer_rewrite(&self, netns_cookie: u64, proxy_local: SocketAddr) {
+        let key = ConnKey::new(netns_cookie, SockAddr::from_std(normalise(proxy_local)));
+        let _ = self.peer_rewrite.lock().remove(&key);
+    }
+
+    /// Tells `sk_lookup` that `ip` belongs to the pod in `slot`.
+    pub fn add_pod_ip(&self, ip: IpAddr, slot: u32) -> Result<()> {
+        self.pod_by_ip
+            .lock()
+            .insert(ip_words(normalise_ip(ip)), PodSlot { slot, flags: 0 }, 0)
+            .with_context(|| format!("registering pod IP {ip} with sk_lookup"))
+    }
+
+    pub fn remove_pod_ip(&self, ip: IpAddr) {
+        let _ = self.pod_by_ip.lock().remove(&ip_words(normalise_ip(ip)));
+    }
+
+    /// Puts a pod's inbound listener into the SOCKMAP `sk_lookup` steers to.
+    pub fn set_listener(
+        &self,
+        slot: u32,
+        kind: ListenerKind,
+        ipv6: bool,
+        socket: &impl AsRawFd,
+    ) -> Result<()> {
+        let index = mesh_common::listener_index(slot, kind, ipv6);
+        self.listeners
+            .lock()
+            .set(index, socket, 0)
+            .with_context(|| {
+                format!("inserting listener {kind:?} (ipv6={ipv6}) of slot {slot} into the SOCKMAP")
+            })
+    }
+
+    pub fn kernel_stats(&self) -> KernelStats {
+        stats::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let total = self
+                    .stats
+                    .get(&(i as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (*name, total)
+            })
+            .collect()
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are stored as IPv4, as the eBPF side does.
+fn normalise_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn normalise(sa: SocketAddr) -> SocketAddr {
+    SocketAddr::new(normalise_ip(sa.ip()), sa.port())
+}

@@ -1,0 +1,90 @@
+//! `mesh-agent`: the node agent of the mesh. See docs/ARCHITECTURE.md for the life of a
+//! connection through these modules.
+
+mod admin;
+mod agent;
+mod cli;
+mod datapath;
+mod metrics;
+mod pods;
+mod proxy;
+mod registry;
+mod run;
+mod settings;
+mod status;
+mod sys;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+
+use cli::{Cli, Command, OutputFormat};
+use pods::EnrollRequest;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match dispatch(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match command {
+            Command::Run(args) => run::run(settings::Settings::resolve(args)?).await,
+            Command::Enroll(args) => {
+                let request = EnrollRequest {
+                    uid: args.uid,
+                    name: args.name,
+                    namespace: args.namespace,
+                    service_account: args.service_account,
+                    netns: args.netns,
+                    cgroup: args.cgroup,
+                    ips: args.ips,
+                };
+                let socket = admin::socket_path(&args.local.state_dir);
+                admin::client::call(
+                    &socket,
+                    "POST",
+                    "/v1/pods",
+                    Some(serde_json::to_string(&request)?),
+                )
+                .await?;
+                println!("enrolled {} ({})", request.pod_name(), request.uid);
+                Ok(())
+            }
+            Command::Unenroll { uid, local } => {
+                let socket = admin::socket_path(&local.state_dir);
+                admin::client::call(&socket, "DELETE", &format!("/v1/pods/{uid}"), None).await?;
+                println!("unenrolled {uid}");
+                Ok(())
+            }
+            Command::Status { output, local } => {
+                let socket = admin::socket_path(&local.state_dir);
+                let body = admin::client::call(&socket, "GET", "/status", None).await?;
+                let status: status::Status = serde_json::from_slice(&body)?;
+                match output {
+                    OutputFormat::Table => print!("{}", status.to_table()),
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                    OutputFormat::Yaml => print!("{}", serde_yaml_ng::to_string(&status)?),
+                }
+                Ok(())
+            }
+        }
+    })
+}

@@ -1,0 +1,208 @@
+//! Enroll, resume and unenroll.
+//!
+//! Order matters for fail-closed behaviour: a pod's listeners go into the SOCKMAP before its
+//! IPs are announced to sk_lookup, and the cgroup hooks are attached last, so there is no
+//! moment where the pod's traffic is steered to a listener that does not exist yet, nor a
+//! moment where capture is on and the proxy is not.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use mesh_common::{ports, ListenerKind};
+use tokio::task::JoinHandle;
+
+use super::state::SavedPod;
+use super::EnrollRequest;
+use crate::agent::Agent;
+use crate::datapath::PodAttachments;
+use crate::proxy::{self, bind_listener, PodContext, PodListeners};
+use crate::sys::fs::require_cgroup2;
+use crate::sys::netns::NetnsSockets;
+
+/// A pod the agent serves.
+pub struct EnrolledPod {
+    pub request: EnrollRequest,
+    pub slot: u32,
+    pub attachments: PodAttachments,
+    /// (role, address) of each listener, for status.
+    pub listeners: Vec<(&'static str, SocketAddr)>,
+    pub context: Arc<PodContext>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for EnrolledPod {
+    fn drop(&mut self) {
+        // Stops the accept loops, which closes the listeners (and removes them from the
+        // SOCKMAP). Connections already open finish on their own.
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Agent {
+    /// Enrolls a new pod. Nothing of it remains if this fails.
+    pub async fn enroll(&self, request: EnrollRequest) -> Result<()> {
+        let mut pods = self.pods.lock().await;
+        if pods.contains_key(&request.uid) {
+            bail!(
+                "enroll {}: a pod with this uid is already enrolled",
+                request.uid
+            );
+        }
+        for other in pods.values() {
+            if let Some(ip) = request.ips.iter().find(|ip| other.request.ips.contains(ip)) {
+                bail!(
+                    "enroll {}: IP {ip} already belongs to enrolled pod {} ({})",
+                    request.uid,
+                    other.request.pod_name(),
+                    other.request.uid
+                );
+            }
+        }
+        request.check_declared(&self.registry.snapshot(), &self.node)?;
+        let slot = (0..mesh_common::limits::MAX_PODS)
+            .find(|slot| pods.values().all(|p| p.slot != *slot))
+            .context("this node already has the maximum number of enrolled pods")?;
+        let pod = match self.start_pod(request.clone(), slot).await {
+            Ok(pod) => pod,
+            Err(e) => {
+                self.datapath.detach_pod(&request.uid);
+                for ip in &request.ips {
+                    self.datapath.maps.remove_pod_ip(*ip);
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(uid = %request.uid, pod = %request.pod_name(), slot, "pod enrolled");
+        pods.insert(request.uid.clone(), pod);
+        self.save(&pods)
+    }
+
+    /// Resumes the pods saved by an earlier run. A pod whose namespace or cgroup is gone has
+    /// been deleted while the agent was down: its leftovers are cleaned up.
+    pub async fn resume(&self) -> Result<()> {
+        let saved = self.state.load()?;
+        let mut pods = self.pods.lock().await;
+        for (uid, SavedPod { request, slot }) in saved {
+            if !request.netns.exists() || !request.cgroup.exists() {
+                tracing::info!(%uid, "pod is gone (netns or cgroup missing); cleaning up");
+                self.datapath.detach_pod(&uid);
+                for ip in &request.ips {
+                    self.datapath.maps.remove_pod_ip(*ip);
+                }
+                continue;
+            }
+            if let Err(e) = request.check_declared(&self.registry.snapshot(), &self.node) {
+                // Keep serving it: dropping capture would let it bypass the mesh.
+                tracing::warn!(%uid, error = %e, "resumed pod no longer matches the config");
+            }
+            match self.start_pod(request.clone(), slot).await {
+                Ok(pod) => {
+                    tracing::info!(%uid, pod = %request.pod_name(), slot, "pod resumed");
+                    pods.insert(uid, pod);
+                }
+                // Its capture stays attached and fails closed; an operator sees it in the log
+                // and can unenroll.
+                Err(e) => tracing::error!(%uid, error = %format!("{e:#}"), "resuming pod failed"),
+            }
+        }
+        self.save(&pods)
+    }
+
+    pub async fn unenroll(&self, uid: &str) -> Result<()> {
+        let mut pods = self.pods.lock().await;
+        let Some(pod) = pods.remove(uid) else {
+            bail!("unenroll {uid}: no pod with this uid is enrolled");
+        };
+        // Capture off first, then inbound steering, then the proxy.
+        self.datapath.detach_pod(uid);
+        for ip in &pod.request.ips {
+            self.datapath.maps.remove_pod_ip(*ip);
+        }
+        self.metrics.remove_pod(&pod.request.pod_name());
+        tracing::info!(%uid, pod = %pod.request.pod_name(), "pod unenrolled");
+        drop(pod);
+        self.save(&pods)
+    }
+
+    async fn start_pod(&self, request: EnrollRequest, slot: u32) -> Result<EnrolledPod> {
+        let context = format!("enroll {}", request.uid);
+        require_cgroup2(&request.cgroup).context(context.clone())?;
+        let netns = NetnsSockets::open(&request.netns).context(context.clone())?;
+        let listeners = open_listeners(&netns).await.context(context.clone())?;
+        let addresses = listeners.addresses();
+        let maps = &self.datapath.maps;
+        for listener in &listeners.inbound {
+            let ipv6 = listener.local_addr()?.is_ipv6();
+            maps.set_listener(slot, ListenerKind::Inbound, ipv6, listener)?;
+        }
+        for ip in &request.ips {
+            maps.add_pod_ip(*ip, slot)?;
+        }
+        let attachments = self
+            .datapath
+            .attach_pod(&request.uid, &request.cgroup, &request.netns)
+            .context(context)?;
+        let pod_context = Arc::new(PodContext {
+            pod: request.pod_name(),
+            netns,
+            maps: maps.clone(),
+            registry: self.registry.clone(),
+            counters: self.metrics.pod(&request.pod_name()),
+            connect_timeout: self.connect_timeout,
+        });
+        let tasks = proxy::serve(pod_context.clone(), listeners);
+        Ok(EnrolledPod {
+            request,
+            slot,
+            attachments,
+            listeners: addresses,
+            context: pod_context,
+            tasks,
+        })
+    }
+
+    fn save(&self, pods: &std::collections::BTreeMap<String, EnrolledPod>) -> Result<()> {
+        let saved = pods
+            .iter()
+            .map(|(uid, p)| {
+                (
+                    uid.clone(),
+                    SavedPod {
+                        request: p.request.clone(),
+                        slot: p.slot,
+                    },
+                )
+            })
+            .collect();
+        self.state.save(saved)
+    }
+}
+
+/// The pod's listeners: outbound on loopback (where connect4/6 send captured connections),
+/// inbound plaintext (reached only through sk_lookup). IPv6 ones only if the pod has IPv6.
+async fn open_listeners(netns: &NetnsSockets) -> Result<PodListeners> {
+    let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let outbound = bind_listener(netns, SocketAddr::new(v4, ports::OUTBOUND))
+        .await
+        .context("binding the outbound listener 127.0.0.1:15001 in the pod")?;
+    let inbound = bind_listener(netns, SocketAddr::new(v4, ports::INBOUND))
+        .await
+        .context("binding the inbound listener 127.0.0.1:15006 in the pod")?;
+    let mut listeners = PodListeners {
+        outbound: vec![outbound],
+        inbound: vec![inbound],
+    };
+    // IPv6 is optional: a pod without ::1 (IPv6 disabled) is IPv4-only.
+    if let (Ok(out6), Ok(in6)) = (
+        bind_listener(netns, SocketAddr::new(v6, ports::OUTBOUND)).await,
+        bind_listener(netns, SocketAddr::new(v6, ports::INBOUND)).await,
+    ) {
+        listeners.outbound.push(out6);
+        listeners.inbound.push(in6);
+    }
+    Ok(listeners)
+}

@@ -1,0 +1,69 @@
+//! Outbound: the app dialled a captured destination and connect4/6 sent it to this pod's
+//! listener on 127.0.0.1:15001. Find the original destination, route it, connect from inside
+//! the pod, relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{relay::relay, upstream, PodContext};
+use crate::metrics::Failure;
+use crate::registry::Route;
+
+pub async fn serve(listener: TcpListener, context: Arc<PodContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, app)) => {
+                tokio::spawn(handle(stream, app, context.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(pod = %context.pod, error = %e, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodContext>) {
+    let counters = &context.counters.outbound;
+    counters.connections.inc();
+    let _ = app_stream.set_nodelay(true);
+    let Some(original) = context
+        .maps
+        .take_original_destination(context.netns.cookie(), app)
+    else {
+        // Someone connected to 15001 directly, or the kernel entry was evicted: fail closed.
+        counters.fail(Failure::NoOriginalDestination);
+        return;
+    };
+    let candidates = match context.registry.route(original) {
+        Route::Service { endpoints, .. } => endpoints,
+        Route::Workload(target) | Route::Passthrough(target) => vec![target],
+        Route::Refused(reason) => {
+            tracing::debug!(pod = %context.pod, %original, ?reason, "outbound refused");
+            counters.fail(reason);
+            return;
+        }
+    };
+    let Some(upstream) = connect_first(&context, &candidates).await else {
+        counters.fail(Failure::UpstreamConnect);
+        return;
+    };
+    relay(app_stream, upstream, counters).await;
+}
+
+/// Tries the candidates in load-balancing order, at most three, so one dead endpoint costs a
+/// retry rather than a failed request.
+async fn connect_first(context: &PodContext, candidates: &[SocketAddr]) -> Option<TcpStream> {
+    for target in candidates.iter().take(3) {
+        match upstream::connect(&context.netns, *target, context.connect_timeout).await {
+            Ok(stream) => return Some(stream),
+            Err(e) => {
+                tracing::debug!(pod = %context.pod, %target, error = %e, "upstream connect failed")
+            }
+        }
+    }
+    None
+}

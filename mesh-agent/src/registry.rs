@@ -1,0 +1,206 @@
+//! The agent's view of the mesh (services, workloads) and the per-connection routing decision.
+//!
+//! The snapshot is swapped atomically when config changes; connections in flight keep the
+//! snapshot they started with.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use mesh_api::{ObjectKey, Service, Snapshot, Workload};
+use parking_lot::RwLock;
+
+use crate::metrics::Failure;
+
+/// Where a captured outbound connection goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// A service VIP: try these endpoints in order (load-balancing order first).
+    Service {
+        service: ObjectKey,
+        endpoints: Vec<SocketAddr>,
+    },
+    /// A mesh workload addressed directly.
+    Workload(SocketAddr),
+    /// Captured but not part of the mesh: carried to the original destination unchanged.
+    Passthrough(SocketAddr),
+    /// Refused, with the reason counted.
+    Refused(Failure),
+}
+
+pub struct Registry {
+    snapshot: ArcSwap<Snapshot>,
+    /// Where round robin continues, per service.
+    cursors: RwLock<HashMap<ObjectKey, Arc<AtomicUsize>>>,
+    /// Where the snapshot came from and its version, for status.
+    source: RwLock<ConfigSource>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ConfigSource {
+    pub origin: String,
+    pub version: u64,
+}
+
+impl Registry {
+    pub fn new(snapshot: Snapshot, origin: String) -> Registry {
+        Registry {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            cursors: RwLock::default(),
+            source: RwLock::new(ConfigSource { origin, version: 1 }),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn source(&self) -> ConfigSource {
+        self.source.read().clone()
+    }
+
+    pub fn replace(&self, snapshot: Snapshot, origin: String) {
+        self.snapshot.store(Arc::new(snapshot));
+        let mut source = self.source.write();
+        source.origin = origin;
+        source.version += 1;
+    }
+
+    /// Decides where a connection to `original` goes.
+    pub fn route(&self, original: SocketAddr) -> Route {
+        if mesh_common::ports::is_proxy_port(original.port()) {
+            return Route::Refused(Failure::ProxyPort);
+        }
+        let snapshot = self.snapshot.load();
+        if let Some(service) = snapshot.service_by_vip(original.ip()) {
+            return self.route_service(&snapshot, service, original);
+        }
+        if snapshot.workload_by_ip(original.ip()).is_some() {
+            return Route::Workload(original);
+        }
+        Route::Passthrough(original)
+    }
+
+    fn route_service(&self, snapshot: &Snapshot, service: &Service, original: SocketAddr) -> Route {
+        let Some(port) = service.port(original.port()) else {
+            return Route::Refused(Failure::UnknownServicePort);
+        };
+        let target = port.target();
+        let mut endpoints: Vec<SocketAddr> = snapshot
+            .endpoints(service)
+            .into_iter()
+            .filter_map(|w| endpoint_ip(w, original.ip()))
+            .map(|ip| SocketAddr::new(ip, target))
+            .collect();
+        if endpoints.is_empty() {
+            return Route::Refused(Failure::NoEndpoint);
+        }
+        let key = service.metadata.key();
+        let start = self.cursor(&key).fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        endpoints.rotate_left(start);
+        Route::Service {
+            service: key,
+            endpoints,
+        }
+    }
+
+    fn cursor(&self, key: &ObjectKey) -> Arc<AtomicUsize> {
+        if let Some(c) = self.cursors.read().get(key) {
+            return c.clone();
+        }
+        self.cursors.write().entry(key.clone()).or_default().clone()
+    }
+}
+
+/// The workload address to use: same family as the address the client dialled, when it has one.
+fn endpoint_ip(workload: &Workload, dialled: IpAddr) -> Option<IpAddr> {
+    let ips = &workload.spec.ips;
+    ips.iter()
+        .find(|ip| ip.is_ipv4() == dialled.is_ipv4())
+        .or_else(|| ips.first())
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let yaml = r#"
+apiVersion: mesh/v1
+kind: Service
+metadata: {name: web}
+spec:
+  vips: ["10.96.0.10"]
+  ports: [{port: 80, targetPort: 8080}]
+  selector: {app: web}
+---
+apiVersion: mesh/v1
+kind: Workload
+metadata: {name: web-1}
+spec: {uid: w1, ips: ["10.0.0.1"], node: n1, labels: {app: web}}
+---
+apiVersion: mesh/v1
+kind: Workload
+metadata: {name: web-2}
+spec: {uid: w2, ips: ["10.0.0.2"], node: n1, labels: {app: web}}
+---
+apiVersion: mesh/v1
+kind: Service
+metadata: {name: empty}
+spec:
+  vips: ["10.96.0.11"]
+  ports: [{port: 80}]
+  selector: {app: none}
+"#;
+        let snapshot =
+            Snapshot::from_resources(mesh_api::load_str("t.yaml", yaml).unwrap()).unwrap();
+        Registry::new(snapshot, "test".into())
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn round_robin_alternates_endpoints_on_the_target_port() {
+        let r = registry();
+        let first = |route| match route {
+            Route::Service { endpoints, .. } => endpoints[0],
+            other => panic!("{other:?}"),
+        };
+        let a = first(r.route(sa("10.96.0.10:80")));
+        let b = first(r.route(sa("10.96.0.10:80")));
+        let c = first(r.route(sa("10.96.0.10:80")));
+        assert_ne!(a, b);
+        assert_eq!(a, c);
+        assert_eq!(a.port(), 8080);
+    }
+
+    #[test]
+    fn unknown_port_empty_service_workload_and_passthrough() {
+        let r = registry();
+        assert_eq!(
+            r.route(sa("10.96.0.10:81")),
+            Route::Refused(Failure::UnknownServicePort)
+        );
+        assert_eq!(
+            r.route(sa("10.96.0.11:80")),
+            Route::Refused(Failure::NoEndpoint)
+        );
+        assert_eq!(
+            r.route(sa("10.0.0.2:9000")),
+            Route::Workload(sa("10.0.0.2:9000"))
+        );
+        assert_eq!(
+            r.route(sa("10.9.9.9:443")),
+            Route::Passthrough(sa("10.9.9.9:443"))
+        );
+        assert_eq!(
+            r.route(sa("10.0.0.2:15001")),
+            Route::Refused(Failure::ProxyPort)
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! `mesh-agent run`: wire the parts together and serve until SIGTERM/SIGINT.
+//!
+//! Shutting down leaves every attachment and pinned map in place on purpose: while the agent
+//! is away, captured traffic fails closed, and the next agent resumes where this one stopped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use mesh_api::Snapshot;
+
+use crate::admin;
+use crate::agent::Agent;
+use crate::datapath::{CaptureSet, Datapath};
+use crate::metrics::Metrics;
+use crate::pods::StateStore;
+use crate::registry::Registry;
+use crate::settings::Settings;
+use crate::sys::fs::{detect_cgroup2_root, require_cgroup2};
+
+pub async fn run(settings: Settings) -> Result<()> {
+    raise_open_file_limit();
+    let cgroup_root = match &settings.cgroup_root {
+        Some(root) => {
+            require_cgroup2(root).context("--cgroup-root")?;
+            root.clone()
+        }
+        None => detect_cgroup2_root()?,
+    };
+    let (snapshot, origin) = load_mesh_config(&settings)?;
+    let datapath = Datapath::load(&settings.bpffs)?;
+    let registry = Arc::new(Registry::new(snapshot, origin));
+    datapath
+        .maps
+        .sync_capture_set(&capture_set(&registry.snapshot()))?;
+    let agent = Arc::new(Agent {
+        node: settings.node_name.clone(),
+        datapath,
+        registry,
+        metrics: Arc::new(Metrics::new()),
+        state: StateStore::open(&settings.state_dir)?,
+        cgroup_root,
+        connect_timeout: settings.connect_timeout,
+        pods: Default::default(),
+        ready: AtomicBool::new(false),
+    });
+    let _socket = admin::serve_unix(agent.clone(), admin::socket_path(&settings.state_dir)).await?;
+    let http = tokio::spawn(admin::serve_http(agent.clone(), settings.admin_addr));
+    agent.resume().await?;
+    agent.ready.store(true, Ordering::Release);
+    tracing::info!(node = %agent.node, admin = %settings.admin_addr, "agent ready");
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::pin!(http);
+    loop {
+        tokio::select! {
+            result = &mut http => return result.context("admin server task")?.context("admin server"),
+            _ = hangup.recv() => reload(&agent, &settings),
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping; capture stays attached and fails closed until the next agent starts");
+    Ok(())
+}
+
+/// SIGHUP: re-read the local config. A bad file is reported and the last good config stays.
+fn reload(agent: &Agent, settings: &Settings) {
+    let applied = load_mesh_config(settings).and_then(|(snapshot, origin)| {
+        agent
+            .datapath
+            .maps
+            .sync_capture_set(&capture_set(&snapshot))?;
+        agent.registry.replace(snapshot, origin);
+        Ok(())
+    });
+    match applied {
+        Ok(()) => tracing::info!(
+            version = agent.registry.source().version,
+            "local config reloaded"
+        ),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reload rejected; keeping the last good config")
+        }
+    }
+}
+
+/// Every proxied connection costs two descriptors; the default soft limit (1024) would cap a
+/// node at a few hundred connections.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(error = %e, "could not raise the open file limit");
+        }
+    }
+}
+
+fn load_mesh_config(settings: &Settings) -> Result<(Snapshot, String)> {
+    let Some(path) = &settings.local_config else {
+        tracing::warn!("no --local-config: the mesh is empty until config arrives");
+        return Ok((Snapshot::default(), "none".into()));
+    };
+    let resources = mesh_api::load_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot = Snapshot::from_resources(resources)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((snapshot, format!("local file {}", path.display())))
+}
+
+/// Service VIPs and workload addresses: what connect4/6 capture.
+fn capture_set(snapshot: &Snapshot) -> CaptureSet {
+    snapshot.capture_prefixes().into_iter().collect()
+}

@@ -1,0 +1,80 @@
+//! The agent's settings: flags over an optional YAML file over defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::cli::{RunArgs, DEFAULT_STATE_DIR};
+
+/// The settings file (`--config`). Same names as the flags, camelCase.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SettingsFile {
+    local_config: Option<PathBuf>,
+    node_name: Option<String>,
+    admin_addr: Option<SocketAddr>,
+    bpffs: Option<PathBuf>,
+    cgroup_root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Settings {
+    pub local_config: Option<PathBuf>,
+    pub node_name: String,
+    pub admin_addr: SocketAddr,
+    pub bpffs: PathBuf,
+    /// `None`: detect.
+    pub cgroup_root: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub connect_timeout: Duration,
+}
+
+impl Settings {
+    pub fn resolve(args: RunArgs) -> Result<Settings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => SettingsFile::default(),
+        };
+        let node_name = match args.node_name.or(file.node_name) {
+            Some(n) => n,
+            None => nix::unistd::gethostname()
+                .context("reading the hostname for --node-name")?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        Ok(Settings {
+            local_config: args.local_config.or(file.local_config),
+            node_name,
+            admin_addr: args
+                .admin_addr
+                .or(file.admin_addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], mesh_common::ports::ADMIN))),
+            bpffs: args
+                .bpffs
+                .or(file.bpffs)
+                .unwrap_or_else(|| "/sys/fs/bpf/mesh".into()),
+            cgroup_root: args.cgroup_root.or(file.cgroup_root),
+            state_dir: args
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            connect_timeout: Duration::from_millis(
+                args.connect_timeout_ms
+                    .or(file.connect_timeout_ms)
+                    .unwrap_or(5000),
+            ),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<SettingsFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{}: invalid agent settings", path.display()))
+}

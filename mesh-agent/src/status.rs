@@ -1,0 +1,347 @@
+//! What `mesh-agent status` shows: built from the running agent, sent as JSON over the admin
+//! socket, rendered by the CLI as a table, JSON or YAML.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Agent;
+use crate::metrics::DirectionCounters;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub node: String,
+    pub config: ConfigStatus,
+    pub bpffs: String,
+    pub cgroup_root: String,
+    pub programs: Vec<ProgramStatus>,
+    pub pods: Vec<PodStatus>,
+    pub services: Vec<ServiceStatus>,
+    /// Destinations the kernel captures (prefixes).
+    pub capture: Vec<String>,
+    /// Counters kept by the eBPF programs.
+    pub kernel: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    pub origin: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgramStatus {
+    pub name: String,
+    pub hook: String,
+    pub attached_to: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    pub uid: String,
+    pub pod: String,
+    pub service_account: String,
+    pub ips: Vec<String>,
+    pub netns: String,
+    pub cgroup: String,
+    pub slot: u32,
+    pub listeners: Vec<String>,
+    pub outbound: TrafficStatus,
+    pub inbound: TrafficStatus,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficStatus {
+    pub connections: u64,
+    pub active: i64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub failures: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub vips: Vec<String>,
+    pub ports: Vec<String>,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    pub workload: String,
+    pub ips: Vec<String>,
+    pub node: String,
+    /// Active health checking comes with the control plane; until then every endpoint is
+    /// "unchecked" and the proxy falls over to the next one when a connect fails.
+    pub health: String,
+}
+
+impl TrafficStatus {
+    fn from_counters(c: &DirectionCounters) -> TrafficStatus {
+        TrafficStatus {
+            connections: c.connections.get(),
+            active: c.active.get(),
+            bytes_sent: c.bytes_sent.get(),
+            bytes_received: c.bytes_received.get(),
+            failures: c.failures_total(),
+        }
+    }
+}
+
+fn hook_of(program: &str) -> &'static str {
+    use mesh_common::programs as p;
+    match program {
+        p::CONNECT4 => "cgroup/connect4",
+        p::CONNECT6 => "cgroup/connect6",
+        p::GETPEERNAME4 => "cgroup/getpeername4",
+        p::GETPEERNAME6 => "cgroup/getpeername6",
+        p::SOCK_OPS => "sockops",
+        p::SK_LOOKUP => "sk_lookup",
+        _ => "?",
+    }
+}
+
+impl Status {
+    pub async fn of(agent: &Agent) -> Status {
+        let snapshot = agent.registry.snapshot();
+        let source = agent.registry.source();
+        let pods = agent.pods.lock().await;
+        let mut programs: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        for pod in pods.values() {
+            for a in &pod.attachments {
+                let adopted = if a.adopted { " (adopted)" } else { "" };
+                programs
+                    .entry(a.program)
+                    .or_default()
+                    .push(format!("{}{adopted}", a.target.display()));
+            }
+        }
+        Status {
+            node: agent.node.clone(),
+            config: ConfigStatus {
+                origin: source.origin,
+                version: source.version,
+            },
+            bpffs: agent.datapath.bpffs().display().to_string(),
+            cgroup_root: agent.cgroup_root.display().to_string(),
+            programs: programs
+                .into_iter()
+                .map(|(name, attached_to)| ProgramStatus {
+                    name: name.to_owned(),
+                    hook: hook_of(name).to_owned(),
+                    attached_to,
+                })
+                .collect(),
+            pods: pods
+                .values()
+                .map(|p| PodStatus {
+                    uid: p.request.uid.clone(),
+                    pod: p.request.pod_name(),
+                    service_account: p.request.service_account.clone(),
+                    ips: p.request.ips.iter().map(|ip| ip.to_string()).collect(),
+                    netns: p.request.netns.display().to_string(),
+                    cgroup: p.request.cgroup.display().to_string(),
+                    slot: p.slot,
+                    listeners: p
+                        .listeners
+                        .iter()
+                        .map(|(role, a)| format!("{role} {a}"))
+                        .collect(),
+                    outbound: TrafficStatus::from_counters(&p.context.counters.outbound),
+                    inbound: TrafficStatus::from_counters(&p.context.counters.inbound),
+                })
+                .collect(),
+            services: snapshot
+                .services()
+                .map(|s| ServiceStatus {
+                    service: s.metadata.key().to_string(),
+                    vips: s.spec.vips.iter().map(|v| v.to_string()).collect(),
+                    ports: s
+                        .spec
+                        .ports
+                        .iter()
+                        .map(|p| {
+                            format!("{}->{}/{:?}", p.port, p.target(), p.protocol).to_lowercase()
+                        })
+                        .collect(),
+                    endpoints: snapshot
+                        .endpoints(s)
+                        .into_iter()
+                        .map(|w| EndpointStatus {
+                            workload: w.metadata.key().to_string(),
+                            ips: w.spec.ips.iter().map(|ip| ip.to_string()).collect(),
+                            node: w.spec.node.clone(),
+                            health: "unchecked".into(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            capture: agent
+                .datapath
+                .maps
+                .capture_set()
+                .iter()
+                .map(|(ip, len)| format!("{ip}/{len}"))
+                .collect(),
+            kernel: agent
+                .datapath
+                .maps
+                .kernel_stats()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }
+    }
+
+    /// The human view: one section per kind of thing.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "Node:    {}", self.node);
+        let _ = writeln!(
+            out,
+            "Config:  {} (version {})",
+            self.config.origin, self.config.version
+        );
+        let _ = writeln!(
+            out,
+            "bpffs:   {}    cgroup v2: {}",
+            self.bpffs, self.cgroup_root
+        );
+        let _ = writeln!(out, "\nPROGRAMS");
+        let rows: Vec<Vec<String>> = self
+            .programs
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.hook.clone(),
+                    p.attached_to.len().to_string(),
+                    p.attached_to.join(", "),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["NAME", "HOOK", "ATTACHMENTS", "ATTACHED TO"],
+            rows,
+        );
+        let _ = writeln!(out, "\nPODS");
+        let rows = self
+            .pods
+            .iter()
+            .map(|p| {
+                vec![
+                    p.pod.clone(),
+                    p.uid.clone(),
+                    p.ips.join(","),
+                    p.netns.clone(),
+                    format!("{}/{}", p.outbound.connections, p.outbound.active),
+                    format!("{}/{}", p.inbound.connections, p.inbound.active),
+                    format!("{}/{}", p.outbound.failures, p.inbound.failures),
+                    format!(
+                        "{}/{}",
+                        p.outbound.bytes_sent + p.inbound.bytes_sent,
+                        p.outbound.bytes_received + p.inbound.bytes_received
+                    ),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "POD",
+                "UID",
+                "IPS",
+                "NETNS",
+                "OUT CONN/ACTIVE",
+                "IN CONN/ACTIVE",
+                "FAILED OUT/IN",
+                "BYTES SENT/RECV",
+            ],
+            rows,
+        );
+        let _ = writeln!(out, "\nSERVICES");
+        let rows = self
+            .services
+            .iter()
+            .flat_map(|s| {
+                let head = vec![s.service.clone(), s.vips.join(","), s.ports.join(",")];
+                if s.endpoints.is_empty() {
+                    return vec![[head, vec!["<none>".into(), "".into(), "".into()]].concat()];
+                }
+                s.endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| {
+                        let first = if i == 0 {
+                            head.clone()
+                        } else {
+                            vec![String::new(); 3]
+                        };
+                        [
+                            first,
+                            vec![
+                                e.workload.clone(),
+                                e.ips.join(","),
+                                format!("{} ({})", e.node, e.health),
+                            ],
+                        ]
+                        .concat()
+                    })
+                    .collect()
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "SERVICE",
+                "VIPS",
+                "PORTS",
+                "ENDPOINT",
+                "ADDRESS",
+                "NODE (HEALTH)",
+            ],
+            rows,
+        );
+        let _ = writeln!(out, "\nCAPTURED DESTINATIONS: {}", self.capture.join(" "));
+        let counters: Vec<String> = self
+            .kernel
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(out, "KERNEL COUNTERS:       {}", counters.join(" "));
+        out
+    }
+}
+
+fn table(out: &mut String, header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let _ = writeln!(out, "{}", line(header.to_vec()));
+    if rows.is_empty() {
+        let _ = writeln!(out, "(none)");
+    }
+    for row in &rows {
+        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+}

@@ -1,0 +1,94 @@
+//! Filesystem checks: is this path on bpffs / cgroup2, where is cgroup v2 mounted.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::statfs::{statfs, BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC};
+
+/// Finds the cgroup v2 mount: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
+/// on hybrid ones, or wherever /proc/self/mounts says.
+pub fn detect_cgroup2_root() -> Result<PathBuf> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    cgroup2_root_from_mounts(&mounts).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no cgroup v2 filesystem is mounted (looked for type cgroup2 in /proc/self/mounts); \
+             mount one (mount -t cgroup2 none /sys/fs/cgroup/unified) or pass --cgroup-root"
+        )
+    })
+}
+
+fn cgroup2_root_from_mounts(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+pub fn is_cgroup2(path: &Path) -> bool {
+    statfs(path).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC)
+}
+
+pub fn require_cgroup2(path: &Path) -> Result<()> {
+    if !path.is_dir() {
+        bail!("cgroup {} does not exist", path.display());
+    }
+    if !is_cgroup2(path) {
+        bail!("{} is not a cgroup v2 directory", path.display());
+    }
+    Ok(())
+}
+
+/// Makes sure `dir` is on a BPF filesystem, mounting bpffs on its mount point's usual place
+/// (`/sys/fs/bpf`) if nothing is mounted there yet, then creates `dir`.
+pub fn prepare_bpffs(dir: &Path) -> Result<()> {
+    let on_bpffs = |p: &Path| statfs(p).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC);
+    let mount_point = Path::new("/sys/fs/bpf");
+    if dir.starts_with(mount_point) && !on_bpffs(mount_point) {
+        std::fs::create_dir_all(mount_point).ok();
+        nix::mount::mount(
+            Some("bpf"),
+            mount_point,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| {
+            format!(
+                "mounting bpffs on {} (needs CAP_SYS_ADMIN)",
+                mount_point.display()
+            )
+        })?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !on_bpffs(dir) {
+        bail!(
+            "{} is not on a BPF filesystem; mount one (mount -t bpf bpf /sys/fs/bpf) or pass \
+             --bpffs with a directory on bpffs",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_hybrid_and_unified_cgroup2() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_root_from_mounts(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(
+            cgroup2_root_from_mounts(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(cgroup2_root_from_mounts("proc /proc proc rw 0 0\n"), None);
+    }
+}

@@ -1,0 +1,7 @@
+//! Thin, safe wrappers over the Linux facilities the agent needs: network namespaces,
+//! filesystem checks (bpffs, cgroup v2) and socket options.
+
+pub mod bpf;
+pub mod fs;
+pub mod netns;
+pub mod sockopt;

@@ -1,0 +1,178 @@
+//! `pod-tool`: the traffic client/server run inside test pods (and by the benchmark).
+//!
+//! Servers (`*-serve`) are tokio-based so thousands of concurrent connections are cheap and
+//! print `listening <addr>` on stdout once bound. Benchmark clients (`rr`, `stream`,
+//! `connect-rate`) are plain blocking sockets on OS threads: fewer moving parts between the
+//! measurement and the syscall. Every error is a message on stderr and a non-zero exit code;
+//! nothing here panics on a network error.
+
+mod bench;
+mod http;
+mod tcp;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "pod-tool",
+    about = "Traffic client/server for mesh end-to-end tests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// HTTP/1.1 server answering every request with
+    /// `name=<NAME> peer=<client addr> local=<local addr>`.
+    HttpServe {
+        /// Address to listen on; repeat for several (IPv6 listeners are v6-only, so
+        /// `0.0.0.0:P` and `[::]:P` can be used together).
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+        /// Name reported in every response.
+        #[arg(long)]
+        name: String,
+    },
+    /// HTTP/1.1 GET; prints the body. Exit 1 on network errors, 22 on a non-2xx status.
+    HttpGet {
+        /// e.g. http://10.200.0.3:8080/ or http://[fd00:200::3]:8080/
+        url: String,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Print `status=<code>` as the first line and exit 0 for any status.
+        #[arg(long)]
+        show_status: bool,
+    },
+    /// Connects and prints `peer=<getpeername() result>`.
+    Peername {
+        #[arg(long)]
+        connect: String,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// TCP echo server.
+    EchoServe {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+    },
+    /// TCP server that reads and discards (closes when the client finishes sending).
+    SinkServe {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+    },
+    /// Request/response latency over one connection to an echo server; prints JSON.
+    Rr {
+        #[arg(long)]
+        connect: String,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Bulk throughput to a sink server over K connections; prints JSON.
+    Stream {
+        #[arg(long)]
+        connect: String,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+    },
+    /// New connections per second against an echo server; prints JSON.
+    ConnectRate {
+        #[arg(long)]
+        connect: String,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Close with RST (SO_LINGER 0) so no TIME_WAIT sockets pile up.
+        #[arg(long)]
+        linger0: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        // Like `curl -f`: the request worked, the answer was not a success.
+        Err(e) if e.downcast_ref::<http::BadStatus>().is_some() => {
+            eprintln!("pod-tool: {e:#}");
+            ExitCode::from(22)
+        }
+        Err(e) => {
+            eprintln!("pod-tool: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::HttpServe { listen, name } => tcp::serve(&listen, tcp::Handler::Http(name.into())),
+        Cmd::EchoServe { listen } => tcp::serve(&listen, tcp::Handler::Echo),
+        Cmd::SinkServe { listen } => tcp::serve(&listen, tcp::Handler::Sink),
+        Cmd::HttpGet {
+            url,
+            timeout_ms,
+            show_status,
+        } => http::get(&url, Duration::from_millis(timeout_ms), show_status),
+        Cmd::Peername {
+            connect,
+            timeout_ms,
+        } => {
+            let addr = resolve(&connect)?;
+            let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(timeout_ms))
+                .with_context(|| format!("connect {addr}"))?;
+            println!("peer={}", s.peer_addr().context("getpeername")?);
+            Ok(())
+        }
+        Cmd::Rr {
+            connect,
+            size,
+            count,
+            warmup,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            bench::rr(resolve(&connect)?, size, count, warmup, timeout)
+        }
+        Cmd::Stream {
+            connect,
+            seconds,
+            streams,
+        } => bench::stream(resolve(&connect)?, secs(seconds)?, streams),
+        Cmd::ConnectRate {
+            connect,
+            seconds,
+            concurrency,
+            linger0,
+        } => bench::connect_rate(resolve(&connect)?, secs(seconds)?, concurrency, linger0),
+    }
+}
+
+/// `ip:port`, `[v6]:port` or `host:port`.
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("bad address {addr:?} (want ip:port or [ipv6]:port)"))?
+        .next()
+        .with_context(|| format!("{addr:?} resolves to no address"))
+}
+
+fn secs(s: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--seconds must be > 0")
+}

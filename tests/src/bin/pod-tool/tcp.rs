@@ -1,0 +1,120 @@
+//! The servers: HTTP (hyper), echo and sink, on one tokio runtime, many connections each.
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, Request, Response};
+use hyper_util::rt::TokioIo;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a server does with each accepted connection.
+#[derive(Clone)]
+pub enum Handler {
+    /// HTTP/1.1 (keep-alive) answering `name=<name> peer=<peer> local=<local>`.
+    Http(Arc<str>),
+    Echo,
+    Sink,
+}
+
+/// Binds every address, prints `listening <addr>` for each, and serves until killed.
+pub fn serve(addrs: &[SocketAddr], handler: Handler) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for &addr in addrs {
+            let listener = bind(addr).with_context(|| format!("listen on {addr}"))?;
+            println!("listening {}", listener.local_addr()?);
+            tasks.push(tokio::spawn(accept_loop(listener, handler.clone())));
+        }
+        std::io::stdout().flush()?;
+        for t in tasks {
+            t.await?;
+        }
+        Ok(())
+    })
+}
+
+/// A listener with SO_REUSEADDR (restart without waiting for TIME_WAIT), a deep backlog (for
+/// connect-rate), and IPV6_V6ONLY on v6 so `0.0.0.0:P` and `[::]:P` can coexist and IPv4
+/// clients are reported as plain IPv4 rather than `::ffff:` addresses.
+fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(TcpListener::from_std(s.into())?)
+}
+
+async fn accept_loop(listener: TcpListener, handler: Handler) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // E.g. EMFILE under load: back off instead of spinning or dying.
+                eprintln!("pod-tool: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            match handler {
+                Handler::Http(name) => http(sock, peer, name).await,
+                Handler::Echo => echo(sock).await,
+                Handler::Sink => sink(sock).await,
+            }
+        });
+    }
+}
+
+async fn http(sock: TcpStream, peer: SocketAddr, name: Arc<str>) {
+    let local = match sock.local_addr() {
+        Ok(a) => a.to_string(),
+        Err(e) => format!("?({e})"),
+    };
+    let body = Bytes::from(format!("name={name} peer={peer} local={local}\n"));
+    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let body = body.clone();
+        async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+    });
+    // Keep-alive is hyper's default; errors are per-connection (client went away) and only
+    // worth a line on stderr.
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(sock), svc)
+        .await
+    {
+        eprintln!("pod-tool: http connection from {peer}: {e}");
+    }
+}
+
+async fn echo(mut sock: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if sock.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn sink(mut sock: TcpStream) {
+    let mut buf = vec![0u8; 256 * 1024];
+    while let Ok(1..) = sock.read(&mut buf).await {}
+}

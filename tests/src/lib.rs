@@ -23,6 +23,7 @@ pub mod cgroup;
 mod cmd;
 pub mod http;
 pub mod janitor;
+pub mod mesh;
 pub mod net;
 pub mod pod;
 pub mod process;

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::{output_of, progress, run, workspace_root};
+use crate::cmd::{exec, output_of, progress, workspace_root};
 
 pub const EBPF_TARGET: &str = "bpfel-unknown-none";
 
@@ -30,15 +30,24 @@ pub fn build() -> Result<PathBuf> {
     ensure_bpf_linker()?;
     progress("building mesh-ebpf for bpfel-unknown-none");
     let root = workspace_root();
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("RUSTC")
-        .env_remove("RUSTFLAGS")
-        .args(["+nightly", "build", "--quiet", "-p", "mesh-ebpf", "--release"])
-        .args(["--target", EBPF_TARGET, "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(root.join("target")))?;
+    exec(
+        Command::new("cargo")
+            .current_dir(&root)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTFLAGS")
+            .args([
+                "+nightly",
+                "build",
+                "--quiet",
+                "-p",
+                "mesh-ebpf",
+                "--release",
+            ])
+            .args(["--target", EBPF_TARGET, "-Z", "build-std=core"])
+            .arg("--target-dir")
+            .arg(root.join("target")),
+    )?;
     let path = object_path();
     progress(&format!("eBPF object: {}", path.display()));
     Ok(path)
@@ -49,7 +58,7 @@ fn ensure_nightly() -> Result<()> {
         return Ok(());
     }
     progress("installing the nightly toolchain (needed for the eBPF target)");
-    run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+    exec(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
 }
 
 fn ensure_rust_src() -> Result<()> {
@@ -65,7 +74,7 @@ fn ensure_rust_src() -> Result<()> {
         return Ok(());
     }
     progress("adding rust-src to nightly (needed for -Z build-std=core)");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
 fn ensure_bpf_linker() -> Result<()> {
@@ -80,14 +89,24 @@ fn ensure_bpf_linker() -> Result<()> {
         "installing bpf-linker against nightly's LLVM {llvm_major} ({llvm_lib}); takes a few minutes"
     ));
     let lib = lib_dir.display();
-    run(Command::new("cargo")
-        .env(
-            "RUSTFLAGS",
-            format!("-C link-arg=-L{lib} -C link-arg=-l{llvm_lib} -C link-arg=-Wl,-rpath,{lib}"),
-        )
-        .args(["install", "bpf-linker", "--locked", "--force", "--no-default-features"])
-        .args(["--features", &format!("llvm-{llvm_major},no-llvm-linking")])
-        .args(["--target", "x86_64-unknown-linux-gnu"]))
+    exec(
+        Command::new("cargo")
+            .env(
+                "RUSTFLAGS",
+                format!(
+                    "-C link-arg=-L{lib} -C link-arg=-l{llvm_lib} -C link-arg=-Wl,-rpath,{lib}"
+                ),
+            )
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--no-default-features",
+            ])
+            .args(["--features", &format!("llvm-{llvm_major},no-llvm-linking")])
+            .args(["--target", "x86_64-unknown-linux-gnu"]),
+    )
 }
 
 /// Finds `libLLVM-<ver>.so` in the toolchain and returns (`LLVM-<ver>`, major version).
@@ -96,7 +115,11 @@ fn find_libllvm(lib_dir: &std::path::Path) -> Result<(String, String)> {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if let Some(rest) = name.strip_prefix("libLLVM-") {
             if let Some(version) = rest.strip_suffix(".so") {
-                let major = version.split(['-', '.']).next().unwrap_or_default().to_owned();
+                let major = version
+                    .split(['-', '.'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 return Ok((format!("LLVM-{version}"), major));
             }
         }

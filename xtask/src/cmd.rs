@@ -18,7 +18,7 @@ pub fn progress(message: &str) {
 }
 
 /// Runs a command to completion, failing with its command line if it fails.
-pub fn run(command: &mut Command) -> Result<()> {
+pub fn exec(command: &mut Command) -> Result<()> {
     let status = command
         .status()
         .with_context(|| format!("could not start {command:?}"))?;

@@ -3,8 +3,12 @@
 //! Every command installs what it needs and is missing, so a fresh machine needs only the two
 //! commands of the README.
 
+mod bench;
 mod build_ebpf;
 mod cmd;
+mod demo;
+mod setup;
+mod test;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -20,10 +24,23 @@ struct Cli {
 enum Command {
     /// Build the eBPF object (installs nightly, rust-src and bpf-linker when missing).
     BuildEbpf,
+    /// Start an agent on a static config, create two pods, send requests through the mesh,
+    /// print `mesh-agent status`, clean up.
+    Demo,
+    /// Run every test: unit tests and the end-to-end tests (as root, real eBPF).
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Measure the mesh against direct connections; writes bench/results.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf => build_ebpf::build().map(|_| ()),
+        Command::Demo => demo::run(),
+        Command::Test { filter } => test::run(filter),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -3,6 +3,7 @@
 //! the pod, relay.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -30,10 +31,7 @@ async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodContext>
     let counters = &context.counters.outbound;
     counters.connections.inc();
     let _ = app_stream.set_nodelay(true);
-    let Some(original) = context
-        .maps
-        .take_original_destination(context.netns.cookie(), app)
-    else {
+    let Some(original) = original_destination(&context, &app_stream, app) else {
         // Someone connected to 15001 directly, or the kernel entry was evicted: fail closed.
         counters.fail(Failure::NoOriginalDestination);
         return;
@@ -52,6 +50,24 @@ async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodContext>
         return;
     };
     relay(app_stream, upstream, counters).await;
+}
+
+/// From the eBPF map (connect4/6 capture), else from netfilter (iptables REDIRECT capture).
+fn original_destination(
+    context: &PodContext,
+    stream: &TcpStream,
+    app: SocketAddr,
+) -> Option<SocketAddr> {
+    if let Some(original) = context
+        .maps
+        .take_original_destination(context.netns.cookie(), app)
+    {
+        return Some(original);
+    }
+    let listener = stream.local_addr().ok()?;
+    let original = SocketAddr::V4(crate::sys::sockopt::original_dst_v4(stream.as_fd()).ok()?);
+    // Without NAT the "original" destination is the listener itself.
+    (original != listener).then_some(original)
 }
 
 /// Tries the candidates in load-balancing order, at most three, so one dead endpoint costs a

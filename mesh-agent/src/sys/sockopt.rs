@@ -25,3 +25,29 @@ pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     }
     Ok(cookie)
 }
+
+/// `SO_ORIGINAL_DST` (netfilter): where a connection was going before an iptables REDIRECT.
+/// Lets the proxy also serve pods captured by iptables (migration, comparison benchmarks).
+pub fn original_dst_v4(fd: BorrowedFd<'_>) -> io::Result<std::net::SocketAddrV4> {
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    // SAFETY: zeroed sockaddr_in is a valid out buffer.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: valid fd, buffer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    ))
+}

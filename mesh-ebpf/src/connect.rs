@@ -87,5 +87,5 @@ fn remember(ctx: &SockAddrContext, original: SockAddr) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // If the map is full the LRU evicts the oldest entry; a failed insert still captures (the
     // proxy then finds no original destination and closes: fail closed, not bypass).
-    let _ = ORIG_DST_BY_COOKIE.insert(&cookie, &original, 0);
+    let _ = ORIG_DST_BY_COOKIE.insert(cookie, original, 0);
 }

@@ -57,9 +57,9 @@ pub fn mesh_getpeername6(ctx: SockAddrContext) -> i32 {
 fn peer_to_show(ctx: &SockAddrContext, peer: SockAddr) -> Option<SockAddr> {
     // SAFETY: helpers valid for cgroup/sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if let Some(original) = unsafe { ORIG_DST_BY_COOKIE.get(&cookie) } {
+    if let Some(original) = unsafe { ORIG_DST_BY_COOKIE.get(cookie) } {
         return Some(*original);
     }
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    unsafe { PEER_REWRITE.get(&ConnKey::new(netns, peer)) }.copied()
+    unsafe { PEER_REWRITE.get(ConnKey::new(netns, peer)) }.copied()
 }

@@ -46,7 +46,7 @@ pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
     if local.addr == remote.addr {
         return SK_PASS;
     }
-    let Some(pod) = (unsafe { POD_BY_IP.get(&local.addr) }) else {
+    let Some(pod) = (unsafe { POD_BY_IP.get(local.addr) }) else {
         return SK_PASS;
     };
     let kind = if local_port == ports::HBONE {

@@ -33,7 +33,7 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
 fn record_original_destination(ctx: &SockOpsContext) {
     // SAFETY: helpers valid for sock_ops programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(original) = (unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }) else {
+    let Some(original) = (unsafe { ORIG_DST_BY_COOKIE.get(cookie) }) else {
         return;
     };
     let original = *original;
@@ -45,7 +45,7 @@ fn record_original_destination(ctx: &SockOpsContext) {
     };
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     if ORIG_DST
-        .insert(&ConnKey::new(netns, local), &original, 0)
+        .insert(ConnKey::new(netns, local), original, 0)
         .is_ok()
     {
         count(stats::ORIG_DST_RECORDED);
@@ -57,5 +57,5 @@ fn record_original_destination(ctx: &SockOpsContext) {
 #[inline(always)]
 fn forget(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = ORIG_DST_BY_COOKIE.remove(&cookie);
+    let _ = ORIG_DST_BY_COOKIE.remove(cookie);
 }

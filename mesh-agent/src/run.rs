@@ -19,6 +19,7 @@ use crate::settings::Settings;
 use crate::sys::fs::{detect_cgroup2_root, require_cgroup2};
 
 pub async fn run(settings: Settings) -> Result<()> {
+    crate::sys::caps::require_agent_capabilities()?;
     raise_open_file_limit();
     let cgroup_root = match &settings.cgroup_root {
         Some(root) => {

@@ -89,11 +89,12 @@ where
 
 /// Turns the kernel's EPERM into a sentence that says what is missing.
 fn explain_load_error(e: aya::EbpfError) -> anyhow::Error {
+    let e = anyhow::Error::new(e);
     let text = format!("{e:#}");
     let hint = if text.contains("Operation not permitted") || text.contains("EPERM") {
         " (no BPF permission: the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN; run it as root)"
     } else {
         ""
     };
-    anyhow::Error::new(e).context(format!("loading the eBPF object failed{hint}"))
+    e.context(format!("loading the eBPF object failed{hint}"))
 }

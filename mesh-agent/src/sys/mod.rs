@@ -2,6 +2,7 @@
 //! filesystem checks (bpffs, cgroup v2) and socket options.
 
 pub mod bpf;
+pub mod caps;
 pub mod fs;
 pub mod netns;
 pub mod sockopt;

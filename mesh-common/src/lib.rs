@@ -71,7 +71,8 @@ pub mod stats {
     pub const CONNECT_DIRECT: u32 = 1;
     pub const ORIG_DST_RECORDED: u32 = 2;
     pub const LOOKUP_STEERED: u32 = 3;
-    /// Inbound connection to an enrolled pod dropped because its listener is gone (agent down).
+    /// Inbound connection to an enrolled pod refused (SK_DROP, the client gets a RST) because
+    /// its listener is gone (agent down).
     pub const LOOKUP_FAIL_CLOSED: u32 = 4;
     pub const PEERNAME_REWRITTEN: u32 = 5;
     pub const COUNT: u32 = 6;

@@ -8,7 +8,9 @@
 //! interface as ingress even for local delivery to the pod's own IP.
 //!
 //! Fail closed: if the pod is enrolled but its listener is gone (agent down), the connection is
-//! dropped rather than delivered to the app around the mesh.
+//! refused rather than delivered to the app around the mesh. (SK_DROP makes the kernel's
+//! listener lookup fail, so TCP answers the SYN with a RST: the client sees "connection
+//! refused" at once instead of hanging.)
 
 use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},

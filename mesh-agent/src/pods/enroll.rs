@@ -24,6 +24,10 @@ use crate::sys::netns::NetnsSockets;
 pub struct EnrolledPod {
     pub request: EnrollRequest,
     pub slot: u32,
+    /// Every address sk_lookup steers for this pod: the declared IPs plus any other routable
+    /// address found in its namespace, so no address of the pod reaches the app around the
+    /// mesh.
+    pub steered_ips: Vec<IpAddr>,
     pub attachments: PodAttachments,
     /// (role, address) of each listener, for status.
     pub listeners: Vec<(&'static str, SocketAddr)>,
@@ -69,9 +73,6 @@ impl Agent {
             Ok(pod) => pod,
             Err(e) => {
                 self.datapath.detach_pod(&request.uid);
-                for ip in &request.ips {
-                    self.datapath.maps.remove_pod_ip(*ip);
-                }
                 return Err(e);
             }
         };
@@ -85,11 +86,16 @@ impl Agent {
     pub async fn resume(&self) -> Result<()> {
         let saved = self.state.load()?;
         let mut pods = self.pods.lock().await;
-        for (uid, SavedPod { request, slot }) in saved {
+        for (uid, saved) in saved {
+            let SavedPod {
+                request,
+                slot,
+                steered_ips,
+            } = saved;
             if !request.netns.exists() || !request.cgroup.exists() {
                 tracing::info!(%uid, "pod is gone (netns or cgroup missing); cleaning up");
                 self.datapath.detach_pod(&uid);
-                for ip in &request.ips {
+                for ip in request.ips.iter().chain(&steered_ips) {
                     self.datapath.maps.remove_pod_ip(*ip);
                 }
                 continue;
@@ -118,7 +124,7 @@ impl Agent {
         };
         // Capture off first, then inbound steering, then the proxy.
         self.datapath.detach_pod(uid);
-        for ip in &pod.request.ips {
+        for ip in &pod.steered_ips {
             self.datapath.maps.remove_pod_ip(*ip);
         }
         self.metrics.remove_pod(&pod.request.pod_name());
@@ -138,13 +144,22 @@ impl Agent {
             let ipv6 = listener.local_addr()?.is_ipv6();
             maps.set_listener(slot, ListenerKind::Inbound, ipv6, listener)?;
         }
-        for ip in &request.ips {
-            maps.add_pod_ip(*ip, slot)?;
+        let mut steered_ips = request.ips.clone();
+        for ip in netns.routable_addresses().await.context(context.clone())? {
+            if !steered_ips.contains(&ip) {
+                steered_ips.push(ip);
+            }
         }
-        let attachments = self
-            .datapath
-            .attach_pod(&request.uid, &request.cgroup, &request.netns)
-            .context(context)?;
+        let attached = self.announce_and_attach(&request, slot, &steered_ips);
+        let attachments = match attached {
+            Ok(attachments) => attachments,
+            Err(e) => {
+                for ip in &steered_ips {
+                    maps.remove_pod_ip(*ip);
+                }
+                return Err(e.context(context));
+            }
+        };
         let pod_context = Arc::new(PodContext {
             pod: request.pod_name(),
             netns,
@@ -157,11 +172,26 @@ impl Agent {
         Ok(EnrolledPod {
             request,
             slot,
+            steered_ips,
             attachments,
             listeners: addresses,
             context: pod_context,
             tasks,
         })
+    }
+
+    /// Tells sk_lookup about the pod's addresses, then attaches its programs.
+    fn announce_and_attach(
+        &self,
+        request: &EnrollRequest,
+        slot: u32,
+        ips: &[IpAddr],
+    ) -> Result<PodAttachments> {
+        for ip in ips {
+            self.datapath.maps.add_pod_ip(*ip, slot)?;
+        }
+        self.datapath
+            .attach_pod(&request.uid, &request.cgroup, &request.netns)
     }
 
     fn save(&self, pods: &std::collections::BTreeMap<String, EnrolledPod>) -> Result<()> {
@@ -173,6 +203,7 @@ impl Agent {
                     SavedPod {
                         request: p.request.clone(),
                         slot: p.slot,
+                        steered_ips: p.steered_ips.clone(),
                     },
                 )
             })

@@ -15,6 +15,10 @@ use super::EnrollRequest;
 pub struct SavedPod {
     pub request: EnrollRequest,
     pub slot: u32,
+    /// Addresses sk_lookup steers for the pod (so they can be withdrawn even if the pod's
+    /// namespace is gone by the time the agent restarts).
+    #[serde(default)]
+    pub steered_ips: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -85,7 +89,14 @@ mod tests {
             cgroup: "/sys/fs/cgroup/a".into(),
             ips: vec!["10.0.0.1".parse().unwrap()],
         };
-        pods.insert("u1".to_string(), SavedPod { request, slot: 3 });
+        pods.insert(
+            "u1".to_string(),
+            SavedPod {
+                request,
+                slot: 3,
+                steered_ips: vec![],
+            },
+        );
         store.save(pods).unwrap();
         assert_eq!(store.load().unwrap()["u1"].slot, 3);
         use std::os::unix::fs::PermissionsExt;

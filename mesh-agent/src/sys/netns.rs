@@ -1,13 +1,14 @@
-//! Sockets inside a pod's network namespace.
+//! Work inside a pod's network namespace.
 //!
 //! A socket belongs to the namespace it was *created* in, and stays there whichever thread
-//! later uses it. So only `socket()` has to happen inside the pod: one helper thread per pod
-//! enters the namespace once (`setns`) and creates sockets on request; binding, connecting
-//! and all I/O then happen on the tokio runtime as usual. The runtime's threads never change
-//! namespace.
+//! later uses it. So only `socket()` (and the odd query such as listing addresses) has to
+//! happen inside the pod: one helper thread per pod enters the namespace once (`setns`) and
+//! runs those jobs; binding, connecting and all I/O then happen on the tokio runtime as usual.
+//! The runtime's threads never change namespace.
 
 use std::fs::File;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::mpsc;
@@ -18,15 +19,12 @@ use tokio::sync::oneshot;
 
 use super::sockopt;
 
-/// A request to the helper thread: create a TCP socket of this family.
-struct SocketRequest {
-    ipv6: bool,
-    reply: oneshot::Sender<io::Result<OwnedFd>>,
-}
+/// A job for the helper thread.
+type Job = Box<dyn FnOnce() + Send>;
 
-/// Creates TCP sockets inside one network namespace.
+/// Runs jobs inside one network namespace.
 pub struct NetnsSockets {
-    requests: mpsc::Sender<SocketRequest>,
+    jobs: mpsc::Sender<Job>,
     cookie: u64,
 }
 
@@ -35,7 +33,7 @@ impl NetnsSockets {
     pub fn open(path: &Path) -> Result<Self> {
         let netns = File::open(path)
             .with_context(|| format!("netns {} cannot be opened", path.display()))?;
-        let (requests, incoming) = mpsc::channel::<SocketRequest>();
+        let (jobs, incoming) = mpsc::channel::<Job>();
         // The thread reports the namespace cookie once it is inside (or why it could not enter).
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<u64>>();
         let thread_name = format!(
@@ -59,8 +57,8 @@ impl NetnsSockets {
                     return;
                 }
                 // Ends when the owning NetnsSockets is dropped (channel closed).
-                for request in incoming {
-                    let _ = request.reply.send(tcp_socket(request.ipv6));
+                for job in incoming {
+                    job();
                 }
             })
             .context("spawning the netns helper thread")?;
@@ -74,7 +72,7 @@ impl NetnsSockets {
                     path.display()
                 )
             })?;
-        Ok(NetnsSockets { requests, cookie })
+        Ok(NetnsSockets { jobs, cookie })
     }
 
     /// The namespace cookie, as `bpf_get_netns_cookie` reports it for sockets in this pod.
@@ -82,16 +80,56 @@ impl NetnsSockets {
         self.cookie
     }
 
-    /// A new non-blocking TCP socket in the namespace.
-    pub async fn socket(&self, ipv6: bool) -> io::Result<OwnedFd> {
+    /// Runs `job` on the helper thread, inside the namespace.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
         let (reply, response) = oneshot::channel();
-        self.requests
-            .send(SocketRequest { ipv6, reply })
+        self.jobs
+            .send(Box::new(move || {
+                let _ = reply.send(job());
+            }))
             .map_err(|_| io::Error::other("netns helper thread is gone"))?;
         response
             .await
-            .map_err(|_| io::Error::other("netns helper thread is gone"))?
+            .map_err(|_| io::Error::other("netns helper thread is gone"))
     }
+
+    /// A new non-blocking TCP socket in the namespace.
+    pub async fn socket(&self, ipv6: bool) -> io::Result<OwnedFd> {
+        self.run(move || tcp_socket(ipv6)).await?
+    }
+
+    /// Every address of the namespace that other hosts could connect to (not loopback, not
+    /// link-local).
+    pub async fn routable_addresses(&self) -> io::Result<Vec<IpAddr>> {
+        self.run(routable_addresses).await?
+    }
+}
+
+fn routable_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut found = Vec::new();
+    for interface in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+        let Some(address) = interface.address else {
+            continue;
+        };
+        let ip = if let Some(v4) = address.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        if !ip.is_loopback() && !link_local && !found.contains(&ip) {
+            found.push(ip);
+        }
+    }
+    Ok(found)
 }
 
 fn tcp_socket(ipv6: bool) -> io::Result<OwnedFd> {

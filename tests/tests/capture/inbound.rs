@@ -42,3 +42,25 @@ fn non_mesh_client_is_steered_through_the_inbound_proxy() {
     assert!(!err.contains("timed out"), "{err}");
     wait_pod_counter(&mesh.node, "default/web", "inbound", "failures", 1);
 }
+
+/// A pod enrolled with only its IPv4 address is still captured on every other address it
+/// has (here its IPv6 one): no address of an enrolled pod reaches the app around the mesh.
+#[test]
+fn undeclared_addresses_of_an_enrolled_pod_are_captured_too() {
+    if skip_unless_root() {
+        return;
+    }
+    let mesh = ClientWeb::new(14);
+    let outsider = Pod::new(&mesh.bridge, "outsider", 4).unwrap();
+    let before = Status::of(&mesh.node);
+    let steered = before.pod_entry("default/web").unwrap()["ips"].to_string();
+    assert!(steered.contains(&mesh.web.ip6().to_string()), "{steered}");
+
+    let r = get(&outsider, &url(mesh.web.ip6(), APP_PORT));
+    assert_eq!(r.name, "web");
+    assert_eq!(r.peer.ip(), outsider.ip6(), "{r:?}");
+    let after = Status::of(&mesh.node);
+    let inbound = |s: &Status| s.pod("default/web", "inbound", "connections");
+    assert_eq!(inbound(&after), inbound(&before) + 1);
+    assert_eq!(after.kernel("lookup_steered") - before.kernel("lookup_steered"), 1);
+}

@@ -1,5 +1,9 @@
 //! The mesh's resource model: typed `mesh/v1` resources, loading them from Kubernetes-style
-//! YAML, validating them, and an indexed [`Snapshot`] the proxy queries per connection.
+//! YAML (or JSON), validating them, and an indexed [`Snapshot`] the proxy queries per
+//! connection.
+//!
+//! Kinds: [`Service`], [`Workload`], [`Route`], [`AuthorizationPolicy`],
+//! [`PeerAuthentication`] (all namespaced) and [`MeshConfig`] (cluster-scoped singleton).
 //!
 //! ```
 //! let resources = mesh_api::load_str("example.yaml", r#"
@@ -16,21 +20,42 @@
 //! assert_eq!(svc.port(80).unwrap().target(), 8080);
 //! ```
 
+mod authz;
+mod cidr;
 mod error;
+mod key;
 mod load;
+mod mesh_config;
 mod meta;
+mod peer_auth;
 mod resource;
+mod route;
 mod service;
 mod snapshot;
 mod validate;
 mod workload;
 
+pub use authz::{
+    AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzRule, Operation, Peer, Source,
+};
+pub use cidr::{Cidr, CidrError};
 pub use error::{ConfigError, Issue};
+pub use key::{ResourceKey, STORAGE_PREFIX};
 pub use load::{load_file, load_str};
+pub use mesh_config::{
+    DefaultPolicy, HealthCheckSettings, MeshConfig, MeshConfigSpec, DEFAULT_ROOT_NAMESPACE,
+    DEFAULT_TRUST_DOMAIN, MESH_CONFIG_NAME,
+};
 pub use meta::{Labels, ObjectKey, ObjectMeta, DEFAULT_NAMESPACE};
+pub use peer_auth::{MtlsMode, PeerAuthentication, PeerAuthenticationSpec};
 pub use resource::{Resource, API_VERSION};
-pub use service::{LbPolicy, LoadBalancer, Protocol, Service, ServicePort, ServiceSpec};
-pub use snapshot::Snapshot;
+pub use route::{
+    Backend, Retries, Route, RouteMatch, RouteRule, RouteSpec, MAX_RETRY_ATTEMPTS, MAX_WEIGHT,
+};
+pub use service::{
+    HealthCheck, LbPolicy, LoadBalancer, Protocol, Service, ServicePort, ServiceSpec,
+};
+pub use snapshot::{AuthzDecision, AuthzReason, Snapshot};
 pub use workload::{Workload, WorkloadSpec, DEFAULT_SERVICE_ACCOUNT};
 
 #[cfg(test)]

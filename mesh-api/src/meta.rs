@@ -40,6 +40,11 @@ impl ObjectMeta {
         }
     }
 
+    /// Metadata of a cluster-scoped resource (e.g. `MeshConfig`): no namespace.
+    pub fn cluster_scoped(name: impl Into<String>) -> Self {
+        ObjectMeta::new("", name)
+    }
+
     /// The identity of the resource within its kind.
     pub fn key(&self) -> ObjectKey {
         ObjectKey::new(&self.namespace, &self.name)
@@ -63,8 +68,69 @@ impl ObjectKey {
     }
 }
 
+/// `namespace/name`, or just `name` for a cluster-scoped resource (empty namespace).
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// `metadata:` of a cluster-scoped kind (`MeshConfig`), for `#[serde(with = ...)]`.
+///
+/// Such kinds still use [`ObjectMeta`], so `Resource::metadata()` and keys work the same for
+/// every kind, but their namespace is the empty string: omitted in YAML/JSON (not defaulted to
+/// `default`), and not written back out. A non-empty namespace is kept as written so
+/// validation can refuse it by field.
+pub(crate) mod cluster_scoped {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{Labels, ObjectMeta};
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct In {
+        name: String,
+        #[serde(default)]
+        namespace: Option<String>,
+        #[serde(default)]
+        labels: Labels,
+        #[serde(default)]
+        annotations: Labels,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Out<'a> {
+        name: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        namespace: &'a str,
+        #[serde(skip_serializing_if = "Labels::is_empty")]
+        labels: &'a Labels,
+        #[serde(skip_serializing_if = "Labels::is_empty")]
+        annotations: &'a Labels,
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+        let m = In::deserialize(d)?;
+        Ok(ObjectMeta {
+            name: m.name,
+            namespace: m.namespace.unwrap_or_default(),
+            labels: m.labels,
+            annotations: m.annotations,
+        })
+    }
+
+    pub(crate) fn serialize<S: Serializer>(m: &ObjectMeta, s: S) -> Result<S::Ok, S::Error> {
+        Out {
+            name: &m.name,
+            namespace: &m.namespace,
+            labels: &m.labels,
+            annotations: &m.annotations,
+        }
+        .serialize(s)
     }
 }

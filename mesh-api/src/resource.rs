@@ -8,8 +8,13 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::authz::AuthorizationPolicy;
 use crate::error::{ConfigError, Issue};
+use crate::key::ResourceKey;
+use crate::mesh_config::MeshConfig;
 use crate::meta::{ObjectKey, ObjectMeta, DEFAULT_NAMESPACE};
+use crate::peer_auth::PeerAuthentication;
+use crate::route::Route;
 use crate::service::Service;
 use crate::validate::Checker;
 use crate::workload::Workload;
@@ -20,6 +25,8 @@ pub const API_VERSION: &str = "mesh/v1";
 /// What every kind provides to the envelope and to validation.
 pub(crate) trait Kind: Serialize + DeserializeOwned {
     const KIND: &'static str;
+    /// False for cluster-scoped kinds, whose namespace is always the empty string.
+    const NAMESPACED: bool = true;
     fn metadata(&self) -> &ObjectMeta;
     /// Checks that need only this resource; cross-resource ones live in the snapshot.
     fn check(&self, c: &mut Checker<'_>);
@@ -36,6 +43,21 @@ macro_rules! resources {
         impl Resource {
             /// Every `kind:` value accepted, for messages and CLI help.
             pub const KINDS: &'static [&'static str] = &[$(<$kind as Kind>::KIND),+];
+
+            /// The canonical `kind:` string for `name`, matched case-insensitively (for CLI
+            /// arguments such as `meshctl get route`).
+            pub fn kind_named(name: &str) -> Option<&'static str> {
+                Self::KINDS.iter().copied().find(|k| k.eq_ignore_ascii_case(name))
+            }
+
+            /// Whether resources of `kind` (a canonical kind string) live in a namespace;
+            /// false for cluster-scoped kinds and unknown ones.
+            pub fn kind_is_namespaced(kind: &str) -> bool {
+                $(if kind == <$kind as Kind>::KIND {
+                    return <$kind as Kind>::NAMESPACED;
+                })+
+                false
+            }
 
             /// The `kind:` string, e.g. `"Service"`.
             pub fn kind(&self) -> &'static str {
@@ -87,12 +109,55 @@ macro_rules! resources {
     };
 }
 
-resources!(Service, Workload);
+resources!(
+    Service,
+    Workload,
+    Route,
+    AuthorizationPolicy,
+    PeerAuthentication,
+    MeshConfig,
+);
 
 impl Resource {
-    /// `(namespace, name)`; unique per kind within a snapshot.
+    /// `(namespace, name)`; unique per kind within a snapshot. The namespace is empty for
+    /// cluster-scoped kinds.
     pub fn key(&self) -> ObjectKey {
         self.metadata().key()
+    }
+
+    /// Whether this resource lives in a namespace (false for `MeshConfig`).
+    pub fn is_namespaced(&self) -> bool {
+        Self::kind_is_namespaced(self.kind())
+    }
+
+    /// Kind, namespace and name: unique across all resources.
+    pub fn resource_key(&self) -> ResourceKey {
+        let m = self.metadata();
+        ResourceKey::new(self.kind(), &m.namespace, &m.name)
+    }
+
+    /// Where the control plane stores this resource: `/mesh/v1/<Kind>/<namespace>/<name>`
+    /// (`/mesh/v1/MeshConfig//mesh` for the cluster-scoped one). See
+    /// [`ResourceKey::storage_key`].
+    pub fn storage_key(&self) -> String {
+        self.resource_key().storage_key()
+    }
+
+    /// The resource as one line of JSON, with `apiVersion` and `kind`: how resources travel
+    /// over gRPC and sit in the store. [`Resource::from_json`] reads it back.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("resources always serialise to JSON")
+    }
+
+    /// Parses one JSON resource and runs [`Resource::validate`] on it, so what comes back is
+    /// individually valid. Errors name the kind, object and field as [`crate::load_str`]
+    /// does (without a file).
+    pub fn from_json(json: &[u8]) -> Result<Resource, ConfigError> {
+        let value: Value = serde_json::from_slice(json)
+            .map_err(|e| ConfigError::Invalid(vec![Issue::new(format!("invalid JSON: {e}"))]))?;
+        let resource = decode(value).map_err(|issue| ConfigError::Invalid(vec![*issue]))?;
+        resource.validate()?;
+        Ok(resource)
     }
 
     /// Checks that need only this resource (names, ports, addresses, labels). Loading runs
@@ -213,7 +278,16 @@ fn identity(map: &Mapping) -> (Option<String>, Option<ObjectKey>) {
         .and_then(|meta| {
             let name = meta.get("name")?.as_str()?;
             let namespace = match meta.get("namespace") {
-                None | Some(Value::Null) => DEFAULT_NAMESPACE,
+                None | Some(Value::Null) => {
+                    let cluster_scoped = kind.as_deref().is_some_and(|k| {
+                        Resource::KINDS.contains(&k) && !Resource::kind_is_namespaced(k)
+                    });
+                    if cluster_scoped {
+                        ""
+                    } else {
+                        DEFAULT_NAMESPACE
+                    }
+                }
                 Some(v) => v.as_str()?,
             };
             Some(ObjectKey::new(namespace, name))

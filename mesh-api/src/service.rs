@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::meta::{Labels, ObjectMeta};
 use crate::resource::Kind;
-use crate::validate::{check_ip, check_labels, check_meta, is_dns1123_label, Checker};
+use crate::validate::{
+    check_http_path, check_ip, check_labels, check_meta, is_dns1123_label, selector_matches,
+    Checker,
+};
 use crate::workload::Workload;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +31,19 @@ pub struct ServiceSpec {
     pub selector: Labels,
     #[serde(default)]
     pub load_balancer: LoadBalancer,
+    /// How agents probe this service's endpoints. Omitted: a TCP connect to the target port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `spec.healthCheck` of a Service. Interval, timeout and thresholds are mesh-wide, in
+/// `MeshConfig` `spec.healthCheck`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Probe with `GET <httpPath>` (HTTP/1.1) on each service port's target port; any 2xx
+    /// status is healthy. Must start with '/'.
+    pub http_path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +78,13 @@ pub enum Protocol {
     Grpc,
 }
 
+impl Protocol {
+    /// Whether the proxy parses HTTP on this port (so HTTP route matches can apply).
+    pub fn is_http(self) -> bool {
+        !matches!(self, Protocol::Tcp)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
@@ -92,11 +115,7 @@ impl Service {
     pub fn selects(&self, workload: &Workload) -> bool {
         !self.spec.selector.is_empty()
             && workload.metadata.namespace == self.metadata.namespace
-            && self
-                .spec
-                .selector
-                .iter()
-                .all(|(k, v)| workload.spec.labels.get(k) == Some(v))
+            && selector_matches(&self.spec.selector, &workload.spec.labels)
     }
 }
 
@@ -175,5 +194,9 @@ impl Kind for Service {
             );
         }
         check_labels(c, "spec.selector", &spec.selector);
+
+        if let Some(hc) = &spec.health_check {
+            check_http_path(c, "spec.healthCheck.httpPath", &hc.http_path);
+        }
     }
 }

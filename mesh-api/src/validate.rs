@@ -8,7 +8,7 @@ use crate::meta::{Labels, ObjectKey, ObjectMeta};
 
 /// Collects issues for one resource, so every message carries its kind and `namespace/name`.
 pub(crate) struct Checker<'a> {
-    kind: &'static str,
+    pub(crate) kind: &'static str,
     object: ObjectKey,
     issues: &'a mut Vec<Issue>,
 }
@@ -130,11 +130,79 @@ fn check_annotations(c: &mut Checker<'_>, prefix: &str, annotations: &Labels) {
     }
 }
 
+/// Metadata of a namespaced kind: name and namespace are DNS labels.
 pub(crate) fn check_meta(c: &mut Checker<'_>, meta: &ObjectMeta) {
     check_name(c, "metadata.name", &meta.name);
     check_name(c, "metadata.namespace", &meta.namespace);
     check_labels(c, "metadata.labels", &meta.labels);
     check_annotations(c, "metadata.annotations", &meta.annotations);
+}
+
+/// Metadata of a cluster-scoped kind: no namespace. The kind checks the name (singletons
+/// have a fixed one).
+pub(crate) fn check_cluster_meta(c: &mut Checker<'_>, meta: &ObjectMeta) {
+    if !meta.namespace.is_empty() {
+        c.fail(
+            "metadata.namespace",
+            format!(
+                "{} is cluster-scoped; omit the namespace (got {:?})",
+                c.kind, meta.namespace
+            ),
+        );
+    }
+    check_labels(c, "metadata.labels", &meta.labels);
+    check_annotations(c, "metadata.annotations", &meta.annotations);
+}
+
+/// A reference to another resource by name (e.g. a Service in the same namespace).
+pub(crate) fn check_ref(c: &mut Checker<'_>, field: &str, name: &str) {
+    check_name(c, field, name);
+}
+
+/// A port number from a `u16` field: only 0 is out of range.
+pub(crate) fn check_port(c: &mut Checker<'_>, field: &str, port: u16) {
+    if port == 0 {
+        c.fail(field, "must be between 1 and 65535, got 0");
+    }
+}
+
+/// An optional workload selector: omitted means "every workload in scope"; an empty map is
+/// refused so that meaning is never spelt two ways.
+pub(crate) fn check_selector(c: &mut Checker<'_>, field: &str, selector: Option<&Labels>) {
+    if let Some(selector) = selector {
+        if selector.is_empty() {
+            c.fail(
+                field,
+                "must not be empty; omit it to select every workload in the namespace",
+            );
+        }
+        check_labels(c, field, selector);
+    }
+}
+
+/// Whether `labels` contain every pair of `selector`.
+pub(crate) fn selector_matches(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A millisecond duration that must be positive.
+pub(crate) fn check_positive(c: &mut Checker<'_>, field: &str, value: u64) {
+    if value == 0 {
+        c.fail(field, "must be greater than 0");
+    }
+}
+
+/// An HTTP request path (health check path, route prefix): starts with '/', and only
+/// visible ASCII, so it goes on the request line as written.
+pub(crate) fn check_http_path(c: &mut Checker<'_>, field: &str, path: &str) {
+    if !path.starts_with('/') {
+        c.fail(field, format!("{path:?} must start with '/'"));
+    } else if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        c.fail(
+            field,
+            format!("{path:?} must be visible ASCII (percent-encode anything else)"),
+        );
+    }
 }
 
 fn check_name(c: &mut Checker<'_>, field: &str, name: &str) {

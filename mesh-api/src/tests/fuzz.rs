@@ -1,12 +1,16 @@
 //! Loading must never panic, whatever the bytes: every input ends in `Ok` or a `ConfigError`.
+//! Both fixtures are mangled, so every kind's parsing, validation and snapshot checks are
+//! reached.
+
+use std::net::IpAddr;
 
 use proptest::prelude::*;
 
-use super::FIXTURE;
-use crate::{load_str, Resource, Snapshot};
+use super::{FIXTURE, MESH_FIXTURE};
+use crate::{load_str, Cidr, Peer, Resource, ResourceKey, Snapshot};
 
-/// Load, and when that works, build a snapshot and check the result serialises back to the
-/// same resources.
+/// Load, and when that works, check the result serialises back to the same resources (YAML
+/// and JSON), then build a snapshot and query everything it indexes.
 fn exercise(text: &str) {
     let Ok(resources) = load_str("fuzz.yaml", text) else {
         return;
@@ -18,29 +22,83 @@ fn exercise(text: &str) {
             r,
             "{yaml}"
         );
+        let json = r.to_json();
+        assert_eq!(&Resource::from_json(json.as_bytes()).unwrap(), r, "{json}");
+        assert_eq!(
+            ResourceKey::from_storage_key(&r.storage_key()),
+            Some(r.resource_key())
+        );
     }
     if let Ok(snap) = Snapshot::from_resources(resources) {
-        let _ = snap.capture_prefixes();
-        for s in snap.services() {
-            let _ = snap.endpoints(s);
+        query(&snap);
+    }
+}
+
+fn query(snap: &Snapshot) {
+    let _ = snap.capture_prefixes();
+    let _ = snap.mesh_config();
+    for s in snap.services() {
+        let _ = snap.endpoints(s);
+        if let Some(route) = snap.route_for(s) {
+            let _ = route.needs_http();
+            let _ = route.tcp_rule();
+            let _ = route.http_rule("/api/v2", |h| (h == "x-canary").then_some("true"));
+        }
+    }
+    let ip: IpAddr = "10.244.1.4".parse().unwrap();
+    let peers = [
+        Peer {
+            principal: None,
+            ip,
+        },
+        Peer {
+            principal: Some("spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage"),
+            ip,
+        },
+    ];
+    for w in snap.workloads() {
+        let _ = snap.policies_for(w);
+        for port in [0, 9080, 9091] {
+            let _ = snap.mtls_mode_for(w, port);
+            for peer in &peers {
+                let _ = snap.authorize(w, peer, port);
+            }
         }
     }
 }
 
 #[test]
 fn every_truncation_and_dropped_line_is_handled() {
-    for (i, _) in FIXTURE.char_indices() {
-        exercise(&FIXTURE[..i]);
+    // Cutting the big fixture at every point would be quadratic in its size; cutting each of
+    // its documents covers every kind's cut points, and dropped lines cover the whole file.
+    let mut cuts: Vec<&str> = vec![FIXTURE];
+    cuts.extend(MESH_FIXTURE.split("\n---\n"));
+    for text in cuts {
+        for (i, _) in text.char_indices() {
+            exercise(&text[..i]);
+        }
     }
-    let lines: Vec<&str> = FIXTURE.lines().collect();
-    for skip in 0..lines.len() {
-        let text: Vec<&str> = lines
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != skip)
-            .map(|(_, l)| *l)
-            .collect();
-        exercise(&text.join("\n"));
+    for fixture in [FIXTURE, MESH_FIXTURE] {
+        let lines: Vec<&str> = fixture.lines().collect();
+        for skip in 0..lines.len() {
+            let text: Vec<&str> = lines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, l)| *l)
+                .collect();
+            exercise(&text.join("\n"));
+        }
+    }
+}
+
+#[test]
+fn the_fixtures_exercise_every_lookup() {
+    // `exercise` only queries what loads; make sure the fixtures themselves do.
+    for fixture in [FIXTURE, MESH_FIXTURE] {
+        let snap = Snapshot::from_resources(load_str("f.yaml", fixture).unwrap()).unwrap();
+        query(&snap);
+        exercise(fixture);
     }
 }
 
@@ -61,6 +119,14 @@ fn hostile_inputs_are_handled() {
         "*unknown_alias",
         "{{{{",
         "---\n...\n---\n...",
+        "apiVersion: mesh/v1\nkind: MeshConfig\nmetadata: {name: mesh, namespace: ~}\n",
+        "apiVersion: mesh/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: ~\n",
+        "apiVersion: mesh/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {healthCheck: ~}\n",
+        "apiVersion: mesh/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {selector: {a: b}, mode: STRICT, portLevelMtls: {[1]: DISABLE, ~: STRICT, -1: STRICT, 1.5: STRICT, \"\": STRICT, \"+1\": STRICT}}\n",
+        "apiVersion: mesh/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {selector: {a: b}, mode: STRICT, portLevelMtls: [1, 2]}\n",
+        "apiVersion: mesh/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: ALLOW, rules: [{from: {ipBlocks: [\"::/0\", \"0.0.0.0/0\", 1, \"/\", \"1.2.3.4/\", \"1.2.3.4/-0\"]}}]}\n",
+        "apiVersion: mesh/v1\nkind: Route\nmetadata: {name: r}\nspec: {service: s, rules: [{match: ~, backends: [{service: s, weight: 4294967296}]}]}\n",
+        "apiVersion: mesh/v1\nkind: Route\nmetadata: {name: r}\nspec: {service: s, rules: [{match: {headers: {\"\": \"\"}}, backends: [{service: s}]}], timeoutMs: 18446744073709551615}\n",
     ] {
         exercise(text);
     }
@@ -81,12 +147,14 @@ proptest! {
         edits in prop::collection::vec(
             (any::<prop::sample::Index>(), 0usize..4, prop::sample::select(vec![
                 "", "-", ":", " ", "\n", "[", "]", "{", "}", ",", "'", "\"", "#", "&a", "*a",
-                "0", "70000", "-1", "::", "10.0.0.1", "---", "x", "\t", "~", "!",
+                "0", "70000", "-1", "::", "10.0.0.1", "---", "x", "\t", "~", "!", "*", "/",
+                "/8", "ALLOW", "DENY", "STRICT", "DISABLE", "mesh", "bookinfo", "reviews",
             ])),
             1..6,
-        )
+        ),
+        mesh in any::<bool>(),
     ) {
-        let mut text = FIXTURE.to_owned();
+        let mut text = if mesh { MESH_FIXTURE } else { FIXTURE }.to_owned();
         for (at, delete, insert) in edits {
             let mut i = at.index(text.len() + 1);
             while !text.is_char_boundary(i) {
@@ -99,5 +167,68 @@ proptest! {
             text.replace_range(i..end, insert);
         }
         exercise(&text);
+    }
+    /// Whatever the bytes, `from_json` answers with a resource or an error.
+    #[test]
+    fn arbitrary_json_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Resource::from_json(&bytes);
+    }
+
+    /// JSON of every fixture resource, mangled: reaches typed decoding of every kind.
+    #[test]
+    fn mangled_json_never_panics(
+        which in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        delete in 0usize..4,
+        insert in prop::sample::select(vec![
+            "", "0", "-1", "\"\"", "\"x\"", "[]", "{}", "null", ",", ":", "\"*\"", "70000",
+        ]),
+    ) {
+        let resources = load_str("mesh.yaml", MESH_FIXTURE).unwrap();
+        let mut json = resources[which.index(resources.len())].to_json();
+        // The fixture is ASCII, so every index is a char boundary.
+        let i = at.index(json.len() + 1);
+        let end = (i + delete).min(json.len());
+        json.replace_range(i..end, insert);
+        if let Ok(r) = Resource::from_json(json.as_bytes()) {
+            prop_assert_eq!(Resource::from_json(r.to_json().as_bytes()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn arbitrary_cidr_text_never_panics(text in "[0-9a-f:./]{0,45}") {
+        if let Ok(c) = text.parse::<Cidr>() {
+            prop_assert_eq!(c.to_string().parse::<Cidr>().unwrap(), c);
+            prop_assert!(c.contains(c.addr()));
+        }
+    }
+
+    /// Any address and length: the network form is accepted and round-trips, anything with
+    /// bits after the prefix is refused, and `contains` agrees with comparing the top bits.
+    #[test]
+    fn cidr_contains_agrees_with_bits(a in any::<u32>(), b in any::<u32>(), len in 0u8..=32) {
+        let shift = 32 - u32::from(len);
+        let network = a.checked_shr(shift).unwrap_or(0).checked_shl(shift).unwrap_or(0);
+        let c = Cidr::new(IpAddr::from(network.to_be_bytes()), len).unwrap();
+        prop_assert_eq!(c.to_string().parse::<Cidr>().unwrap(), c);
+        prop_assert_eq!(Cidr::new(IpAddr::from(a.to_be_bytes()), len).is_ok(), a == network);
+        let same = a.checked_shr(shift).unwrap_or(0) == b.checked_shr(shift).unwrap_or(0);
+        prop_assert_eq!(c.contains(IpAddr::from(b.to_be_bytes())), same);
+        prop_assert!(c.contains(IpAddr::from(a.to_be_bytes())));
+        prop_assert!(Cidr::new(c.addr(), 33).is_err());
+    }
+
+    #[test]
+    fn ipv6_cidrs_round_trip(a in any::<u128>(), len in 0u8..=128) {
+        let shift = 128 - u32::from(len);
+        let network = a.checked_shr(shift).unwrap_or(0).checked_shl(shift).unwrap_or(0);
+        let ip = IpAddr::from(network.to_be_bytes());
+        if let Ok(c) = Cidr::new(ip, len) {
+            prop_assert_eq!(c.to_string().parse::<Cidr>().unwrap(), c);
+            prop_assert!(c.contains(IpAddr::from(a.to_be_bytes())));
+        } else {
+            // Only IPv4-mapped networks are refused.
+            prop_assert!(network >> 32 == 0xffff);
+        }
     }
 }

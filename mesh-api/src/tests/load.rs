@@ -1,6 +1,6 @@
 use std::net::IpAddr;
 
-use super::{fixture_path, lines, FIXTURE};
+use super::{fixture_path, load_err, mesh_fixture_path, FIXTURE, MESH_FIXTURE};
 use crate::*;
 
 fn svc_doc(spec: &str) -> String {
@@ -9,10 +9,6 @@ fn svc_doc(spec: &str) -> String {
 
 const GOOD_SPEC: &str =
     "  vips: [\"10.96.0.20\"]\n  ports: [{port: 80, targetPort: 8080, protocol: http}]\n  selector: {app: reviews}\n";
-
-fn load_err(text: &str) -> Vec<String> {
-    lines(load_str("config.yaml", text).expect_err("should fail"))
-}
 
 #[test]
 fn loads_the_realistic_file() {
@@ -52,6 +48,69 @@ fn loads_the_realistic_file() {
     };
     assert_eq!(ratings.spec.service_account, "default");
     assert_eq!(ratings.spec.node, "node-1");
+}
+
+#[test]
+fn loads_a_file_with_every_kind() {
+    let resources = load_file(&mesh_fixture_path()).unwrap();
+    let kinds: Vec<_> = resources
+        .iter()
+        .map(|r| format!("{} {}", r.kind(), r.key()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "MeshConfig mesh",
+            "Service bookinfo/productpage",
+            "Service bookinfo/reviews",
+            "Service bookinfo/reviews-v1",
+            "Service bookinfo/reviews-v2",
+            "Service bookinfo/ratings",
+            "Workload bookinfo/productpage-v1",
+            "Workload bookinfo/reviews-v1",
+            "Workload bookinfo/reviews-v2",
+            "Workload bookinfo/ratings-v1",
+            "Route bookinfo/reviews-canary",
+            "AuthorizationPolicy mesh-system/deny-quarantine",
+            "AuthorizationPolicy bookinfo/allow-ingress",
+            "AuthorizationPolicy bookinfo/allow-productpage",
+            "AuthorizationPolicy bookinfo/allow-reviews",
+            "AuthorizationPolicy bookinfo/audit-plaintext",
+            "PeerAuthentication mesh-system/default",
+            "PeerAuthentication bookinfo/ratings-metrics",
+            "PeerAuthentication bookinfo/productpage-edge",
+        ]
+    );
+    let Resource::Route(route) = &resources[10] else {
+        panic!("not a route")
+    };
+    assert_eq!(route.spec.rules.len(), 3);
+    assert_eq!(route.spec.rules[2].backends[0].weight, 90);
+    assert_eq!(route.spec.timeout_ms, Some(3000));
+    assert_eq!(route.spec.retries, Some(Retries { attempts: 2 }));
+    let Resource::AuthorizationPolicy(deny) = &resources[11] else {
+        panic!("not a policy")
+    };
+    let from = deny.spec.rules[0].from.as_ref().unwrap();
+    assert_eq!(
+        from.ip_blocks,
+        [
+            "192.0.2.0/24".parse::<Cidr>().unwrap(),
+            "2001:db8::/32".parse().unwrap()
+        ]
+    );
+    assert_eq!(from.not_ip_blocks[0].to_string(), "192.0.2.1/32");
+    assert_eq!(deny.spec.selector, None);
+    assert_eq!(deny.spec.action, AuthzAction::Deny);
+}
+
+#[test]
+fn serialises_cluster_scoped_metadata_without_a_namespace() {
+    let yaml = serde_yaml_ng::to_string(&Resource::from(MeshConfig::default())).unwrap();
+    assert_eq!(
+        yaml,
+        "apiVersion: mesh/v1\nkind: MeshConfig\nmetadata:\n  name: mesh\nspec:\n  trustDomain: cluster.local\n  rootNamespace: mesh-system\n  defaultMtlsMode: PERMISSIVE\n  defaultPolicy: ALLOW\n  connectTimeoutMs: 5000\n  idleTimeoutMs: 3600000\n  healthCheck:\n    intervalMs: 2000\n    timeoutMs: 1000\n    unhealthyThreshold: 2\n    healthyThreshold: 1\n"
+    );
 }
 
 #[test]
@@ -103,7 +162,8 @@ fn empty_inputs_give_no_resources() {
 
 #[test]
 fn round_trips_through_yaml_and_json() {
-    let resources = load_str("x.yaml", FIXTURE).unwrap();
+    let mut resources = load_str("x.yaml", FIXTURE).unwrap();
+    resources.extend(load_str("mesh.yaml", MESH_FIXTURE).unwrap());
     for r in &resources {
         let yaml = serde_yaml_ng::to_string(r).unwrap();
         assert!(yaml.starts_with("apiVersion: mesh/v1\nkind: "), "{yaml}");
@@ -204,10 +264,10 @@ fn error_for_envelope_problems() {
         load_err(&no_version),
         ["config.yaml: Service default/reviews: apiVersion: missing field"]
     );
-    let unknown_kind = svc_doc(GOOD_SPEC).replace("kind: Service", "kind: Route");
+    let unknown_kind = svc_doc(GOOD_SPEC).replace("kind: Service", "kind: Gateway");
     assert_eq!(
         load_err(&unknown_kind),
-        ["config.yaml: Route default/reviews: kind: unknown kind \"Route\", expected one of: Service, Workload"]
+        ["config.yaml: Gateway default/reviews: kind: unknown kind \"Gateway\", expected one of: Service, Workload, Route, AuthorizationPolicy, PeerAuthentication, MeshConfig"]
     );
     let no_kind = svc_doc(GOOD_SPEC).replace("kind: Service\n", "");
     assert_eq!(

@@ -1,7 +1,10 @@
 //! Unit tests for the crate; shared builders live here.
 
 mod fuzz;
+mod json;
 mod load;
+mod policy;
+mod routes;
 mod snapshot;
 mod validate;
 
@@ -12,7 +15,40 @@ use crate::{Workload, WorkloadSpec};
 pub(crate) const FIXTURE: &str = include_str!("testdata/two-services.yaml");
 
 pub(crate) fn fixture_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tests/testdata/two-services.yaml")
+    testdata("two-services.yaml")
+}
+
+/// The realistic fixture with every kind.
+pub(crate) const MESH_FIXTURE: &str = include_str!("testdata/mesh.yaml");
+
+pub(crate) fn mesh_fixture_path() -> std::path::PathBuf {
+    testdata("mesh.yaml")
+}
+
+fn testdata(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/tests/testdata")
+        .join(name)
+}
+
+/// One YAML document of `kind` with the given metadata and (indented) spec.
+pub(crate) fn doc(kind: &str, metadata: &str, spec: &str) -> String {
+    format!("apiVersion: mesh/v1\nkind: {kind}\nmetadata: {metadata}\nspec:\n{spec}")
+}
+
+/// Loads `text` as `config.yaml`, expecting failure; the issue lines.
+pub(crate) fn load_err(text: &str) -> Vec<String> {
+    lines(crate::load_str("config.yaml", text).expect_err("should fail"))
+}
+
+/// The issue lines of building a snapshot from YAML that loads.
+pub(crate) fn snapshot_err(text: &str) -> Vec<String> {
+    let resources = crate::load_str("config.yaml", text).unwrap();
+    lines(crate::Snapshot::from_resources(resources).expect_err("should fail"))
+}
+
+pub(crate) fn snapshot(text: &str) -> crate::Snapshot {
+    crate::Snapshot::from_resources(crate::load_str("config.yaml", text).unwrap()).unwrap()
 }
 
 pub(crate) fn service(name: &str, vip: &str, app: &str) -> Service {
@@ -28,6 +64,7 @@ pub(crate) fn service(name: &str, vip: &str, app: &str) -> Service {
             }],
             selector: [("app".to_owned(), app.to_owned())].into(),
             load_balancer: Default::default(),
+            health_check: None,
         },
     }
 }

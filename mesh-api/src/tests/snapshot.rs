@@ -112,6 +112,51 @@ fn resources_round_trip_through_a_snapshot() {
 }
 
 #[test]
+fn every_kind_round_trips_through_a_snapshot() {
+    let snap = Snapshot::from_resources(load_file(&super::mesh_fixture_path()).unwrap()).unwrap();
+    let resources = snap.resources();
+    let kinds: Vec<&str> = resources.iter().map(Resource::kind).collect();
+    let mut expected = Vec::new();
+    for (kind, n) in [
+        ("Service", 5),
+        ("Workload", 4),
+        ("Route", 1),
+        ("AuthorizationPolicy", 5),
+        ("PeerAuthentication", 3),
+        ("MeshConfig", 1),
+    ] {
+        expected.extend(std::iter::repeat_n(kind, n));
+    }
+    assert_eq!(kinds, expected);
+    // Each kind in key order.
+    assert_eq!(
+        resources[9..]
+            .iter()
+            .map(|r| r.key().to_string())
+            .collect::<Vec<_>>(),
+        [
+            "bookinfo/reviews-canary",
+            "bookinfo/allow-ingress",
+            "bookinfo/allow-productpage",
+            "bookinfo/allow-reviews",
+            "bookinfo/audit-plaintext",
+            "mesh-system/deny-quarantine",
+            "bookinfo/productpage-edge",
+            "bookinfo/ratings-metrics",
+            "mesh-system/default",
+            "mesh",
+        ]
+    );
+    let again = Snapshot::from_resources(resources.clone()).unwrap();
+    assert_eq!(again.resources(), resources);
+    let reviews = snap.service("bookinfo", "reviews").unwrap();
+    assert_eq!(
+        snap.route_for(reviews).unwrap().metadata.name,
+        "reviews-canary"
+    );
+}
+
+#[test]
 fn endpoints_respect_namespace_and_whole_selector() {
     let mut s = service("web", "10.96.0.1", "web");
     s.spec.selector.insert("version".into(), "v2".into());

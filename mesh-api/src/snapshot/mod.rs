@@ -1,15 +1,28 @@
 //! A validated, indexed, immutable view of all resources: what the proxy consults per
 //! connection. Build a new one on every config change and swap it in.
+//!
+//! This file holds construction and the service/workload indexes; `traffic.rs` adds routes,
+//! `security.rs` authorization and peer authentication, `mesh.rs` the mesh config.
+
+mod mesh;
+mod security;
+mod traffic;
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use crate::authz::AuthorizationPolicy;
 use crate::error::{ConfigError, Issue};
+use crate::mesh_config::{MeshConfig, MeshConfigSpec};
 use crate::meta::ObjectKey;
-use crate::resource::Resource;
+use crate::peer_auth::PeerAuthentication;
+use crate::resource::{Kind, Resource};
+use crate::route::Route;
 use crate::service::Service;
 use crate::workload::Workload;
+
+pub use security::{AuthzDecision, AuthzReason};
 
 /// Resources are kept in `(namespace, name)` order so listings and dumps are stable; the
 /// indexes point into those vectors so per-connection lookups are one hash probe.
@@ -25,25 +38,52 @@ pub struct Snapshot {
     by_uid: HashMap<String, usize>,
     /// Per service (same index as `services`): its endpoints, in workload order.
     endpoints: Vec<Vec<usize>>,
+
+    routes: Vec<Route>,
+    /// namespace -> host service name -> index into `routes`.
+    route_hosts: HashMap<String, HashMap<String, usize>>,
+
+    authorization_policies: Vec<AuthorizationPolicy>,
+    /// namespace -> indexes into `authorization_policies`, ascending.
+    authz_by_namespace: HashMap<String, Vec<usize>>,
+
+    peer_authentications: Vec<PeerAuthentication>,
+    /// namespace -> its namespace-wide (no selector) policy.
+    peer_auth_namespace_wide: HashMap<String, usize>,
+    /// namespace -> its selector policies, ascending.
+    peer_auth_selectors: HashMap<String, Vec<usize>>,
+
+    mesh_config: Option<MeshConfig>,
+    /// `mesh_config`'s spec, or the defaults.
+    mesh: MeshConfigSpec,
 }
 
 impl Snapshot {
     /// Validates every resource and the set as a whole, reporting all problems at once:
     /// duplicate (kind, namespace, name), VIPs shared by two services or equal to a workload
-    /// IP, workload uids or IPs used twice.
+    /// IP, workload uids or IPs used twice, more than one MeshConfig, routes naming missing
+    /// services or ports or sharing a host service, and conflicting PeerAuthentications.
     pub fn from_resources(
         resources: impl IntoIterator<Item = Resource>,
     ) -> Result<Snapshot, ConfigError> {
         let mut issues = Vec::new();
         let mut services = BTreeMap::new();
         let mut workloads = BTreeMap::new();
+        let mut routes = BTreeMap::new();
+        let mut authz = BTreeMap::new();
+        let mut peer_auths = BTreeMap::new();
+        let mut mesh_configs = BTreeMap::new();
         for resource in resources {
             issues.extend(resource.issues());
             let key = resource.key();
             let kind = resource.kind();
             let duplicate = match resource {
-                Resource::Service(s) => insert_new(&mut services, key.clone(), s),
-                Resource::Workload(w) => insert_new(&mut workloads, key.clone(), w),
+                Resource::Service(r) => insert_new(&mut services, key.clone(), r),
+                Resource::Workload(r) => insert_new(&mut workloads, key.clone(), r),
+                Resource::Route(r) => insert_new(&mut routes, key.clone(), r),
+                Resource::AuthorizationPolicy(r) => insert_new(&mut authz, key.clone(), r),
+                Resource::PeerAuthentication(r) => insert_new(&mut peer_auths, key.clone(), r),
+                Resource::MeshConfig(r) => insert_new(&mut mesh_configs, key.clone(), r),
             };
             if duplicate {
                 issues.push(Issue {
@@ -58,11 +98,18 @@ impl Snapshot {
         let mut snap = Snapshot {
             services: services.into_values().collect(),
             workloads: workloads.into_values().collect(),
+            routes: routes.into_values().collect(),
+            authorization_policies: authz.into_values().collect(),
+            peer_authentications: peer_auths.into_values().collect(),
             ..Snapshot::default()
         };
         snap.index_workloads(&mut issues);
         snap.index_services(&mut issues);
         snap.index_endpoints();
+        snap.set_mesh_config(mesh_configs.into_values().collect(), &mut issues);
+        snap.index_routes(&mut issues);
+        snap.index_authorization_policies();
+        snap.index_peer_authentications(&mut issues);
 
         if issues.is_empty() {
             Ok(snap)
@@ -80,7 +127,7 @@ impl Snapshot {
                 .insert(m.name.clone(), i);
             if !w.spec.uid.is_empty() {
                 if let Some(&j) = self.by_uid.get(&w.spec.uid) {
-                    issues.push(workload_issue(
+                    issues.push(issue(
                         w,
                         "spec.uid",
                         format!(
@@ -97,7 +144,7 @@ impl Snapshot {
                 match self.by_ip.get(ip) {
                     // Duplicates within one workload are reported by its own validation.
                     Some(&j) if j == i => {}
-                    Some(&j) => issues.push(workload_issue(
+                    Some(&j) => issues.push(issue(
                         w,
                         &format!("spec.ips[{n}]"),
                         format!(
@@ -123,7 +170,7 @@ impl Snapshot {
             for (n, vip) in s.spec.vips.iter().enumerate() {
                 let field = format!("spec.vips[{n}]");
                 if let Some(&w) = self.by_ip.get(vip) {
-                    issues.push(service_issue(
+                    issues.push(issue(
                         s,
                         &field,
                         format!(
@@ -134,7 +181,7 @@ impl Snapshot {
                 }
                 match self.by_vip.get(vip) {
                     Some(&j) if j == i => {}
-                    Some(&j) => issues.push(service_issue(
+                    Some(&j) => issues.push(issue(
                         s,
                         &field,
                         format!(
@@ -270,15 +317,42 @@ impl Snapshot {
         self.workloads.iter().filter(move |w| w.spec.node == node)
     }
 
-    /// Everything back as resources (services, then workloads, each in key order), for
-    /// config dumps and `meshctl get`.
+    /// Everything back as resources, kind by kind in [`Resource::KINDS`] order (services,
+    /// workloads, routes, authorization policies, peer authentications, mesh config), each
+    /// in key order; for config dumps and `meshctl get`. A defaulted mesh config is not
+    /// included.
     pub fn resources(&self) -> Vec<Resource> {
-        self.services
-            .iter()
-            .cloned()
-            .map(Resource::from)
-            .chain(self.workloads.iter().cloned().map(Resource::from))
+        fn all<T: Clone + Into<Resource>>(v: &[T]) -> impl Iterator<Item = Resource> + '_ {
+            v.iter().cloned().map(Into::into)
+        }
+        all(&self.services)
+            .chain(all(&self.workloads))
+            .chain(all(&self.routes))
+            .chain(all(&self.authorization_policies))
+            .chain(all(&self.peer_authentications))
+            .chain(self.mesh_config.iter().cloned().map(Resource::from))
             .collect()
+    }
+}
+
+/// Binary search in a vector kept in `(namespace, name)` order.
+fn find_sorted<'a, T: Kind>(items: &'a [T], namespace: &str, name: &str) -> Option<&'a T> {
+    items
+        .binary_search_by(|item| {
+            let m = item.metadata();
+            (m.namespace.as_str(), m.name.as_str()).cmp(&(namespace, name))
+        })
+        .ok()
+        .map(|i| &items[i])
+}
+
+/// An issue about `r` at `field`.
+fn issue<T: Kind>(r: &T, field: &str, message: String) -> Issue {
+    Issue {
+        kind: Some(T::KIND.to_owned()),
+        object: Some(r.metadata().key()),
+        field: Some(field.to_owned()),
+        ..Issue::new(message)
     }
 }
 
@@ -300,23 +374,5 @@ fn host_prefix_len(ip: IpAddr) -> u8 {
     match ip {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => 128,
-    }
-}
-
-fn service_issue(s: &Service, field: &str, message: String) -> Issue {
-    Issue {
-        kind: Some("Service".to_owned()),
-        object: Some(s.metadata.key()),
-        field: Some(field.to_owned()),
-        ..Issue::new(message)
-    }
-}
-
-fn workload_issue(w: &Workload, field: &str, message: String) -> Issue {
-    Issue {
-        kind: Some("Workload".to_owned()),
-        object: Some(w.metadata.key()),
-        field: Some(field.to_owned()),
-        ..Issue::new(message)
     }
 }

@@ -1,0 +1,192 @@
+//! `kind: MeshConfig`: mesh-wide settings. A cluster-scoped singleton named `mesh`: its
+//! metadata has no namespace (the key's namespace is the empty string). Every setting has a
+//! default, so a mesh without one (or with `spec: {}`) behaves the same as with the defaults
+//! written out.
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::ObjectMeta;
+use crate::peer_auth::MtlsMode;
+use crate::resource::Kind;
+use crate::validate::{check_cluster_meta, check_positive, is_dns1123_label, Checker};
+use crate::workload::Workload;
+
+/// The only accepted `metadata.name` of a MeshConfig.
+pub const MESH_CONFIG_NAME: &str = "mesh";
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_ROOT_NAMESPACE: &str = "mesh-system";
+
+/// Longest trust domain SPIFFE allows.
+const MAX_TRUST_DOMAIN_LEN: usize = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Name `mesh`, no namespace; see [`ObjectMeta::cluster_scoped`].
+    #[serde(with = "crate::meta::cluster_scoped")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: MeshConfigSpec,
+}
+
+/// Mesh-wide settings. Serialised in full (defaults included), so a dump shows what is in
+/// effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MeshConfigSpec {
+    /// The `<trust-domain>` of every SPIFFE ID the CA issues.
+    pub trust_domain: String,
+    /// Policies (AuthorizationPolicy, PeerAuthentication) in this namespace apply mesh-wide.
+    pub root_namespace: String,
+    /// mTLS mode where no PeerAuthentication applies.
+    pub default_mtls_mode: MtlsMode,
+    /// What happens to a connection to a workload that no ALLOW policy applies to (after
+    /// DENY policies): `DENY` makes the mesh default-deny.
+    pub default_policy: DefaultPolicy,
+    pub connect_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub health_check: HealthCheckSettings,
+}
+
+/// `ALLOW` or `DENY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DefaultPolicy {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// How agents probe their local endpoints (what is probed is per Service:
+/// `spec.healthCheck`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HealthCheckSettings {
+    pub interval_ms: u64,
+    /// Per probe; at most `intervalMs`.
+    pub timeout_ms: u64,
+    /// Consecutive failures that mark a healthy endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that mark an unhealthy endpoint healthy.
+    pub healthy_threshold: u32,
+}
+
+impl Default for MeshConfigSpec {
+    fn default() -> Self {
+        MeshConfigSpec {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_owned(),
+            default_mtls_mode: MtlsMode::Permissive,
+            default_policy: DefaultPolicy::Allow,
+            connect_timeout_ms: 5_000,
+            idle_timeout_ms: 3_600_000,
+            health_check: HealthCheckSettings::default(),
+        }
+    }
+}
+
+impl Default for HealthCheckSettings {
+    fn default() -> Self {
+        HealthCheckSettings {
+            interval_ms: 2_000,
+            timeout_ms: 1_000,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+        }
+    }
+}
+
+impl Default for MeshConfig {
+    /// `mesh` with every default.
+    fn default() -> Self {
+        MeshConfig {
+            metadata: ObjectMeta::cluster_scoped(MESH_CONFIG_NAME),
+            spec: MeshConfigSpec::default(),
+        }
+    }
+}
+
+impl MeshConfigSpec {
+    /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
+    pub fn spiffe_id(&self, namespace: &str, service_account: &str) -> String {
+        format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            self.trust_domain
+        )
+    }
+
+    /// The SPIFFE ID the CA issues for `workload`.
+    pub fn identity_of(&self, workload: &Workload) -> String {
+        self.spiffe_id(&workload.metadata.namespace, &workload.spec.service_account)
+    }
+}
+
+/// SPIFFE trust domain: lowercase letters, digits, '.', '-' and '_'.
+fn is_trust_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_TRUST_DOMAIN_LEN
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
+impl Kind for MeshConfig {
+    const KIND: &'static str = "MeshConfig";
+    const NAMESPACED: bool = false;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn check(&self, c: &mut Checker<'_>) {
+        check_cluster_meta(c, &self.metadata);
+        if self.metadata.name != MESH_CONFIG_NAME {
+            c.fail(
+                "metadata.name",
+                format!(
+                    "must be {MESH_CONFIG_NAME:?} (MeshConfig is a singleton), got {:?}",
+                    self.metadata.name
+                ),
+            );
+        }
+        let spec = &self.spec;
+        if !is_trust_domain(&spec.trust_domain) {
+            c.fail(
+                "spec.trustDomain",
+                format!(
+                    "{:?} is not a trust domain (lowercase letters, digits, '.', '-' and '_', at most {MAX_TRUST_DOMAIN_LEN})",
+                    spec.trust_domain
+                ),
+            );
+        }
+        if !is_dns1123_label(&spec.root_namespace) {
+            c.fail(
+                "spec.rootNamespace",
+                format!(
+                    "{:?} is not a namespace name (a DNS-1123 label)",
+                    spec.root_namespace
+                ),
+            );
+        }
+        check_positive(c, "spec.connectTimeoutMs", spec.connect_timeout_ms);
+        check_positive(c, "spec.idleTimeoutMs", spec.idle_timeout_ms);
+        let hc = &spec.health_check;
+        check_positive(c, "spec.healthCheck.intervalMs", hc.interval_ms);
+        check_positive(c, "spec.healthCheck.timeoutMs", hc.timeout_ms);
+        if hc.timeout_ms > hc.interval_ms && hc.interval_ms > 0 {
+            c.fail(
+                "spec.healthCheck.timeoutMs",
+                format!(
+                    "{} must not exceed spec.healthCheck.intervalMs ({})",
+                    hc.timeout_ms, hc.interval_ms
+                ),
+            );
+        }
+        if hc.unhealthy_threshold == 0 {
+            c.fail("spec.healthCheck.unhealthyThreshold", "must be at least 1");
+        }
+        if hc.healthy_threshold == 0 {
+            c.fail("spec.healthCheck.healthyThreshold", "must be at least 1");
+        }
+    }
+}

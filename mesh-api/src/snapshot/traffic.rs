@@ -1,0 +1,120 @@
+//! Routes in a snapshot: checked against the services they name, indexed by host service.
+
+use std::collections::hash_map::Entry;
+
+use super::{find_sorted, issue, lookup, Snapshot};
+use crate::error::Issue;
+use crate::route::Route;
+use crate::service::Service;
+
+impl Snapshot {
+    /// Checks every service (and port) a route names exists in its namespace, that each host
+    /// service has at most one route, and that HTTP matches sit on services with HTTP ports.
+    pub(super) fn index_routes(&mut self, issues: &mut Vec<Issue>) {
+        let mut hosts = std::mem::take(&mut self.route_hosts);
+        for (i, route) in self.routes.iter().enumerate() {
+            let ns = route.metadata.namespace.as_str();
+            let host_name = route.spec.service.as_str();
+            let host = self.service(ns, host_name);
+            match host {
+                None => issues.push(issue(
+                    route,
+                    "spec.service",
+                    format!("no Service {ns}/{host_name}"),
+                )),
+                Some(host) => check_http_ports(route, host, issues),
+            }
+            match hosts
+                .entry(ns.to_owned())
+                .or_default()
+                .entry(host_name.to_owned())
+            {
+                Entry::Occupied(e) => issues.push(issue(
+                    route,
+                    "spec.service",
+                    format!(
+                        "Service {ns}/{host_name} already has Route {} (one Route per Service)",
+                        self.routes[*e.get()].metadata.key()
+                    ),
+                )),
+                Entry::Vacant(e) => {
+                    e.insert(i);
+                }
+            }
+            for (r, rule) in route.spec.rules.iter().enumerate() {
+                for (b, backend) in rule.backends.iter().enumerate() {
+                    let field = format!("spec.rules[{r}].backends[{b}]");
+                    let Some(target) = self.service(ns, &backend.service) else {
+                        issues.push(issue(
+                            route,
+                            &format!("{field}.service"),
+                            format!("no Service {ns}/{}", backend.service),
+                        ));
+                        continue;
+                    };
+                    let missing = match (backend.port, host) {
+                        (Some(port), _) => (target.port(port).is_none()).then_some(port),
+                        // The client's port is used: every host port this rule can see must
+                        // exist on the backend too.
+                        (None, Some(host)) => host
+                            .spec
+                            .ports
+                            .iter()
+                            .filter(|p| !rule.is_http() || p.protocol.is_http())
+                            .map(|p| p.port)
+                            .find(|&p| target.port(p).is_none()),
+                        (None, None) => None,
+                    };
+                    if let Some(port) = missing {
+                        let (at, why) = if backend.port.is_some() {
+                            (format!("{field}.port"), String::new())
+                        } else {
+                            (
+                                format!("{field}.service"),
+                                format!(", which Service {ns}/{host_name} has; set {field}.port"),
+                            )
+                        };
+                        issues.push(issue(
+                            route,
+                            &at,
+                            format!("Service {} has no port {port}{why}", target.metadata.key()),
+                        ));
+                    }
+                }
+            }
+        }
+        self.route_hosts = hosts;
+    }
+
+    /// The route governing traffic to `service` (matched by namespace and name), if any.
+    pub fn route_for(&self, service: &Service) -> Option<&Route> {
+        let m = &service.metadata;
+        lookup(&self.route_hosts, &m.namespace, &m.name).map(|i| &self.routes[i])
+    }
+
+    pub fn route(&self, namespace: &str, name: &str) -> Option<&Route> {
+        find_sorted(&self.routes, namespace, name)
+    }
+
+    /// All routes in `(namespace, name)` order.
+    pub fn routes(&self) -> impl ExactSizeIterator<Item = &Route> + DoubleEndedIterator {
+        self.routes.iter()
+    }
+}
+
+/// A rule with HTTP conditions can only ever match on an HTTP port of its host service.
+fn check_http_ports(route: &Route, host: &Service, issues: &mut Vec<Issue>) {
+    if host.spec.ports.iter().any(|p| p.protocol.is_http()) {
+        return;
+    }
+    if let Some(r) = route.spec.rules.iter().position(|r| r.is_http()) {
+        issues.push(issue(
+            route,
+            &format!("spec.rules[{r}].match"),
+            format!(
+                "HTTP match, but Service {} has no http, http2 or grpc port",
+                host.metadata.key()
+            ),
+        ));
+    }
+}

@@ -24,4 +24,9 @@ pub struct Agent {
     pub pods: tokio::sync::Mutex<BTreeMap<String, EnrolledPod>>,
     /// Set once every saved pod has been resumed.
     pub ready: AtomicBool,
+    /// Results of this node's health checks, by `namespace/workload`.
+    pub local_health:
+        parking_lot::Mutex<std::collections::BTreeMap<String, mesh_proto::v1::EndpointHealth>>,
+    /// Wakes whoever publishes `local_health` when it changes.
+    pub health_changed: tokio::sync::Notify,
 }

@@ -63,6 +63,13 @@ pub struct RunArgs {
     /// Static mesh config: Service and Workload resources (YAML, multi-document).
     #[arg(long)]
     pub local_config: Option<PathBuf>,
+    /// Control plane URL(s), comma-separated replicas (e.g. http://cp-1:15010,http://cp-2:15010).
+    /// Replaces --local-config as the source of the mesh config.
+    #[arg(long, env = "MESH_CONTROL_PLANE", value_delimiter = ',')]
+    pub control_plane: Vec<String>,
+    /// Destinations the kernel capture map can hold (sets its size when first created).
+    #[arg(long)]
+    pub capture_capacity: Option<u32>,
     /// This node's name, as Workloads name it in `spec.node` [default: hostname].
     #[arg(long, env = "MESH_NODE_NAME")]
     pub node_name: Option<String>,

@@ -4,7 +4,9 @@
 mod admin;
 mod agent;
 mod cli;
+mod control;
 mod datapath;
+mod health;
 mod metrics;
 mod pods;
 mod proxy;

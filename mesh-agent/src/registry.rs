@@ -3,7 +3,7 @@
 //! The snapshot is swapped atomically when config changes; connections in flight keep the
 //! snapshot they started with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub enum Route {
 
 pub struct Registry {
     snapshot: ArcSwap<Snapshot>,
+    /// Workloads whose health checks fail (by `namespace/name`). Unknown counts as healthy.
+    unhealthy: ArcSwap<HashSet<ObjectKey>>,
     /// Where round robin continues, per service.
     cursors: RwLock<HashMap<ObjectKey, Arc<AtomicUsize>>>,
     /// Where the snapshot came from and its version, for status.
@@ -48,6 +50,7 @@ impl Registry {
     pub fn new(snapshot: Snapshot, origin: String) -> Registry {
         Registry {
             snapshot: ArcSwap::from_pointee(snapshot),
+            unhealthy: ArcSwap::from_pointee(HashSet::new()),
             cursors: RwLock::default(),
             source: RwLock::new(ConfigSource { origin, version: 1 }),
         }
@@ -61,11 +64,16 @@ impl Registry {
         self.source.read().clone()
     }
 
-    pub fn replace(&self, snapshot: Snapshot, origin: String) {
+    /// Installs a new config. `version`: the control plane's; `None` counts reloads.
+    pub fn replace(&self, snapshot: Snapshot, origin: String, version: Option<u64>) {
         self.snapshot.store(Arc::new(snapshot));
         let mut source = self.source.write();
         source.origin = origin;
-        source.version += 1;
+        source.version = version.unwrap_or(source.version + 1);
+    }
+
+    pub fn set_unhealthy(&self, unhealthy: HashSet<ObjectKey>) {
+        self.unhealthy.store(Arc::new(unhealthy));
     }
 
     /// Decides where a connection to `original` goes.
@@ -88,8 +96,17 @@ impl Registry {
             return Route::Refused(Failure::UnknownServicePort);
         };
         let target = port.target();
-        let mut endpoints: Vec<SocketAddr> = snapshot
-            .endpoints(service)
+        let all = snapshot.endpoints(service);
+        let unhealthy = self.unhealthy.load();
+        let healthy: Vec<&Workload> = all
+            .iter()
+            .copied()
+            .filter(|w| !unhealthy.contains(&w.metadata.key()))
+            .collect();
+        // When every endpoint fails its checks, the checks are more likely wrong than every
+        // endpoint dead: use them all rather than refuse (Envoy's "panic" mode).
+        let candidates = if healthy.is_empty() { all } else { healthy };
+        let mut endpoints: Vec<SocketAddr> = candidates
             .into_iter()
             .filter_map(|w| endpoint_ip(w, original.ip()))
             .map(|ip| SocketAddr::new(ip, target))
@@ -202,5 +219,25 @@ spec:
             r.route(sa("10.0.0.2:15001")),
             Route::Refused(Failure::ProxyPort)
         );
+    }
+
+    #[test]
+    fn unhealthy_endpoints_are_avoided_unless_all_are() {
+        let r = registry();
+        let endpoints = |r: &Registry| match r.route(sa("10.96.0.10:80")) {
+            Route::Service { mut endpoints, .. } => {
+                endpoints.sort();
+                endpoints
+            }
+            other => panic!("{other:?}"),
+        };
+        r.set_unhealthy([ObjectKey::new("default", "web-1")].into());
+        assert_eq!(endpoints(&r), vec![sa("10.0.0.2:8080")]);
+        let both = [
+            ObjectKey::new("default", "web-1"),
+            ObjectKey::new("default", "web-2"),
+        ];
+        r.set_unhealthy(both.into());
+        assert_eq!(endpoints(&r).len(), 2);
     }
 }

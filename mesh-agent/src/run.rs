@@ -11,7 +11,9 @@ use mesh_api::Snapshot;
 
 use crate::admin;
 use crate::agent::Agent;
+use crate::control::{self, ConfigCacheFile, ConfigState, ControlPlane};
 use crate::datapath::{CaptureSet, Datapath};
+use crate::health;
 use crate::metrics::Metrics;
 use crate::pods::StateStore;
 use crate::registry::Registry;
@@ -28,8 +30,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         None => detect_cgroup2_root()?,
     };
-    let (snapshot, origin) = load_mesh_config(&settings)?;
-    let datapath = Datapath::load(&settings.bpffs)?;
+    let datapath = Datapath::load(&settings.bpffs, settings.capture_capacity)?;
+    let (snapshot, origin, cached) = if settings.control_plane.is_empty() {
+        let (snapshot, origin) = load_mesh_config(&settings)?;
+        (snapshot, origin, None)
+    } else {
+        cached_config(&settings)?
+    };
     let registry = Arc::new(Registry::new(snapshot, origin));
     datapath
         .maps
@@ -44,11 +51,33 @@ pub async fn run(settings: Settings) -> Result<()> {
         connect_timeout: settings.connect_timeout,
         pods: Default::default(),
         ready: AtomicBool::new(false),
+        local_health: Default::default(),
+        health_changed: Default::default(),
     });
+    if let Some(cached) = &cached {
+        control::install(
+            &agent,
+            registry_snapshot(&agent),
+            cached,
+            "cache (control plane not reached yet)".into(),
+        )?;
+    }
     let _socket = admin::serve_unix(agent.clone(), admin::socket_path(&settings.state_dir)).await?;
     let http = tokio::spawn(admin::serve_http(agent.clone(), settings.admin_addr));
     agent.resume().await?;
     agent.ready.store(true, Ordering::Release);
+    tokio::spawn(health::run(
+        agent.clone(),
+        settings.control_plane.is_empty(),
+    ));
+    if !settings.control_plane.is_empty() {
+        let cache = ControlPlane::new(
+            settings.control_plane.clone(),
+            cached.unwrap_or_default(),
+            ConfigCacheFile::new(&settings.state_dir),
+        );
+        tokio::spawn(cache.run(agent.clone()));
+    }
     tracing::info!(node = %agent.node, admin = %settings.admin_addr, "agent ready");
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -58,7 +87,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     loop {
         tokio::select! {
             result = &mut http => return result.context("admin server task")?.context("admin server"),
-            _ = hangup.recv() => reload(&agent, &settings),
+            _ = hangup.recv() => if settings.control_plane.is_empty() { reload(&agent, &settings) },
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -74,7 +103,7 @@ fn reload(agent: &Agent, settings: &Settings) {
             .datapath
             .maps
             .sync_capture_set(&capture_set(&snapshot))?;
-        agent.registry.replace(snapshot, origin);
+        agent.registry.replace(snapshot, origin, None);
         Ok(())
     });
     match applied {
@@ -97,6 +126,33 @@ fn raise_open_file_limit() {
             tracing::warn!(error = %e, "could not raise the open file limit");
         }
     }
+}
+
+/// With a control plane: the last good config from the cache (so an agent started while the
+/// control plane is down serves what it had), or an empty mesh.
+fn cached_config(settings: &Settings) -> Result<(Snapshot, String, Option<ConfigState>)> {
+    let Some(state) = ConfigCacheFile::new(&settings.state_dir).load()? else {
+        return Ok((
+            Snapshot::default(),
+            "none yet (waiting for the control plane)".into(),
+            None,
+        ));
+    };
+    match Snapshot::from_resources(state.resources.values().cloned()) {
+        Ok(snapshot) => Ok((
+            snapshot,
+            "cache (control plane not reached yet)".into(),
+            Some(state),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "the cached config is invalid; starting empty");
+            Ok((Snapshot::default(), "none yet (cache invalid)".into(), None))
+        }
+    }
+}
+
+fn registry_snapshot(agent: &Agent) -> Snapshot {
+    (*agent.registry.snapshot()).clone()
 }
 
 fn load_mesh_config(settings: &Settings) -> Result<(Snapshot, String)> {

@@ -14,6 +14,8 @@ use crate::cli::{RunArgs, DEFAULT_STATE_DIR};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SettingsFile {
     local_config: Option<PathBuf>,
+    control_plane: Option<Vec<String>>,
+    capture_capacity: Option<u32>,
     node_name: Option<String>,
     admin_addr: Option<SocketAddr>,
     bpffs: Option<PathBuf>,
@@ -25,6 +27,9 @@ struct SettingsFile {
 #[derive(Debug)]
 pub struct Settings {
     pub local_config: Option<PathBuf>,
+    /// Control plane replicas; empty: static mode.
+    pub control_plane: Vec<String>,
+    pub capture_capacity: u32,
     pub node_name: String,
     pub admin_addr: SocketAddr,
     pub bpffs: PathBuf,
@@ -47,8 +52,22 @@ impl Settings {
                 .to_string_lossy()
                 .into_owned(),
         };
+        let control_plane = if args.control_plane.is_empty() {
+            file.control_plane.unwrap_or_default()
+        } else {
+            args.control_plane
+        };
+        let local_config = args.local_config.or(file.local_config);
+        if !control_plane.is_empty() && local_config.is_some() {
+            anyhow::bail!("--control-plane and --local-config are exclusive: choose where the mesh config comes from");
+        }
         Ok(Settings {
-            local_config: args.local_config.or(file.local_config),
+            local_config,
+            control_plane,
+            capture_capacity: args
+                .capture_capacity
+                .or(file.capture_capacity)
+                .unwrap_or(mesh_common::limits::MAX_CAPTURE_PREFIXES),
             node_name,
             admin_addr: args
                 .admin_addr

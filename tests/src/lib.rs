@@ -21,6 +21,8 @@
 pub mod agent;
 pub mod cgroup;
 mod cmd;
+pub mod control;
+pub mod etcd;
 pub mod http;
 pub mod janitor;
 pub mod mesh;

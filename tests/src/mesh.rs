@@ -26,6 +26,10 @@ pub struct MeshNode {
     bpffs: PathBuf,
     config: PathBuf,
     binary: PathBuf,
+    node: String,
+    /// Control plane URLs; empty: the agent runs on the static config file.
+    control_plane: Vec<String>,
+    extra_args: Vec<String>,
 }
 
 impl MeshNode {
@@ -35,21 +39,47 @@ impl MeshNode {
     }
 
     pub fn start_with_binary(binary: PathBuf, config_yaml: &str) -> Result<MeshNode> {
+        let mut node = Self::prepare(binary, NODE)?;
+        std::fs::write(&node.config, config_yaml)?;
+        node.start_agent()?;
+        Ok(node)
+    }
+
+    /// An agent named `node` following the control plane(s) at `urls`, with extra `run`
+    /// arguments.
+    pub fn start_with_control_plane(
+        node: &str,
+        urls: &[String],
+        extra_args: &[&str],
+    ) -> Result<MeshNode> {
+        let mut mesh_node = Self::prepare(cargo_bin("mesh-agent"), node)?;
+        mesh_node.control_plane = urls.to_vec();
+        mesh_node.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        mesh_node.start_agent()?;
+        Ok(mesh_node)
+    }
+
+    fn prepare(binary: PathBuf, node: &str) -> Result<MeshNode> {
         let dir = crate::temp_dir()?;
         let config = dir.path().join("mesh.yaml");
-        std::fs::write(&config, config_yaml)?;
         let n = NODES.fetch_add(1, Ordering::Relaxed);
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/{}-{n}", crate::prefix()));
-        let mut node = MeshNode {
+        Ok(MeshNode {
             dir,
             agent: None,
             admin: free_loopback_port()?,
             bpffs,
             config,
             binary,
-        };
-        node.start_agent()?;
-        Ok(node)
+            node: node.to_owned(),
+            control_plane: Vec::new(),
+            extra_args: Vec::new(),
+        })
+    }
+
+    /// Points a stopped agent at other control plane URLs before `start_agent`.
+    pub fn set_control_plane(&mut self, urls: &[String]) {
+        self.control_plane = urls.to_vec();
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -70,19 +100,25 @@ impl MeshNode {
 
     /// The agent's `run` arguments.
     pub fn run_args(&self) -> Vec<String> {
-        vec![
-            "run".into(),
-            "--local-config".into(),
-            self.config.display().to_string(),
+        let source = if self.control_plane.is_empty() {
+            vec!["--local-config".into(), self.config.display().to_string()]
+        } else {
+            vec!["--control-plane".into(), self.control_plane.join(",")]
+        };
+        let mut args: Vec<String> = vec!["run".into()];
+        args.extend(source);
+        args.extend(self.extra_args.iter().cloned());
+        args.extend([
             "--node-name".into(),
-            NODE.into(),
+            self.node.clone(),
             "--admin-addr".into(),
             self.admin.to_string(),
             "--bpffs".into(),
             self.bpffs.display().to_string(),
             "--state-dir".into(),
             self.state_dir().display().to_string(),
-        ]
+        ]);
+        args
     }
 
     /// Starts the agent (again) and waits until it is ready.

@@ -8,7 +8,12 @@ use crate::build_ebpf;
 use crate::cmd::{exec, output_of, progress, workspace_root};
 
 /// Debian packages by the command they provide.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    // The distributed store the control plane's HA tests and benchmarks run against.
+    ("etcd", "etcd-server"),
+];
 
 pub fn require_root(what: &str) -> Result<()> {
     if !nix_is_root() {
@@ -53,7 +58,7 @@ pub fn has_command(command: &str) -> bool {
 pub fn build_all(release: bool) -> Result<()> {
     build_ebpf::build()?;
     progress(&format!(
-        "building mesh-agent and pod-tool ({})",
+        "building mesh-agent, mesh-control, meshctl and pod-tool ({})",
         if release { "release" } else { "debug" }
     ));
     let mut cargo = Command::new("cargo");
@@ -62,6 +67,8 @@ pub fn build_all(release: bool) -> Result<()> {
         "--quiet",
         "-p",
         "mesh-agent",
+        "-p",
+        "mesh-control",
         "-p",
         "mesh-tests",
         "--bins",

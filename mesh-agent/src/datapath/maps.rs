@@ -20,6 +20,7 @@ pub struct Maps {
     pod_by_ip: Mutex<HashMap<MapData, [u32; 4], PodSlot>>,
     listeners: Mutex<SockMap<MapData>>,
     stats: PerCpuArray<MapData, u64>,
+    capture_capacity: usize,
 }
 
 /// The destinations the kernel captures: (address, prefix length).
@@ -40,7 +41,18 @@ where
 
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Maps> {
+        let capture_capacity = [names::CAPTURE_V4, names::CAPTURE_V6]
+            .iter()
+            .map(|name| match ebpf.map(name) {
+                Some(aya::maps::Map::LpmTrie(data)) => {
+                    data.info().map(|i| i.max_entries()).unwrap_or(0)
+                }
+                _ => 0,
+            })
+            .min()
+            .unwrap_or(0) as usize;
         Ok(Maps {
+            capture_capacity,
             capture_v4: Mutex::new(take(ebpf, names::CAPTURE_V4)?),
             capture_v6: Mutex::new(take(ebpf, names::CAPTURE_V6)?),
             orig_dst: Mutex::new(take(ebpf, names::ORIG_DST)?),
@@ -49,6 +61,12 @@ impl Maps {
             listeners: Mutex::new(take(ebpf, names::INBOUND_LISTENERS)?),
             stats: take(ebpf, names::STATS)?,
         })
+    }
+
+    /// How many destinations each capture trie holds (IPv4 and IPv6 have one each; the
+    /// smaller bounds what a config may capture).
+    pub fn capture_capacity(&self) -> usize {
+        self.capture_capacity
     }
 
     /// Makes the kernel's capture set exactly `wanted`: adds what is new, removes what is gone.

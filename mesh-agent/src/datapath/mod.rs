@@ -33,13 +33,17 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads every program and opens (or creates and pins) every map.
-    pub fn load(bpffs: &Path) -> Result<Datapath> {
+    /// `capture_capacity` sizes the capture tries when they are first created; pinned ones
+    /// from an earlier run keep their size.
+    pub fn load(bpffs: &Path, capture_capacity: u32) -> Result<Datapath> {
         prepare_bpffs(bpffs)?;
         let map_dir = bpffs.join("maps");
         std::fs::create_dir_all(&map_dir)
             .with_context(|| format!("creating {}", map_dir.display()))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&map_dir)
+            .map_max_entries(mesh_common::maps::CAPTURE_V4, capture_capacity)
+            .map_max_entries(mesh_common::maps::CAPTURE_V6, capture_capacity)
             .load(EBPF_OBJECT)
             .map_err(explain_load_error)?;
         for name in [

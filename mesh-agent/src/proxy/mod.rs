@@ -66,4 +66,4 @@ pub fn serve(context: Arc<PodContext>, listeners: PodListeners) -> Vec<JoinHandl
     tasks
 }
 
-pub use upstream::bind_listener;
+pub use upstream::{bind_listener, connect as upstream_connect};

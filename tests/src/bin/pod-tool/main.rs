@@ -7,6 +7,7 @@
 //! nothing here panics on a network error.
 
 mod bench;
+mod hold;
 mod http;
 mod tcp;
 
@@ -100,6 +101,16 @@ enum Cmd {
         #[arg(long)]
         linger0: bool,
     },
+    /// Opens N connections to an echo server (one 1-byte round trip each), prints
+    /// `{"held": N}` and keeps them open and idle until killed.
+    Hold {
+        #[arg(long)]
+        connect: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -159,6 +170,11 @@ fn run(cmd: Cmd) -> Result<()> {
             concurrency,
             linger0,
         } => bench::connect_rate(resolve(&connect)?, secs(seconds)?, concurrency, linger0),
+        Cmd::Hold {
+            connect,
+            count,
+            timeout_ms,
+        } => hold::hold(resolve(&connect)?, count, Duration::from_millis(timeout_ms)),
     }
 }
 

@@ -1,0 +1,573 @@
+//! `meshctl`: manage the mesh through the control plane.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use mesh_api::Resource;
+use mesh_control::client::{connect_admin, AdminClient};
+use mesh_control::server::canonical_kind;
+use mesh_proto::v1 as pb;
+
+#[derive(Parser)]
+#[command(name = "meshctl", version, about = "Manage the mesh")]
+struct Cli {
+    /// Control plane URL.
+    #[arg(
+        long,
+        global = true,
+        env = "MESHCTL_SERVER",
+        default_value = "http://127.0.0.1:15010"
+    )]
+    server: String,
+    /// File holding the admin token (the control plane writes DATA_DIR/admin.token).
+    #[arg(
+        long,
+        global = true,
+        env = "MESHCTL_TOKEN_FILE",
+        default_value = "/var/lib/mesh-control/admin.token"
+    )]
+    token_file: PathBuf,
+    /// The admin token itself (instead of --token-file).
+    #[arg(long, global = true, env = "MESHCTL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or update resources from a YAML file (multi-document; `-` for stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// Validate against the current config without storing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show resources of a kind, all or one (`NAME` or `NS/NAME`).
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Delete a resource: `meshctl delete KIND NS/NAME`.
+    Delete { kind: String, name: String },
+    /// Agents, their control-plane replica and the config version each has ACKed.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Service endpoints (workloads) and their health.
+    Endpoints {
+        #[command(subcommand)]
+        command: EndpointsCommand,
+    },
+    /// Traffic rules (Route) and security rules (AuthorizationPolicy).
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Print the mesh CA certificate (PEM).
+    CaCert,
+    /// Resource counts, agents connected, pushes, ACKs and NACKs.
+    Metrics,
+    /// Get or set the global MeshConfig.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointsCommand {
+    /// Endpoints of a service.
+    List {
+        service: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Register a workload (endpoint).
+    Register {
+        #[arg(long)]
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        uid: String,
+        #[arg(long = "ip", required = true)]
+        ips: Vec<String>,
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "default")]
+        service_account: String,
+        /// Labels as KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Deregister a workload: `NS/NAME`.
+    Deregister { name: String },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Add a Route (traffic rule) or AuthorizationPolicy (security rule) from a file.
+    Add {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// List traffic or security rules.
+    List {
+        #[arg(value_parser = ["traffic", "security"])]
+        which: String,
+        #[arg(short = 'n', long, default_value = "")]
+        namespace: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    Get {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Yaml)]
+        output: Output,
+    },
+    Set {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(cli: &Cli) -> Result<String> {
+    if let Some(token) = &cli.token {
+        return Ok(token.clone());
+    }
+    std::fs::read_to_string(&cli.token_file).with_context(|| {
+        format!(
+            "reading the admin token from {} (set --token-file or MESHCTL_TOKEN_FILE)",
+            cli.token_file.display()
+        )
+    })
+}
+
+/// Errors from the server carry their message; show it, not the gRPC envelope.
+fn call<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
+    result
+        .map(tonic::Response::into_inner)
+        .map_err(|status| match status.code() {
+            tonic::Code::Unauthenticated => anyhow::anyhow!("refused: {}", status.message()),
+            _ => anyhow::anyhow!("{}", status.message()),
+        })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let token = token(&cli)?;
+    let mut client = connect_admin(&cli.server, &token).await?;
+    match cli.command {
+        Command::Apply { file, dry_run } => {
+            let (source, resources) = read_resources(&file)?;
+            let response = call(
+                client
+                    .apply(pb::ApplyRequest {
+                        resources,
+                        source,
+                        dry_run,
+                    })
+                    .await,
+            )?;
+            print_results(&response, dry_run);
+        }
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            output,
+        } => {
+            let (namespace, name) = split_name(name.as_deref(), namespace.as_deref());
+            let response = call(
+                client
+                    .get(pb::GetRequest {
+                        kind: kind.clone(),
+                        namespace,
+                        name,
+                    })
+                    .await,
+            )?;
+            print_resources(&response.resources, output)?;
+        }
+        Command::Delete { kind, name } => {
+            let (namespace, name) = split_name(Some(&name), None);
+            let kind = canonical_kind(&kind)
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .to_owned();
+            let reference = pb::ResourceRef {
+                kind: kind.clone(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+            };
+            call(
+                client
+                    .delete(pb::DeleteRequest {
+                        r#ref: Some(reference),
+                    })
+                    .await,
+            )?;
+            println!("{kind} {namespace}/{name} deleted");
+        }
+        Command::Status { output } => {
+            print_status(call(client.status(pb::Empty {}).await)?, output)?
+        }
+        Command::Endpoints { command } => endpoints(&mut client, command).await?,
+        Command::Rules { command } => rules(&mut client, command).await?,
+        Command::CaCert => print!(
+            "{}",
+            call(client.get_ca_certificate(pb::Empty {}).await)?.pem
+        ),
+        Command::Metrics => {
+            let m = call(client.mesh_metrics(pb::Empty {}).await)?;
+            println!("version:          {}", m.version);
+            println!("agents connected: {}", m.agents_connected);
+            println!("pushes sent:      {}", m.pushes_sent);
+            println!("acks / nacks:     {} / {}", m.acks, m.nacks);
+            for (kind, count) in m.resources_by_kind {
+                println!("{kind:<17} {count}");
+            }
+        }
+        Command::Config { command } => match command {
+            ConfigCommand::Get { output } => {
+                let resource = call(client.get_mesh_config(pb::Empty {}).await)?;
+                print_resources(&[resource], output)?;
+            }
+            ConfigCommand::Set { file } => {
+                let (_, mut resources) = read_resources(&file)?;
+                if resources.len() != 1 {
+                    bail!("{file}: expected exactly one MeshConfig");
+                }
+                let response = call(
+                    client
+                        .set_mesh_config(pb::ResourceRequest {
+                            resource: resources.pop(),
+                        })
+                        .await,
+                )?;
+                print_results(&response, false);
+            }
+        },
+    }
+    Ok(())
+}
+
+async fn endpoints(client: &mut AdminClient, command: EndpointsCommand) -> Result<()> {
+    match command {
+        EndpointsCommand::List { service, namespace } => {
+            let response = call(
+                client
+                    .list_endpoints(pb::ListEndpointsRequest { namespace, service })
+                    .await,
+            )?;
+            let rows = response
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let health = if e.health_detail.is_empty() {
+                        e.health.clone()
+                    } else {
+                        format!("{} ({})", e.health, e.health_detail)
+                    };
+                    vec![
+                        format!("{}/{}", e.namespace, e.workload),
+                        e.ips.join(","),
+                        e.node.clone(),
+                        health,
+                    ]
+                })
+                .collect();
+            print_table(&["WORKLOAD", "IPS", "NODE", "HEALTH"], rows);
+        }
+        EndpointsCommand::Register {
+            name,
+            namespace,
+            uid,
+            ips,
+            node,
+            service_account,
+            labels,
+        } => {
+            let labels = labels
+                .iter()
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))
+                })
+                .collect::<Result<_>>()?;
+            let request = pb::RegisterEndpointRequest {
+                namespace,
+                name,
+                uid,
+                ips,
+                node,
+                service_account,
+                labels,
+            };
+            print_results(&call(client.register_endpoint(request).await)?, false);
+        }
+        EndpointsCommand::Deregister { name } => {
+            let (namespace, name) = split_name(Some(&name), None);
+            call(
+                client
+                    .deregister_endpoint(pb::DeregisterEndpointRequest {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                    })
+                    .await,
+            )?;
+            println!("Workload {namespace}/{name} deregistered");
+        }
+    }
+    Ok(())
+}
+
+async fn rules(client: &mut AdminClient, command: RulesCommand) -> Result<()> {
+    match command {
+        RulesCommand::Add { file } => {
+            let (_, resources) = read_resources(&file)?;
+            for resource in resources {
+                let kind = Resource::from_json(&resource.json)
+                    .map(|r| r.kind())
+                    .unwrap_or_default();
+                let request = pb::ResourceRequest {
+                    resource: Some(resource),
+                };
+                let response = match kind {
+                    "Route" => call(client.add_traffic_rule(request).await)?,
+                    "AuthorizationPolicy" => call(client.add_security_rule(request).await)?,
+                    other => bail!("{file}: rules are Route or AuthorizationPolicy, not {other}"),
+                };
+                print_results(&response, false);
+            }
+        }
+        RulesCommand::List { which, namespace } => {
+            let request = pb::ListRequest { namespace };
+            let response = if which == "traffic" {
+                call(client.list_traffic_rules(request).await)?
+            } else {
+                call(client.list_security_rules(request).await)?
+            };
+            print_resources(&response.resources, Output::Table)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads and validates a YAML file locally (errors name the file), as JSON documents.
+fn read_resources(file: &str) -> Result<(String, Vec<pb::Resource>)> {
+    let (source, text) = if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading stdin")?;
+        ("<stdin>".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        (file.to_owned(), text)
+    };
+    let resources = mesh_api::load_str(&source, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let json = resources
+        .iter()
+        .map(|r| serde_json::to_vec(r).map(|json| pb::Resource { json }))
+        .collect::<Result<_, _>>()?;
+    Ok((source, json))
+}
+
+/// `NS/NAME`, `NAME` (namespace from -n, else default), or nothing.
+fn split_name(name: Option<&str>, namespace: Option<&str>) -> (String, String) {
+    match name {
+        Some(n) => match n.split_once('/') {
+            Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+            None => (namespace.unwrap_or("default").to_owned(), n.to_owned()),
+        },
+        None => (namespace.unwrap_or_default().to_owned(), String::new()),
+    }
+}
+
+fn print_results(response: &pb::ApplyResponse, dry_run: bool) {
+    let suffix = if dry_run { " (dry run)" } else { "" };
+    for result in &response.results {
+        if let Some(r) = &result.r#ref {
+            let name = if r.namespace.is_empty() {
+                r.name.clone()
+            } else {
+                format!("{}/{}", r.namespace, r.name)
+            };
+            println!("{} {name} {}{suffix}", r.kind, result.outcome);
+        }
+    }
+}
+
+fn print_resources(resources: &[pb::Resource], output: Output) -> Result<()> {
+    let parsed: Vec<Resource> = resources
+        .iter()
+        .map(|r| {
+            Resource::from_json(&r.json)
+                .map_err(|e| anyhow::anyhow!("server sent an unreadable resource: {e}"))
+        })
+        .collect::<Result<_>>()?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&parsed)?),
+        Output::Yaml => {
+            for r in &parsed {
+                print!("---\n{}", serde_yaml_ng::to_string(r)?);
+            }
+        }
+        Output::Table => {
+            let rows = parsed
+                .iter()
+                .map(|r| {
+                    let key = r.key();
+                    vec![
+                        r.kind().to_owned(),
+                        key.namespace.clone(),
+                        key.name.clone(),
+                        summary(r),
+                    ]
+                })
+                .collect();
+            print_table(&["KIND", "NAMESPACE", "NAME", "SUMMARY"], rows);
+        }
+    }
+    Ok(())
+}
+
+fn summary(resource: &Resource) -> String {
+    match resource {
+        Resource::Service(s) => {
+            let vips: Vec<String> = s.spec.vips.iter().map(|v| v.to_string()).collect();
+            let ports: Vec<String> = s
+                .spec
+                .ports
+                .iter()
+                .map(|p| format!("{}->{}", p.port, p.target()))
+                .collect();
+            format!("vips={} ports={}", vips.join(","), ports.join(","))
+        }
+        Resource::Workload(w) => {
+            let ips: Vec<String> = w.spec.ips.iter().map(|v| v.to_string()).collect();
+            format!(
+                "ips={} node={} sa={}",
+                ips.join(","),
+                w.spec.node,
+                w.spec.service_account
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+fn print_status(status: pb::StatusResponse, output: Output) -> Result<()> {
+    if output != Output::Table {
+        let agents: Vec<serde_json::Value> = status
+            .agents
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "node": a.node, "replica": a.replica, "connected": a.connected,
+                    "ackedVersion": a.acked_version, "lastNack": a.last_nack,
+                    "lastNackVersion": a.last_nack_version, "lastSeen": a.last_seen,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({"version": status.version, "replica": status.replica, "store": status.store, "agents": agents});
+        match output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+            _ => print!("{}", serde_yaml_ng::to_string(&value)?),
+        }
+        return Ok(());
+    }
+    println!(
+        "Control plane: {} (store {}), config version {}",
+        status.replica, status.store, status.version
+    );
+    let rows = status
+        .agents
+        .iter()
+        .map(|a| {
+            let nack = if a.last_nack.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("v{}: {}", a.last_nack_version, a.last_nack)
+            };
+            vec![
+                a.node.clone(),
+                if a.connected {
+                    "connected".into()
+                } else {
+                    "disconnected".into()
+                },
+                a.replica.clone(),
+                a.acked_version.to_string(),
+                nack,
+            ]
+        })
+        .collect();
+    print_table(
+        &["NODE", "STREAM", "REPLICA", "ACKED VERSION", "LAST NACK"],
+        rows,
+    );
+    Ok(())
+}
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(header.to_vec()));
+    for row in &rows {
+        println!("{}", line(row.iter().map(String::as_str).collect()));
+    }
+}

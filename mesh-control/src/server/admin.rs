@@ -1,0 +1,510 @@
+//! The admin service behind `meshctl`: generic apply/get/delete/watch for every kind, and the
+//! operations of the original design on top of them.
+//!
+//! Every change is validated twice: the resource on its own (mesh-api), and the whole config
+//! as it would be after the change (a `Snapshot`), so nothing that agents would have to reject
+//! ever reaches the store. A rejected change stores nothing.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use mesh_api::{Resource, Snapshot};
+use mesh_proto::v1::mesh_admin_server::MeshAdmin;
+use mesh_proto::v1::{self as pb, watch_event};
+use tonic::{Request, Response, Status};
+
+use super::cache::{resource_ref, ConfigCache};
+use super::metrics::ServerMetrics;
+use crate::keys;
+use crate::store::{Event, SharedStore};
+
+pub struct Admin {
+    pub cache: Arc<ConfigCache>,
+    pub store: SharedStore,
+    pub replica: String,
+    pub metrics: Arc<ServerMetrics>,
+    /// Applies on one replica run one at a time, so each validates against the state the
+    /// previous one left.
+    pub apply_lock: tokio::sync::Mutex<()>,
+}
+
+fn store_error(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("store: {e}"))
+}
+
+fn key_of(resource: &Resource) -> String {
+    keys::resource_of_ref(&resource_ref(resource))
+}
+
+impl Admin {
+    /// Validates `changes` against the current config and writes them. `None` = delete.
+    async fn change(
+        &self,
+        changes: Vec<(String, Option<Resource>)>,
+        source: &str,
+        dry_run: bool,
+    ) -> Result<pb::ApplyResponse, Status> {
+        let _guard = self.apply_lock.lock().await;
+        let mut config: BTreeMap<String, Resource> = self
+            .cache
+            .resources()
+            .into_iter()
+            .map(|r| (key_of(&r), (*r).clone()))
+            .collect();
+        for (key, resource) in &changes {
+            match resource {
+                Some(r) => config.insert(key.clone(), r.clone()),
+                None => config.remove(key),
+            };
+        }
+        if let Err(e) = Snapshot::from_resources(config.into_values()) {
+            let prefix = if source.is_empty() {
+                String::new()
+            } else {
+                format!("{source}: ")
+            };
+            return Err(Status::invalid_argument(format!("{prefix}{e}")));
+        }
+        let mut response = pb::ApplyResponse::default();
+        let mut last = 0;
+        for (key, resource) in changes {
+            let Some(resource) = resource else {
+                if !dry_run {
+                    last = last.max(
+                        self.store
+                            .delete(&key)
+                            .await
+                            .map_err(store_error)?
+                            .unwrap_or(0),
+                    );
+                }
+                continue;
+            };
+            let existing = self.cache.resource(&key);
+            let outcome = match &existing {
+                Some(cached) if *cached.resource == resource => "unchanged",
+                Some(_) => "configured",
+                None => "created",
+            };
+            if outcome != "unchanged" && !dry_run {
+                let json =
+                    serde_json::to_vec(&resource).map_err(|e| Status::internal(e.to_string()))?;
+                last = last.max(self.store.put(&key, json).await.map_err(store_error)?);
+            }
+            response.results.push(pb::ApplyResult {
+                r#ref: Some(resource_ref(&resource)),
+                outcome: outcome.into(),
+            });
+        }
+        if last > 0 {
+            self.cache.wait_for(last).await;
+        }
+        response.version = self.cache.version();
+        Ok(response)
+    }
+
+    async fn apply_resources(
+        &self,
+        resources: Vec<pb::Resource>,
+        source: &str,
+        dry_run: bool,
+        only_kind: Option<&str>,
+    ) -> Result<pb::ApplyResponse, Status> {
+        let mut changes = Vec::new();
+        for (i, r) in resources.iter().enumerate() {
+            let resource = Resource::from_json(&r.json).map_err(|e| {
+                let at = if source.is_empty() {
+                    format!("resource {}", i + 1)
+                } else {
+                    source.to_owned()
+                };
+                Status::invalid_argument(format!("{at}: {e}"))
+            })?;
+            if let Some(kind) = only_kind {
+                if resource.kind() != kind {
+                    return Err(Status::invalid_argument(format!(
+                        "expected a {kind}, got a {}",
+                        resource.kind()
+                    )));
+                }
+            }
+            changes.push((key_of(&resource), Some(resource)));
+        }
+        self.change(changes, source, dry_run).await
+    }
+
+    fn list(&self, kind: &str, namespace: &str, name: &str) -> Result<pb::GetResponse, Status> {
+        let kind = canonical_kind(kind)?;
+        let mut prefix = format!("{}{kind}/", keys::RESOURCES);
+        if !namespace.is_empty() || !name.is_empty() {
+            prefix.push_str(namespace);
+            prefix.push('/');
+            prefix.push_str(name);
+        }
+        let resources = self
+            .cache
+            .resources_under(&prefix)
+            .into_iter()
+            // A name given means that exact name, not a prefix of names.
+            .filter(|c| name.is_empty() || c.resource.key().name == name)
+            .map(|c| pb::Resource {
+                json: c.json.to_vec(),
+            })
+            .collect::<Vec<_>>();
+        if !name.is_empty() && resources.is_empty() {
+            return Err(Status::not_found(format!(
+                "{kind} {namespace}/{name} not found"
+            )));
+        }
+        Ok(pb::GetResponse {
+            resources,
+            version: self.cache.version(),
+        })
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, Status> {
+        Snapshot::from_resources(self.cache.resources().into_iter().map(|r| (*r).clone()))
+            .map_err(|e| Status::internal(format!("stored config is inconsistent: {e}")))
+    }
+}
+
+/// The kind a user means: "Service", "service" or "services" (and "...policies").
+pub fn canonical_kind(kind: &str) -> Result<&'static str, Status> {
+    let wanted = kind.to_ascii_lowercase();
+    Resource::KINDS
+        .iter()
+        .copied()
+        .find(|known| {
+            let k = known.to_ascii_lowercase();
+            let plural = match k.strip_suffix('y') {
+                Some(stem) => format!("{stem}ies"),
+                None => format!("{k}s"),
+            };
+            wanted == k || wanted == plural
+        })
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown kind {kind:?}; kinds: {}",
+                Resource::KINDS.join(", ")
+            ))
+        })
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MeshAdmin for Admin {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.apply_resources(r.resources, &r.source, r.dry_run, None)
+                .await?,
+        ))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(self.list(&r.kind, &r.namespace, &r.name)?))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let reference = request
+            .into_inner()
+            .r#ref
+            .ok_or_else(|| Status::invalid_argument("ref is required"))?;
+        let kind = canonical_kind(&reference.kind)?;
+        let key = keys::resource(kind, &reference.namespace, &reference.name);
+        if self.cache.resource(&key).is_none() {
+            return Err(Status::not_found(format!(
+                "{kind} {}/{} not found",
+                reference.namespace, reference.name
+            )));
+        }
+        let response = self.change(vec![(key, None)], "", false).await?;
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: true,
+            version: response.version,
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let r = request.into_inner();
+        let prefix = if r.kind.is_empty() {
+            keys::RESOURCES.to_owned()
+        } else {
+            format!("{}{}/", keys::RESOURCES, canonical_kind(&r.kind)?)
+        };
+        let mut initial = Vec::new();
+        let from = if r.from_version == 0 {
+            let version = self.cache.version();
+            for cached in self.cache.resources_under(&prefix) {
+                initial.push(Ok(pb::WatchEvent {
+                    version,
+                    event: Some(watch_event::Event::Upsert(pb::Resource {
+                        json: cached.json.to_vec(),
+                    })),
+                }));
+            }
+            version
+        } else {
+            r.from_version
+        };
+        let events = self.store.watch(&prefix, from).await.map_err(store_error)?;
+        let live = events.flat_map(|batch| {
+            let items: Vec<Result<pb::WatchEvent, Status>> = match batch {
+                Ok(batch) => batch.into_iter().map(|e| Ok(to_watch_event(e))).collect(),
+                Err(e) => vec![Err(store_error(e))],
+            };
+            futures::stream::iter(items)
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::iter(initial).chain(live),
+        )))
+    }
+
+    async fn register_endpoint(
+        &self,
+        request: Request<pb::RegisterEndpointRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let r = request.into_inner();
+        let workload = serde_json::json!({
+            "apiVersion": mesh_api::API_VERSION,
+            "kind": "Workload",
+            "metadata": {"name": r.name, "namespace": if r.namespace.is_empty() { "default".to_owned() } else { r.namespace }},
+            "spec": {
+                "uid": r.uid,
+                "ips": r.ips,
+                "node": r.node,
+                "serviceAccount": if r.service_account.is_empty() { "default".to_owned() } else { r.service_account },
+                "labels": r.labels,
+            },
+        });
+        let json = serde_json::to_vec(&workload).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(
+            self.apply_resources(vec![pb::Resource { json }], "RegisterEndpoint", false, None)
+                .await?,
+        ))
+    }
+
+    async fn deregister_endpoint(
+        &self,
+        request: Request<pb::DeregisterEndpointRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = request.into_inner();
+        let reference = pb::ResourceRef {
+            kind: "Workload".into(),
+            namespace: if r.namespace.is_empty() {
+                "default".into()
+            } else {
+                r.namespace
+            },
+            name: r.name,
+        };
+        self.delete(Request::new(pb::DeleteRequest {
+            r#ref: Some(reference),
+        }))
+        .await
+    }
+
+    async fn list_endpoints(
+        &self,
+        request: Request<pb::ListEndpointsRequest>,
+    ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
+        let r = request.into_inner();
+        let namespace = if r.namespace.is_empty() {
+            "default"
+        } else {
+            &r.namespace
+        };
+        let snapshot = self.snapshot()?;
+        let service = snapshot.service(namespace, &r.service).ok_or_else(|| {
+            Status::not_found(format!("Service {namespace}/{} not found", r.service))
+        })?;
+        let endpoints = snapshot
+            .endpoints(service)
+            .into_iter()
+            .map(|w| {
+                let health = self.cache.health(&w.metadata.namespace, &w.metadata.name);
+                pb::Endpoint {
+                    namespace: w.metadata.namespace.clone(),
+                    workload: w.metadata.name.clone(),
+                    ips: w.spec.ips.iter().map(|ip| ip.to_string()).collect(),
+                    node: w.spec.node.clone(),
+                    health: match &health {
+                        Some(h) if h.healthy => "healthy",
+                        Some(_) => "unhealthy",
+                        None => "unknown",
+                    }
+                    .into(),
+                    health_detail: health.map(|h| h.detail).unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListEndpointsResponse { endpoints }))
+    }
+
+    async fn add_traffic_rule(
+        &self,
+        request: Request<pb::ResourceRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let resource = request
+            .into_inner()
+            .resource
+            .ok_or_else(|| Status::invalid_argument("resource is required"))?;
+        Ok(Response::new(
+            self.apply_resources(vec![resource], "AddTrafficRule", false, Some("Route"))
+                .await?,
+        ))
+    }
+
+    async fn list_traffic_rules(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        Ok(Response::new(self.list(
+            "Route",
+            &request.into_inner().namespace,
+            "",
+        )?))
+    }
+
+    async fn add_security_rule(
+        &self,
+        request: Request<pb::ResourceRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let resource = request
+            .into_inner()
+            .resource
+            .ok_or_else(|| Status::invalid_argument("resource is required"))?;
+        Ok(Response::new(
+            self.apply_resources(
+                vec![resource],
+                "AddSecurityRule",
+                false,
+                Some("AuthorizationPolicy"),
+            )
+            .await?,
+        ))
+    }
+
+    async fn list_security_rules(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        Ok(Response::new(self.list(
+            "AuthorizationPolicy",
+            &request.into_inner().namespace,
+            "",
+        )?))
+    }
+
+    async fn get_ca_certificate(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::CaCertificate>, Status> {
+        let trust_domain = self.snapshot()?.mesh_config().trust_domain.clone();
+        let pem = super::ca::root_certificate(&self.store, &trust_domain)
+            .await
+            .map_err(|e| Status::unavailable(format!("{e:#}")))?;
+        Ok(Response::new(pb::CaCertificate { pem }))
+    }
+
+    async fn mesh_metrics(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::MeshMetricsResponse>, Status> {
+        let (agents_connected, pushes_sent, acks, nacks) = self.metrics.snapshot();
+        Ok(Response::new(pb::MeshMetricsResponse {
+            resources_by_kind: self.cache.resource_counts().into_iter().collect(),
+            agents_connected,
+            pushes_sent,
+            acks,
+            nacks,
+            version: self.cache.version(),
+        }))
+    }
+
+    async fn status(&self, _: Request<pb::Empty>) -> Result<Response<pb::StatusResponse>, Status> {
+        let agents = self
+            .cache
+            .agents()
+            .into_iter()
+            .map(|a| pb::AgentStatus {
+                node: a.node,
+                replica: a.replica,
+                connected: a.connected,
+                acked_version: a.acked_version,
+                last_nack: a.last_nack,
+                last_nack_version: a.last_nack_version,
+                connected_since: a.connected_since,
+                last_seen: a.last_seen,
+            })
+            .collect();
+        Ok(Response::new(pb::StatusResponse {
+            version: self.cache.version(),
+            replica: self.replica.clone(),
+            store: self.store.describe(),
+            agents,
+        }))
+    }
+
+    async fn get_mesh_config(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::Resource>, Status> {
+        let stored = self
+            .cache
+            .resources_under(&format!("{}MeshConfig/", keys::RESOURCES));
+        let json = match stored.first() {
+            Some(c) => c.json.to_vec(),
+            // None stored: the defaults, as a resource one could edit and apply.
+            None => Resource::from(mesh_api::MeshConfig::default())
+                .to_json()
+                .into_bytes(),
+        };
+        Ok(Response::new(pb::Resource { json }))
+    }
+
+    async fn set_mesh_config(
+        &self,
+        request: Request<pb::ResourceRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let resource = request
+            .into_inner()
+            .resource
+            .ok_or_else(|| Status::invalid_argument("resource is required"))?;
+        Ok(Response::new(
+            self.apply_resources(vec![resource], "SetMeshConfig", false, Some("MeshConfig"))
+                .await?,
+        ))
+    }
+}
+
+fn to_watch_event(event: Event) -> pb::WatchEvent {
+    match event {
+        Event::Put(kv) => pb::WatchEvent {
+            version: kv.mod_revision,
+            event: Some(watch_event::Event::Upsert(pb::Resource { json: kv.value })),
+        },
+        Event::Delete { key, revision } => pb::WatchEvent {
+            version: revision,
+            event: keys::parse_resource(&key).map(watch_event::Event::Delete),
+        },
+    }
+}

@@ -1,0 +1,359 @@
+//! A replica's in-memory view of the store: every resource (as stored JSON and parsed), endpoint
+//! health and agent records, at one store revision, with enough history to send an agent only
+//! what changed since the version it has.
+//!
+//! Fed by one watch on `/mesh/`; every replica on the same etcd sees the same revisions, so an
+//! agent can resume from its version on any replica.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use mesh_api::Resource;
+use mesh_proto::v1::{ConfigPush, EndpointHealth, ResourceRef};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::keys;
+use crate::store::{Event, Revision, SharedStore, StoreError};
+
+/// Revisions of change history kept for diffs; older agents get the full config.
+const HISTORY: usize = 50_000;
+
+#[derive(Clone)]
+pub struct CachedResource {
+    pub json: Arc<[u8]>,
+    pub resource: Arc<Resource>,
+    pub mod_revision: Revision,
+}
+
+/// What a replica records about an agent's stream (`/mesh/agents/<node>`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRecord {
+    pub node: String,
+    pub replica: String,
+    pub connected: bool,
+    pub acked_version: u64,
+    pub last_nack: String,
+    pub last_nack_version: u64,
+    pub connected_since: u64,
+    pub last_seen: u64,
+}
+
+#[derive(Default)]
+struct State {
+    /// The config version: the revision of the last change to a resource or to health (agent
+    /// records change the store revision too, but are nothing to push).
+    version: Revision,
+    resources: BTreeMap<String, CachedResource>,
+    /// Resource keys changed at each revision (puts and deletes).
+    changes: BTreeMap<Revision, Vec<String>>,
+    /// Health by `namespace/workload`, with the revision it last changed at.
+    health: BTreeMap<String, (EndpointHealth, Revision)>,
+    agents: BTreeMap<String, AgentRecord>,
+    /// A diff can be computed from any base >= this.
+    history_start: Revision,
+}
+
+pub struct ConfigCache {
+    state: RwLock<State>,
+    version: watch::Sender<Revision>,
+}
+
+impl ConfigCache {
+    /// Loads everything and follows the store from then on.
+    pub async fn start(store: SharedStore) -> anyhow::Result<Arc<ConfigCache>> {
+        let (version, _) = watch::channel(0);
+        let cache = Arc::new(ConfigCache {
+            state: RwLock::new(State::default()),
+            version,
+        });
+        let from = cache.resync(&store).await?;
+        tokio::spawn(follow(cache.clone(), store, from));
+        Ok(cache)
+    }
+
+    /// Replaces the state with a fresh listing; returns its revision.
+    async fn resync(&self, store: &SharedStore) -> Result<Revision, StoreError> {
+        let (entries, revision) = store.list(keys::WATCHED).await?;
+        let mut state = State {
+            version: revision,
+            history_start: revision,
+            ..State::default()
+        };
+        for kv in entries {
+            apply_put(&mut state, &kv.key, &kv.value, kv.mod_revision, false);
+        }
+        *self.state.write() = state;
+        self.version.send_replace(revision);
+        Ok(revision)
+    }
+
+    fn apply(&self, events: Vec<Event>) {
+        let version = {
+            let mut state = self.state.write();
+            for event in &events {
+                let is_config = event.key().starts_with(keys::RESOURCES)
+                    || event.key().starts_with(keys::HEALTH);
+                match event {
+                    Event::Put(kv) => {
+                        apply_put(&mut state, &kv.key, &kv.value, kv.mod_revision, true)
+                    }
+                    Event::Delete { key, revision } => apply_delete(&mut state, key, *revision),
+                }
+                if is_config {
+                    state.version = state.version.max(event.revision());
+                }
+            }
+            while state.changes.len() > HISTORY {
+                if let Some((oldest, _)) = state.changes.pop_first() {
+                    state.history_start = oldest;
+                }
+            }
+            state.version
+        };
+        self.version.send_if_modified(|current| {
+            let changed = *current != version;
+            *current = version;
+            changed
+        });
+    }
+
+    pub fn version(&self) -> Revision {
+        self.state.read().version
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.version.subscribe()
+    }
+
+    /// Waits until this replica's config has caught up with `revision`, a revision returned
+    /// by a resource write (read-your-writes after an apply).
+    pub async fn wait_for(&self, revision: Revision) {
+        let mut rx = self.subscribe();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| *v >= revision)).await;
+    }
+
+    /// Every resource, parsed.
+    pub fn resources(&self) -> Vec<Arc<Resource>> {
+        self.state
+            .read()
+            .resources
+            .values()
+            .map(|c| c.resource.clone())
+            .collect()
+    }
+
+    pub fn resource(&self, key: &str) -> Option<CachedResource> {
+        self.state.read().resources.get(key).cloned()
+    }
+
+    /// Resources whose key starts with `prefix`.
+    pub fn resources_under(&self, prefix: &str) -> Vec<CachedResource> {
+        let state = self.state.read();
+        state
+            .resources
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    pub fn health(&self, namespace: &str, workload: &str) -> Option<EndpointHealth> {
+        self.state
+            .read()
+            .health
+            .get(&format!("{namespace}/{workload}"))
+            .map(|(h, _)| h.clone())
+    }
+
+    pub fn agents(&self) -> Vec<AgentRecord> {
+        self.state.read().agents.values().cloned().collect()
+    }
+
+    pub fn resource_counts(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for cached in self.state.read().resources.values() {
+            *counts.entry(cached.resource.kind().to_owned()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The push that brings an agent from `base` to the current version: a diff when history
+    /// allows, else the full config.
+    pub fn push_from(&self, base: Revision) -> ConfigPush {
+        let state = self.state.read();
+        let full = base == 0 || base < state.history_start || base > state.version;
+        let mut push = ConfigPush {
+            version: state.version,
+            full,
+            base_version: if full { 0 } else { base },
+            ..ConfigPush::default()
+        };
+        if full {
+            push.upserts = state.resources.values().map(to_proto).collect();
+            push.health = state.health.values().map(|(h, _)| h.clone()).collect();
+            return push;
+        }
+        let mut changed: Vec<&String> = state
+            .changes
+            .range(base + 1..)
+            .flat_map(|(_, keys)| keys)
+            .collect();
+        changed.sort();
+        changed.dedup();
+        for key in changed {
+            match state.resources.get(key) {
+                Some(cached) => push.upserts.push(to_proto(cached)),
+                None => push.deletes.extend(keys::parse_resource(key)),
+            }
+        }
+        push.health = state
+            .health
+            .values()
+            .filter(|(_, revision)| *revision > base)
+            .map(|(h, _)| h.clone())
+            .collect();
+        push
+    }
+}
+
+fn to_proto(cached: &CachedResource) -> mesh_proto::v1::Resource {
+    mesh_proto::v1::Resource {
+        json: cached.json.to_vec(),
+    }
+}
+
+fn apply_put(state: &mut State, key: &str, value: &[u8], revision: Revision, record_change: bool) {
+    if key.starts_with(keys::RESOURCES) {
+        match Resource::from_json(value) {
+            Ok(resource) => {
+                state.resources.insert(
+                    key.to_owned(),
+                    CachedResource {
+                        json: value.into(),
+                        resource: Arc::new(resource),
+                        mod_revision: revision,
+                    },
+                );
+                if record_change {
+                    state
+                        .changes
+                        .entry(revision)
+                        .or_default()
+                        .push(key.to_owned());
+                }
+            }
+            // Written by a newer control plane, or damaged: never crash on store contents.
+            Err(e) => {
+                tracing::error!(%key, error = %e, "ignoring an unreadable resource in the store")
+            }
+        }
+    } else if let Some(id) = key.strip_prefix(keys::HEALTH) {
+        match serde_json::from_slice::<HealthJson>(value) {
+            Ok(h) => {
+                state.health.insert(id.to_owned(), (h.into(), revision));
+            }
+            Err(e) => tracing::error!(%key, error = %e, "ignoring unreadable health in the store"),
+        }
+    } else if let Some(node) = key.strip_prefix(keys::AGENTS) {
+        if let Ok(record) = serde_json::from_slice::<AgentRecord>(value) {
+            state.agents.insert(node.to_owned(), record);
+        }
+    }
+}
+
+fn apply_delete(state: &mut State, key: &str, revision: Revision) {
+    if key.starts_with(keys::RESOURCES) {
+        if state.resources.remove(key).is_some() {
+            state
+                .changes
+                .entry(revision)
+                .or_default()
+                .push(key.to_owned());
+        }
+    } else if let Some(id) = key.strip_prefix(keys::HEALTH) {
+        state.health.remove(id);
+    } else if let Some(node) = key.strip_prefix(keys::AGENTS) {
+        state.agents.remove(node);
+    }
+}
+
+/// Health as stored (JSON, so it is readable with etcdctl).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HealthJson {
+    pub namespace: String,
+    pub workload: String,
+    pub healthy: bool,
+    pub detail: String,
+    pub reporter: String,
+}
+
+impl From<HealthJson> for EndpointHealth {
+    fn from(h: HealthJson) -> Self {
+        EndpointHealth {
+            namespace: h.namespace,
+            workload: h.workload,
+            healthy: h.healthy,
+            detail: h.detail,
+            reporter: h.reporter,
+        }
+    }
+}
+
+impl From<&EndpointHealth> for HealthJson {
+    fn from(h: &EndpointHealth) -> Self {
+        HealthJson {
+            namespace: h.namespace.clone(),
+            workload: h.workload.clone(),
+            healthy: h.healthy,
+            detail: h.detail.clone(),
+            reporter: h.reporter.clone(),
+        }
+    }
+}
+
+/// Follows the store forever; on a compacted history or a broken watch, re-lists.
+async fn follow(cache: Arc<ConfigCache>, store: SharedStore, mut from: Revision) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store.watch(keys::WATCHED, from).await {
+            Ok(mut events) => {
+                while let Some(batch) = events.next().await {
+                    match batch {
+                        Ok(batch) => {
+                            from = batch.last().map(Event::revision).unwrap_or(from);
+                            cache.apply(batch);
+                            backoff = Duration::from_millis(100);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "store watch broke");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "store watch failed"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        match cache.resync(&store).await {
+            Ok(revision) => from = revision,
+            Err(e) => tracing::warn!(error = %e, "re-listing the store failed"),
+        }
+    }
+}
+
+/// The ref of a resource.
+pub fn resource_ref(resource: &Resource) -> ResourceRef {
+    let key = resource.key();
+    ResourceRef {
+        kind: resource.kind().to_owned(),
+        namespace: key.namespace,
+        name: key.name,
+    }
+}

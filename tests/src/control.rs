@@ -1,0 +1,153 @@
+//! A control-plane replica for tests and benchmarks: the real `mesh-control` binary, and the
+//! real `meshctl` pointed at it with its admin token.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo_bin, wait_until, AgentProcess, TempDir};
+
+pub struct ControlPlane {
+    _dir: Option<TempDir>,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    store: String,
+    process: Option<AgentProcess>,
+    binary: PathBuf,
+}
+
+impl ControlPlane {
+    /// One replica on the embedded store (in a temp data dir).
+    pub fn start_embedded() -> Result<ControlPlane> {
+        let dir = crate::temp_dir()?;
+        let data_dir = dir.path().join("data");
+        Self::start(Some(dir), data_dir, "embedded".into())
+    }
+
+    /// One replica on etcd (`endpoints` as `host:port`).
+    pub fn start_etcd(endpoints: &[String]) -> Result<ControlPlane> {
+        let dir = crate::temp_dir()?;
+        let data_dir = dir.path().join("data");
+        Self::start(
+            Some(dir),
+            data_dir,
+            format!("etcd://{}", endpoints.join(",")),
+        )
+    }
+
+    fn start(dir: Option<TempDir>, data_dir: PathBuf, store: String) -> Result<ControlPlane> {
+        let mut cp = ControlPlane {
+            _dir: dir,
+            data_dir,
+            listen: free_port()?,
+            store,
+            process: None,
+            binary: cargo_bin("mesh-control"),
+        };
+        cp.start_process()?;
+        Ok(cp)
+    }
+
+    /// (Re)starts the process on the same port, data dir and store.
+    pub fn start_process(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            bail!("mesh-control is already running");
+        }
+        let mut command = Command::new(&self.binary);
+        command
+            .args([
+                "serve",
+                "--listen",
+                &self.listen.to_string(),
+                "--store",
+                &self.store,
+            ])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("RUST_LOG", "info");
+        let mut process = AgentProcess::spawn_command(command)?;
+        let listen = self.listen;
+        let up = wait_until(Duration::from_secs(20), || {
+            TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok()
+                || !process.is_running()
+        });
+        if !up || !process.is_running() {
+            process.print_log_tail();
+            bail!("mesh-control did not start listening on {listen}");
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.stop()?;
+        }
+        Ok(())
+    }
+
+    pub fn process(&mut self) -> Option<&mut AgentProcess> {
+        self.process.as_mut()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+
+    /// `meshctl --server <this> --token-file <this> <args>`, whatever the exit code.
+    pub fn meshctl(&self, args: &[&str]) -> Result<Output> {
+        Command::new(cargo_bin("meshctl"))
+            .args(["--server", &self.url()])
+            .arg("--token-file")
+            .arg(self.token_file())
+            .args(args)
+            .output()
+            .with_context(|| format!("running meshctl {args:?}"))
+    }
+
+    /// Like [`meshctl`](Self::meshctl), failing with stderr unless it succeeds.
+    pub fn meshctl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.meshctl(args)?;
+        if !out.status.success() {
+            bail!(
+                "meshctl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `meshctl apply -f` of `yaml` (written to a temp file).
+    pub fn apply(&self, yaml: &str) -> Result<String> {
+        let file = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+        std::fs::write(file.path(), yaml)?;
+        self.meshctl_ok(&["apply", "-f", &file.path().display().to_string()])
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}

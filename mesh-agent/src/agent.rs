@@ -22,6 +22,8 @@ pub struct Agent {
     pub connect_timeout: Duration,
     /// Enrolled pods by uid. An async lock: enrollment awaits socket creation in the pod.
     pub pods: tokio::sync::Mutex<BTreeMap<String, EnrolledPod>>,
+    /// The pods' proxy contexts by IP, for same-node delivery.
+    pub local_pods: Arc<crate::proxy::LocalPods>,
     /// Set once every saved pod has been resumed.
     pub ready: AtomicBool,
     /// Results of this node's health checks, by `namespace/workload`.

@@ -30,13 +30,14 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         None => detect_cgroup2_root()?,
     };
-    let datapath = Datapath::load(&settings.bpffs, settings.capture_capacity)?;
     let (snapshot, origin, cached) = if settings.control_plane.is_empty() {
         let (snapshot, origin) = load_mesh_config(&settings)?;
         (snapshot, origin, None)
     } else {
         cached_config(&settings)?
     };
+    // After the config is known to be good: a bad file changes nothing in the kernel.
+    let datapath = Datapath::load(&settings.bpffs, settings.capture_capacity)?;
     let registry = Arc::new(Registry::new(snapshot, origin));
     datapath
         .maps
@@ -50,6 +51,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         cgroup_root,
         connect_timeout: settings.connect_timeout,
         pods: Default::default(),
+        local_pods: Default::default(),
         ready: AtomicBool::new(false),
         local_health: Default::default(),
         health_changed: Default::default(),

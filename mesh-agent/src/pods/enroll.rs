@@ -127,6 +127,7 @@ impl Agent {
         for ip in &pod.steered_ips {
             self.datapath.maps.remove_pod_ip(*ip);
         }
+        self.local_pods.remove(&pod.steered_ips);
         self.metrics.remove_pod(&pod.request.pod_name());
         tracing::info!(%uid, pod = %pod.request.pod_name(), "pod unenrolled");
         drop(pod);
@@ -167,7 +168,10 @@ impl Agent {
             registry: self.registry.clone(),
             counters: self.metrics.pod(&request.pod_name()),
             connect_timeout: self.connect_timeout,
+            ips: steered_ips.clone(),
+            local_pods: self.local_pods.clone(),
         });
+        self.local_pods.insert(&pod_context);
         let tasks = proxy::serve(pod_context.clone(), listeners);
         Ok(EnrolledPod {
             request,

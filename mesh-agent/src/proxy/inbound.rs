@@ -35,33 +35,70 @@ async fn handle(client_stream: TcpStream, client: SocketAddr, context: Arc<PodCo
         counters.fail(Failure::ProxyPort);
         return;
     }
-    // Connecting to the pod's own address from inside the pod goes over the loopback device,
-    // which sk_lookup leaves alone, and reaches apps bound to the pod IP or the wildcard.
-    let cookie = context.netns.cookie();
-    let maps = context.maps.clone();
-    let mut proxy_local = None;
-    let local = SocketAddr::new(destination.ip(), 0);
-    let app = upstream::connect_from(
-        &context.netns,
-        local,
-        destination,
-        context.connect_timeout,
-        |bound| {
-            proxy_local = Some(bound);
-            // Registered before connecting, so it is there when the app accepts.
-            maps.set_peer_rewrite(cookie, bound, client)
-                .map_err(std::io::Error::other)
-        },
-    )
-    .await;
-    match app {
-        Ok(app_stream) => relay(app_stream, client_stream, counters).await,
+    match deliver(&context, destination, client).await {
+        Ok(delivered) => relay(delivered.stream, client_stream, counters, None).await,
         Err(e) => {
             tracing::debug!(pod = %context.pod, %destination, error = %e, "delivering to the app failed");
             counters.fail(Failure::UpstreamConnect);
         }
     }
-    if let Some(bound) = proxy_local {
-        context.maps.clear_peer_rewrite(cookie, bound);
+}
+
+/// A connection to the app inside a pod, which the app sees as coming from the real client.
+pub struct Delivered {
+    pub stream: TcpStream,
+    _rewrite: Option<PeerRewrite>,
+}
+
+/// Removes the peer rewrite entry when the delivered connection is done.
+struct PeerRewrite {
+    context: Arc<PodContext>,
+    proxy_local: SocketAddr,
+}
+
+impl Drop for PeerRewrite {
+    fn drop(&mut self) {
+        self.context
+            .maps
+            .clear_peer_rewrite(self.context.netns.cookie(), self.proxy_local);
     }
+}
+
+/// Connects to the app at `destination` from inside the pod of `context`, so that the app's
+/// accept() and getpeername() show `client`.
+///
+/// Connecting to the pod's own address from inside the pod goes over the loopback device and is
+/// pod-local traffic, which sk_lookup leaves alone; it reaches apps bound to the pod IP or the
+/// wildcard.
+pub async fn deliver(
+    context: &Arc<PodContext>,
+    destination: SocketAddr,
+    client: SocketAddr,
+) -> std::io::Result<Delivered> {
+    let cookie = context.netns.cookie();
+    let mut rewrite = None;
+    let local = SocketAddr::new(destination.ip(), 0);
+    let stream = upstream::connect_from(
+        &context.netns,
+        local,
+        destination,
+        context.connect_timeout,
+        |bound| {
+            // Registered before connecting, so it is there when the app accepts.
+            context
+                .maps
+                .set_peer_rewrite(cookie, bound, client)
+                .map_err(std::io::Error::other)?;
+            rewrite = Some(PeerRewrite {
+                context: context.clone(),
+                proxy_local: bound,
+            });
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(Delivered {
+        stream,
+        _rewrite: rewrite,
+    })
 }

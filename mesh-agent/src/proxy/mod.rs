@@ -11,6 +11,8 @@ mod outbound;
 mod relay;
 mod upstream;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +33,47 @@ pub struct PodContext {
     pub registry: Arc<Registry>,
     pub counters: PodCounters,
     pub connect_timeout: Duration,
+    /// The pod's own addresses (what a peer on this node sees it as).
+    pub ips: Vec<IpAddr>,
+    /// Every pod this agent serves, by address: same-node traffic is delivered straight into
+    /// the destination pod instead of looping through its inbound listener.
+    pub local_pods: Arc<LocalPods>,
+}
+
+impl PodContext {
+    /// This pod's address in the family of `peer`, as the peer should see it.
+    pub fn address_towards(&self, peer: IpAddr) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == peer.is_ipv4())
+    }
+}
+
+/// Pods served by this agent, by IP.
+#[derive(Default)]
+pub struct LocalPods {
+    by_ip: parking_lot::RwLock<HashMap<IpAddr, Arc<PodContext>>>,
+}
+
+impl LocalPods {
+    pub fn insert(&self, context: &Arc<PodContext>) {
+        let mut by_ip = self.by_ip.write();
+        for ip in &context.ips {
+            by_ip.insert(*ip, context.clone());
+        }
+    }
+
+    pub fn remove(&self, ips: &[IpAddr]) {
+        let mut by_ip = self.by_ip.write();
+        for ip in ips {
+            by_ip.remove(ip);
+        }
+    }
+
+    pub fn get(&self, ip: IpAddr) -> Option<Arc<PodContext>> {
+        self.by_ip.read().get(&ip).cloned()
+    }
 }
 
 /// The pod's listeners, already bound inside its network namespace.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use super::inbound::{self, Delivered};
 use super::{relay::relay, upstream, PodContext};
 use crate::metrics::Failure;
 use crate::registry::Route;
@@ -45,11 +46,25 @@ async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodContext>
             return;
         }
     };
-    let Some(upstream) = connect_first(&context, &candidates).await else {
+    let Some(upstream) = connect_first(&context, &candidates, app.port()).await else {
         counters.fail(Failure::UpstreamConnect);
         return;
     };
-    relay(app_stream, upstream, counters).await;
+    match upstream {
+        Upstream::Remote(stream) => relay(app_stream, stream, counters, None).await,
+        Upstream::Local(delivered, peer) => {
+            let peer_counters = &peer.counters.inbound;
+            peer_counters.connections.inc();
+            relay(app_stream, delivered.stream, counters, Some(peer_counters)).await;
+        }
+    }
+}
+
+enum Upstream {
+    /// Over the network, from inside the source pod.
+    Remote(TcpStream),
+    /// Straight into a pod this agent serves (same node): one proxy hop instead of two.
+    Local(Delivered, Arc<PodContext>),
 }
 
 /// From the eBPF map (connect4/6 capture), else from netfilter (iptables REDIRECT capture).
@@ -72,10 +87,29 @@ fn original_destination(
 
 /// Tries the candidates in load-balancing order, at most three, so one dead endpoint costs a
 /// retry rather than a failed request.
-async fn connect_first(context: &PodContext, candidates: &[SocketAddr]) -> Option<TcpStream> {
+async fn connect_first(
+    context: &PodContext,
+    candidates: &[SocketAddr],
+    app_port: u16,
+) -> Option<Upstream> {
     for target in candidates.iter().take(3) {
-        match upstream::connect(&context.netns, *target, context.connect_timeout).await {
-            Ok(stream) => return Some(stream),
+        let attempt = match context.local_pods.get(target.ip()) {
+            Some(peer) => {
+                // The destination app sees this pod's own address as the client.
+                let client = context
+                    .address_towards(target.ip())
+                    .map(|ip| SocketAddr::new(ip, app_port))
+                    .unwrap_or(*target);
+                inbound::deliver(&peer, *target, client)
+                    .await
+                    .map(|d| Upstream::Local(d, peer))
+            }
+            None => upstream::connect(&context.netns, *target, context.connect_timeout)
+                .await
+                .map(Upstream::Remote),
+        };
+        match attempt {
+            Ok(upstream) => return Some(upstream),
             Err(e) => {
                 tracing::debug!(pod = %context.pod, %target, error = %e, "upstream connect failed")
             }

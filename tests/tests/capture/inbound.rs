@@ -62,5 +62,8 @@ fn undeclared_addresses_of_an_enrolled_pod_are_captured_too() {
     let after = Status::of(&mesh.node);
     let inbound = |s: &Status| s.pod("default/web", "inbound", "connections");
     assert_eq!(inbound(&after), inbound(&before) + 1);
-    assert_eq!(after.kernel("lookup_steered") - before.kernel("lookup_steered"), 1);
+    assert_eq!(
+        after.kernel("lookup_steered") - before.kernel("lookup_steered"),
+        1
+    );
 }

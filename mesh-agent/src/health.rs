@@ -73,14 +73,18 @@ pub async fn run(agent: Arc<Agent>, apply_locally: bool) {
         }
         if changed {
             if apply_locally {
-                let unhealthy = agent
+                let health = agent
                     .local_health
                     .lock()
                     .values()
-                    .filter(|h| !h.healthy)
-                    .map(|h| mesh_api::ObjectKey::new(&h.namespace, &h.workload))
+                    .map(|h| {
+                        (
+                            mesh_api::ObjectKey::new(&h.namespace, &h.workload),
+                            h.healthy,
+                        )
+                    })
                     .collect();
-                agent.registry.set_unhealthy(unhealthy);
+                agent.registry.set_health(health);
             }
             agent.health_changed.notify_waiters();
         }

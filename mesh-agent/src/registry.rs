@@ -3,7 +3,7 @@
 //! The snapshot is swapped atomically when config changes; connections in flight keep the
 //! snapshot they started with.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,8 +32,9 @@ pub enum Route {
 
 pub struct Registry {
     snapshot: ArcSwap<Snapshot>,
-    /// Workloads whose health checks fail (by `namespace/name`). Unknown counts as healthy.
-    unhealthy: ArcSwap<HashSet<ObjectKey>>,
+    /// Health of workloads by `namespace/name` (true = healthy); absent = not checked yet,
+    /// which counts as healthy.
+    health: ArcSwap<HashMap<ObjectKey, bool>>,
     /// Where round robin continues, per service.
     cursors: RwLock<HashMap<ObjectKey, Arc<AtomicUsize>>>,
     /// Where the snapshot came from and its version, for status.
@@ -50,7 +51,7 @@ impl Registry {
     pub fn new(snapshot: Snapshot, origin: String) -> Registry {
         Registry {
             snapshot: ArcSwap::from_pointee(snapshot),
-            unhealthy: ArcSwap::from_pointee(HashSet::new()),
+            health: ArcSwap::from_pointee(HashMap::new()),
             cursors: RwLock::default(),
             source: RwLock::new(ConfigSource { origin, version: 1 }),
         }
@@ -72,8 +73,13 @@ impl Registry {
         source.version = version.unwrap_or(source.version + 1);
     }
 
-    pub fn set_unhealthy(&self, unhealthy: HashSet<ObjectKey>) {
-        self.unhealthy.store(Arc::new(unhealthy));
+    pub fn set_health(&self, health: HashMap<ObjectKey, bool>) {
+        self.health.store(Arc::new(health));
+    }
+
+    /// `Some(true)` healthy, `Some(false)` unhealthy, `None` not checked.
+    pub fn health_of(&self, workload: &ObjectKey) -> Option<bool> {
+        self.health.load().get(workload).copied()
     }
 
     /// Decides where a connection to `original` goes.
@@ -97,11 +103,11 @@ impl Registry {
         };
         let target = port.target();
         let all = snapshot.endpoints(service);
-        let unhealthy = self.unhealthy.load();
+        let health = self.health.load();
         let healthy: Vec<&Workload> = all
             .iter()
             .copied()
-            .filter(|w| !unhealthy.contains(&w.metadata.key()))
+            .filter(|w| health.get(&w.metadata.key()) != Some(&false))
             .collect();
         // When every endpoint fails its checks, the checks are more likely wrong than every
         // endpoint dead: use them all rather than refuse (Envoy's "panic" mode).
@@ -231,13 +237,13 @@ spec:
             }
             other => panic!("{other:?}"),
         };
-        r.set_unhealthy([ObjectKey::new("default", "web-1")].into());
+        r.set_health([(ObjectKey::new("default", "web-1"), false)].into());
         assert_eq!(endpoints(&r), vec![sa("10.0.0.2:8080")]);
         let both = [
-            ObjectKey::new("default", "web-1"),
-            ObjectKey::new("default", "web-2"),
+            (ObjectKey::new("default", "web-1"), false),
+            (ObjectKey::new("default", "web-2"), false),
         ];
-        r.set_unhealthy(both.into());
+        r.set_health(both.into());
         assert_eq!(endpoints(&r).len(), 2);
     }
 }

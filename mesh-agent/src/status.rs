@@ -77,8 +77,7 @@ pub struct EndpointStatus {
     pub workload: String,
     pub ips: Vec<String>,
     pub node: String,
-    /// Active health checking comes with the control plane; until then every endpoint is
-    /// "unchecked" and the proxy falls over to the next one when a connect fails.
+    /// "healthy", "unhealthy" (the proxy avoids it) or "unknown" (not checked yet).
     pub health: String,
 }
 
@@ -177,7 +176,12 @@ impl Status {
                             workload: w.metadata.key().to_string(),
                             ips: w.spec.ips.iter().map(|ip| ip.to_string()).collect(),
                             node: w.spec.node.clone(),
-                            health: "unchecked".into(),
+                            health: match agent.registry.health_of(&w.metadata.key()) {
+                                Some(true) => "healthy",
+                                Some(false) => "unhealthy",
+                                None => "unknown",
+                            }
+                            .into(),
                         })
                         .collect(),
                 })

@@ -6,7 +6,7 @@ mod state;
 
 pub use state::{ConfigCacheFile, ConfigState};
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,16 +185,15 @@ pub fn install(
         .registry
         .replace(snapshot, origin, Some(state.version));
     agent.datapath.maps.sync_capture_set(&capture)?;
-    let unhealthy: HashSet<ObjectKey> = state
+    let health = state
         .health
         .iter()
-        .filter(|(_, h)| !h.healthy)
-        .filter_map(|(id, _)| {
+        .filter_map(|(id, h)| {
             id.split_once('/')
-                .map(|(ns, name)| ObjectKey::new(ns, name))
+                .map(|(ns, name)| (ObjectKey::new(ns, name), h.healthy))
         })
         .collect();
-    agent.registry.set_unhealthy(unhealthy);
+    agent.registry.set_health(health);
     Ok(())
 }
 

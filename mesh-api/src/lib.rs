@@ -32,6 +32,7 @@ mod resource;
 mod route;
 mod service;
 mod snapshot;
+pub mod table;
 mod validate;
 mod workload;
 

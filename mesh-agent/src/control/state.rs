@@ -3,8 +3,6 @@
 //! control plane is down serve its last good config.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -108,18 +106,7 @@ impl ConfigCacheFile {
     }
 
     pub fn save(&self, state: &ConfigState) -> Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec(state)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))
+        crate::sys::fs::write_private_atomically(&self.path, &serde_json::to_vec(state)?)
     }
 }
 

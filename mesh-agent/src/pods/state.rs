@@ -2,8 +2,6 @@
 //! without being told again. One JSON file, replaced atomically, readable by root only.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -55,18 +53,7 @@ impl StateStore {
 
     pub fn save(&self, pods: BTreeMap<String, SavedPod>) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(&StateFile { pods })?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))
+        crate::sys::fs::write_private_atomically(&self.path, &bytes)
     }
 }
 

@@ -34,6 +34,12 @@ pub async fn connect_from(
     on_bound: impl FnOnce(SocketAddr) -> io::Result<()>,
 ) -> io::Result<TcpStream> {
     let socket = tokio_socket(netns.socket(target.is_ipv6()).await?);
+    // The proxy passes the client's FIN on to the app first, so these sockets end in
+    // TIME_WAIT. SO_REUSEADDR lets bind() pick a port held only by TIME_WAIT sockets (connect()
+    // then applies tcp_tw_reuse); without it a churning pod runs out of ports. The port must be
+    // chosen at bind() time (not deferred to connect()) so the peer rewrite is registered
+    // before the app can accept.
+    socket.set_reuseaddr(true)?;
     socket.bind(local)?;
     on_bound(socket.local_addr()?)?;
     finish_connect(socket, target, timeout).await

@@ -79,16 +79,23 @@ impl ConfigCache {
     /// Replaces the state with a fresh listing; returns its revision.
     async fn resync(&self, store: &SharedStore) -> Result<Revision, StoreError> {
         let (entries, revision) = store.list(keys::WATCHED).await?;
-        let mut state = State {
-            version: revision,
-            history_start: revision,
-            ..State::default()
-        };
+        let mut state = State::default();
+        // The config version is the newest change to config, not the store revision (agent
+        // records move that too): after a restart with nothing changed, agents that already
+        // have this version get no push at all, instead of a full one each.
+        let mut config_version = 0;
         for kv in entries {
+            if kv.key.starts_with(keys::RESOURCES) || kv.key.starts_with(keys::HEALTH) {
+                config_version = config_version.max(kv.mod_revision);
+            }
             apply_put(&mut state, &kv.key, &kv.value, kv.mod_revision, false);
         }
+        state.version = config_version;
+        state.history_start = config_version;
+        let version = state.version;
         *self.state.write() = state;
-        self.version.send_replace(revision);
+        self.version.send_replace(version);
+        // The watch continues from the listing's revision.
         Ok(revision)
     }
 
@@ -145,6 +152,16 @@ impl ConfigCache {
             .resources
             .values()
             .map(|c| c.resource.clone())
+            .collect()
+    }
+
+    /// Every resource, parsed, with its store key, in key order.
+    pub fn keyed_resources(&self) -> Vec<(String, Arc<Resource>)> {
+        self.state
+            .read()
+            .resources
+            .iter()
+            .map(|(k, c)| (k.clone(), c.resource.clone()))
             .collect()
     }
 

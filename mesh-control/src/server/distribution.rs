@@ -13,7 +13,7 @@ use futures::Stream;
 use mesh_proto::v1::agent_message::Message;
 use mesh_proto::v1::config_distribution_server::ConfigDistribution;
 use mesh_proto::v1::{AgentMessage, ConfigPush, EndpointHealth};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -28,6 +28,9 @@ pub struct Distribution {
     pub store: SharedStore,
     pub replica: String,
     pub metrics: Arc<ServerMetrics>,
+    /// Turns true when the replica shuts down: every session ends its stream, so the agents
+    /// reconnect (to another replica) at once and the server's graceful drain can finish.
+    pub stopping: watch::Receiver<bool>,
 }
 
 type PushStream = Pin<Box<dyn Stream<Item = Result<ConfigPush, Status>> + Send>>;
@@ -66,6 +69,7 @@ impl ConfigDistribution for Distribution {
             },
             pending: None,
             rejected: 0,
+            stopping: self.stopping.clone(),
         };
         tracing::info!(node = %hello.node, version = hello.version, "agent connected");
         tokio::spawn(session.run(incoming, tx));
@@ -82,6 +86,7 @@ struct Session {
     pending: Option<(u64, String)>,
     /// The newest version the agent NACKed.
     rejected: u64,
+    stopping: watch::Receiver<bool>,
 }
 
 impl Session {
@@ -93,6 +98,7 @@ impl Session {
         self.metrics.agent_connected();
         self.save_record().await;
         let mut versions = self.cache.subscribe();
+        let mut stopping = self.stopping.clone();
         loop {
             if self.pending.is_none() {
                 let current = self.cache.version();
@@ -118,6 +124,8 @@ impl Session {
                     None => break,
                 },
                 changed = versions.changed() => if changed.is_err() { break },
+                // It only ever turns true (or its sender goes away): either way, stop.
+                _ = stopping.changed() => break,
             }
         }
         tracing::info!(node = %self.record.node, "agent disconnected");

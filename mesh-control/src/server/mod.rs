@@ -40,11 +40,13 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
         .await
         .context("loading the store")?;
     let metrics = Arc::new(metrics::ServerMetrics::default());
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let distribution = distribution::Distribution {
         cache: cache.clone(),
         store: store.clone(),
         replica: options.replica.clone(),
         metrics: metrics.clone(),
+        stopping: stopping.clone(),
     };
     let admin = admin::Admin {
         cache: cache.clone(),
@@ -63,7 +65,7 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
         version = cache.version(),
         "control plane serving"
     );
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(
             ConfigDistributionServer::new(distribution)
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -75,11 +77,29 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
         ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown_signal(),
-        )
-        .await
-        .context("serving gRPC")
+            async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+            },
+        );
+    // The graceful drain waits for every open call; agent streams end when told to stop, but
+    // an admin watch never ends by itself: bound the wait.
+    let mut stopped = stopping;
+    let drain_deadline = async move {
+        let _ = stopped.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        served = server => served.context("serving gRPC"),
+        _ = drain_deadline => {
+            tracing::warn!("calls still open after {DRAIN_TIMEOUT:?}; exiting anyway");
+            Ok(())
+        }
+    }
 }
+
+/// How long a stopping replica waits for open calls to finish.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

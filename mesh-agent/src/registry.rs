@@ -137,6 +137,20 @@ impl Registry {
     }
 }
 
+/// Only round robin is implemented so far; say so rather than silently balancing differently.
+pub fn warn_unsupported_policies(snapshot: &Snapshot) {
+    for service in snapshot.services() {
+        let policy = service.spec.load_balancer.policy;
+        if policy != mesh_api::LbPolicy::RoundRobin {
+            tracing::warn!(
+                service = %service.metadata.key(),
+                ?policy,
+                "load-balancing policy not implemented yet; using round_robin"
+            );
+        }
+    }
+}
+
 /// The workload address to use: same family as the address the client dialled, when it has one.
 fn endpoint_ip(workload: &Workload, dialled: IpAddr) -> Option<IpAddr> {
     let ips = &workload.spec.ips;

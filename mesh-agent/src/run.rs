@@ -165,22 +165,8 @@ fn load_mesh_config(settings: &Settings) -> Result<(Snapshot, String)> {
     let resources = mesh_api::load_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let snapshot = Snapshot::from_resources(resources)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    warn_unsupported_policies(&snapshot);
+    crate::registry::warn_unsupported_policies(&snapshot);
     Ok((snapshot, format!("local file {}", path.display())))
-}
-
-/// Only round robin is implemented so far; say so rather than silently balancing differently.
-fn warn_unsupported_policies(snapshot: &Snapshot) {
-    for service in snapshot.services() {
-        let policy = service.spec.load_balancer.policy;
-        if policy != mesh_api::LbPolicy::RoundRobin {
-            tracing::warn!(
-                service = %service.metadata.key(),
-                ?policy,
-                "load-balancing policy not implemented yet; using round_robin"
-            );
-        }
-    }
 }
 
 /// Service VIPs and workload addresses: what connect4/6 capture.

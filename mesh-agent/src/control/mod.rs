@@ -181,6 +181,7 @@ pub fn install(
             capture.len()
         );
     }
+    crate::registry::warn_unsupported_policies(&snapshot);
     agent
         .registry
         .replace(snapshot, origin, Some(state.version));

@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: the mesh in one minute, on this machine.
 //!
-//! Builds everything, starts an agent on a static config, creates two pods (network namespace
-//! + cgroup each) on a bridge, enrolls them, sends HTTP requests from `client` to the `web`
+//! Builds everything, starts an agent on a static config, creates two pods (each a network
+//! namespace and a cgroup) on a bridge, enrolls them, sends HTTP requests from `client` to the `web`
 //! service VIP through the mesh, prints `mesh-agent status`, and removes everything again.
 
 use std::net::IpAddr;

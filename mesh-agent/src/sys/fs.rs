@@ -72,6 +72,24 @@ pub fn prepare_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Replaces `path` with `bytes` atomically (write a temp file, fsync, rename), readable by the
+/// owner only: state files hold what the agent must not lose or leak.
+pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,22 +109,4 @@ mod tests {
         );
         assert_eq!(cgroup2_root_from_mounts("proc /proc proc rw 0 0\n"), None);
     }
-}
-
-/// Replaces `path` with `bytes` atomically (write a temp file, fsync, rename), readable by the
-/// owner only: state files hold what the agent must not lose or leak.
-pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }

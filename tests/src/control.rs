@@ -38,14 +38,31 @@ impl ControlPlane {
         )
     }
 
+    /// One replica of a given `mesh-control` binary (a release build, for benchmarks) on
+    /// `store`: `embedded` (in a temp data dir) or `etcd://host:port,...`.
+    pub fn start_with_binary(binary: impl Into<PathBuf>, store: &str) -> Result<ControlPlane> {
+        let dir = crate::temp_dir()?;
+        let data_dir = dir.path().join("data");
+        Self::start_binary(binary.into(), Some(dir), data_dir, store.to_owned())
+    }
+
     fn start(dir: Option<TempDir>, data_dir: PathBuf, store: String) -> Result<ControlPlane> {
+        Self::start_binary(cargo_bin("mesh-control"), dir, data_dir, store)
+    }
+
+    fn start_binary(
+        binary: PathBuf,
+        dir: Option<TempDir>,
+        data_dir: PathBuf,
+        store: String,
+    ) -> Result<ControlPlane> {
         let mut cp = ControlPlane {
             _dir: dir,
             data_dir,
             listen: free_port()?,
             store,
             process: None,
-            binary: cargo_bin("mesh-control"),
+            binary,
         };
         cp.start_process()?;
         Ok(cp)

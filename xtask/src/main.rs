@@ -4,6 +4,7 @@
 //! commands of the README.
 
 mod bench;
+mod bench_control;
 mod build_ebpf;
 mod cmd;
 mod demo;

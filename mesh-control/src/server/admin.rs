@@ -5,11 +5,11 @@
 //! as it would be after the change (a `Snapshot`), so nothing that agents would have to reject
 //! ever reaches the store. A rejected change stores nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use mesh_api::{Resource, Snapshot};
 use mesh_proto::v1::mesh_admin_server::MeshAdmin;
 use mesh_proto::v1::{self as pb, watch_event};
@@ -30,6 +30,9 @@ pub struct Admin {
     pub apply_lock: tokio::sync::Mutex<()>,
 }
 
+/// Store writes of one apply in flight at once.
+const WRITE_PIPELINE: usize = 128;
+
 fn store_error(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("store: {e}"))
 }
@@ -47,38 +50,38 @@ impl Admin {
         dry_run: bool,
     ) -> Result<pb::ApplyResponse, Status> {
         let _guard = self.apply_lock.lock().await;
-        let mut config: BTreeMap<String, Resource> = self
-            .cache
-            .resources()
-            .into_iter()
-            .map(|r| (key_of(&r), (*r).clone()))
+        // The config after the change: the cached resources (by store key) not changed, and
+        // the new versions (the last one of a key given twice). Cloned straight into the
+        // snapshot: at 60k resources every extra pass over them costs tens of milliseconds.
+        let changed: HashMap<&str, Option<&Resource>> = changes
+            .iter()
+            .map(|(key, resource)| (key.as_str(), resource.as_ref()))
             .collect();
-        for (key, resource) in &changes {
-            match resource {
-                Some(r) => config.insert(key.clone(), r.clone()),
-                None => config.remove(key),
-            };
-        }
-        if let Err(e) = Snapshot::from_resources(config.into_values()) {
-            let prefix = if source.is_empty() {
-                String::new()
-            } else {
-                format!("{source}: ")
-            };
-            return Err(Status::invalid_argument(format!("{prefix}{e}")));
-        }
+        let current = self.cache.keyed_resources();
+        let config = current
+            .iter()
+            .filter(|(key, _)| !changed.contains_key(key.as_str()))
+            .map(|(_, r)| (**r).clone())
+            .chain(changed.values().flatten().map(|r| (*r).clone()));
+        let validated = match Snapshot::from_resources(config) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                let prefix = if source.is_empty() {
+                    String::new()
+                } else {
+                    format!("{source}: ")
+                };
+                return Err(Status::invalid_argument(format!("{prefix}{e}")));
+            }
+        };
+        drop(changed);
         let mut response = pb::ApplyResponse::default();
-        let mut last = 0;
+        // (key, new JSON; `None` = delete), in request order.
+        let mut writes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         for (key, resource) in changes {
             let Some(resource) = resource else {
                 if !dry_run {
-                    last = last.max(
-                        self.store
-                            .delete(&key)
-                            .await
-                            .map_err(store_error)?
-                            .unwrap_or(0),
-                    );
+                    writes.push((key, None));
                 }
                 continue;
             };
@@ -91,16 +94,45 @@ impl Admin {
             if outcome != "unchanged" && !dry_run {
                 let json =
                     serde_json::to_vec(&resource).map_err(|e| Status::internal(e.to_string()))?;
-                last = last.max(self.store.put(&key, json).await.map_err(store_error)?);
+                writes.push((key, Some(json)));
             }
             response.results.push(pb::ApplyResult {
                 r#ref: Some(resource_ref(&resource)),
                 outcome: outcome.into(),
             });
         }
+        // A key given twice: only its last value is written (what writing both in order
+        // would leave), so the pipelined writes below never race on one key.
+        let mut seen = HashSet::new();
+        let mut writes: Vec<_> = writes
+            .into_iter()
+            .rev()
+            .filter(|(key, _)| seen.insert(key.clone()))
+            .collect();
+        writes.reverse();
+        // Pipelined, submitted in request order: the embedded store commits whatever is
+        // queued in one transaction and etcd batches proposals, so a large apply costs a few
+        // commits instead of one per resource (~3 ms each).
+        let store = &self.store;
+        let revisions: Vec<Option<u64>> = futures::stream::iter(writes)
+            .map(|(key, value)| async move {
+                match value {
+                    Some(json) => store.put(&key, json).await.map(Some),
+                    None => store.delete(&key).await,
+                }
+            })
+            .buffered(WRITE_PIPELINE)
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        let last = revisions.into_iter().flatten().max().unwrap_or(0);
         if last > 0 {
             self.cache.wait_for(last).await;
         }
+        // Freed only now, once the change is on its way to the agents: freeing a whole-config
+        // snapshot costs a sixth of building it. (Not on another thread: glibc frees memory of
+        // another thread's arena much more slowly.)
+        drop((validated, current));
         response.version = self.cache.version();
         Ok(response)
     }

@@ -279,10 +279,10 @@ fn leftovers() -> Option<String> {
 fn control_plane_section(result: Result<Vec<crate::bench_control::ControlPlaneRow>>) -> String {
     let rows = match result {
         Ok(rows) => rows,
-        Err(e) => return format!("## Control plane at scale\n\nnot measured: {e:#}"),
+        Err(e) => return format!("\n## Control plane at scale\n\nnot measured: {e:#}"),
     };
     let mut text = String::from(
-        "## Control plane at scale\n\n10,000 services and 50,000 workloads (1,000 / 5,000 with \
+        "\n## Control plane at scale\n\n10,000 services and 50,000 workloads (1,000 / 5,000 with \
          --quick), 100 simulated agents in one process; etcd is a 1-member cluster on loopback. \
          Raw numbers: control-plane.json.\n\n\
          | what | embedded | etcd (1 member) | target | met? |\n|---|---|---|---|---|\n",

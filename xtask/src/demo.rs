@@ -65,7 +65,8 @@ pub fn run() -> Result<()> {
     }
     println!(
         "  (web answers with the peer it accepted: the client pod's own address {}, although the\n   \
-         proxy delivered the connection; connect4 captured it, sk_lookup steered it inbound)",
+         proxy delivered the connection: connect4 captured it, the agent delivered it inside web's\n   \
+         namespace, and the getpeername hook shows web's app the real client)",
         client.ip()
     );
 

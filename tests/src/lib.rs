@@ -27,6 +27,7 @@ pub mod http;
 pub mod janitor;
 pub mod mesh;
 pub mod net;
+pub mod observe;
 pub mod pod;
 pub mod process;
 pub mod wait;

@@ -41,7 +41,7 @@ fn applied_config_carries_traffic_and_status_shows_the_ack() {
     );
     // The agent's own view: the config came from the control plane, at that version.
     let local = AgentStatus::of(&mesh.node);
-    assert_eq!(local.version(), version);
+    assert_eq!(local.config_version(), version);
     assert!(
         local.origin().contains(&mesh.cp.url()),
         "origin {:?}",

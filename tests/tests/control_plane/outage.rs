@@ -33,7 +33,7 @@ fn data_plane_survives_the_control_plane_and_serves_from_cache() {
     mesh.node.kill_agent();
     mesh.node.start_agent().unwrap();
     let local = AgentStatus::of(&mesh.node);
-    assert_eq!(local.version(), version);
+    assert_eq!(local.config_version(), version);
     assert!(
         local.origin().contains("cache"),
         "origin {:?}",

@@ -73,7 +73,7 @@ fn invalid_and_conflicting_resources_change_nothing() {
     let agent = agent_entry(&status, NODE).unwrap();
     assert_eq!(agent["ackedVersion"], version, "{agent}");
     assert_eq!(agent["lastNack"], "", "{agent}");
-    assert_eq!(AgentStatus::of(&mesh.node).version(), version);
+    assert_eq!(AgentStatus::of(&mesh.node).config_version(), version);
     assert_eq!(mesh.get_vip_through_mesh(vip()), "web");
 }
 
@@ -120,7 +120,7 @@ fn config_the_agent_cannot_apply_is_nacked_and_the_old_one_serves() {
     );
     // The agent still serves the last good config, all of it and only it.
     let local = AgentStatus::of(&mesh.node);
-    assert_eq!(local.version(), good);
+    assert_eq!(local.config_version(), good);
     assert_eq!(local.capture().len(), 4, "{:?}", local.capture());
     assert_eq!(mesh.get_vip_through_mesh(vip()), "web");
     assert_eq!(mesh.get_vip_through_mesh(vip2), "web");

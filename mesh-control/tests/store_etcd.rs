@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mesh_control::store::{EtcdStore, Store};
-use mesh_tests::etcd::{skip_unless_etcd, EtcdCluster};
+use mesh_tests::etcd::{require_etcd, EtcdCluster};
 
 fn start(members: usize) -> EtcdCluster {
     tokio::task::block_in_place(|| EtcdCluster::start(members)).expect("starting etcd")
@@ -17,9 +17,7 @@ fn start(members: usize) -> EtcdCluster {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn semantics_single_member() {
-    if skip_unless_etcd() {
-        return;
-    }
+    require_etcd();
     let cluster = start(1);
     let store = EtcdStore::connect(cluster.endpoints()).await.unwrap();
     assert_eq!(store.describe(), format!("etcd://{}", cluster.endpoint(0)));
@@ -30,9 +28,7 @@ async fn semantics_single_member() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_live_under_the_namespace() {
-    if skip_unless_etcd() {
-        return;
-    }
+    require_etcd();
     let cluster = start(1);
     let a = EtcdStore::connect(cluster.endpoints()).await.unwrap();
     let b = EtcdStore::connect_with_namespace(cluster.endpoints(), "/other")
@@ -51,9 +47,7 @@ async fn keys_live_under_the_namespace() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_from_compacted_revision_fails() {
-    if skip_unless_etcd() {
-        return;
-    }
+    require_etcd();
     let cluster = start(1);
     let store = EtcdStore::connect(cluster.endpoints()).await.unwrap();
     let mut last = 0;
@@ -97,9 +91,7 @@ async fn connect_fails_clearly_without_etcd() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_members_survive_losing_one() {
-    if skip_unless_etcd() {
-        return;
-    }
+    require_etcd();
     let mut cluster = start(3);
     let store = EtcdStore::connect(cluster.endpoints()).await.unwrap();
     let from = store.list("").await.unwrap().1;

@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! if mesh_tests::etcd::skip_unless_etcd() { return Ok(()); }
+//! mesh_tests::etcd::require_etcd();
 //! let cluster = mesh_tests::etcd::EtcdCluster::start(3)?;
 //! let endpoints = cluster.endpoints(); // ["127.0.0.1:40001", ...]
 //! # Ok(()) }
@@ -37,15 +37,12 @@ pub fn etcd_available() -> bool {
     Path::new(ETCD_BINARY).is_file()
 }
 
-/// Returns `true` (and prints why) when a test needing etcd should be skipped.
-pub fn skip_unless_etcd() -> bool {
-    if etcd_available() {
-        return false;
-    }
-    eprintln!(
-        "SKIPPED: {ETCD_BINARY} is missing (install etcd-server: apt-get install etcd-server)"
+/// Fails the test unless Debian's etcd is installed (`cargo xtask test` installs it).
+pub fn require_etcd() {
+    assert!(
+        etcd_available(),
+        "{ETCD_BINARY} is missing: install etcd-server (apt-get install etcd-server; `cargo xtask test` does)"
     );
-    true
 }
 
 /// A running etcd cluster of real processes (see the module docs).

@@ -8,7 +8,8 @@
 //!
 //! Everything a test creates is removed on `Drop`, also when the test panics, and leftovers of
 //! a crashed earlier run are swept the first time this process creates anything (see
-//! [`janitor`]). Tests need root; use [`skip_unless_root`] at the top of each test.
+//! [`janitor`]). Tests need root; call [`require_root`] at the top of each test: without root it fails the
+//! test (loudly, never a silent pass).
 //!
 //! The `pod-tool` binary of this crate is the traffic generator/server run inside pods
 //! (integration tests of this crate get its path as `env!("CARGO_BIN_EXE_pod-tool")`; other
@@ -54,17 +55,16 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Returns `true` (and prints why) when the test should be skipped because we are not root.
+/// Fails the test unless it runs as root: an end-to-end test that cannot run must not pass.
 ///
 /// ```no_run
-/// if mesh_tests::skip_unless_root() { return; }
+/// mesh_tests::require_root();
 /// ```
-pub fn skip_unless_root() -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("SKIPPED: this end-to-end test needs root (network namespaces, cgroups, links)");
-    true
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this end-to-end test needs root (network namespaces, cgroups, eBPF): run `cargo xtask test` as root"
+    );
 }
 
 /// A fresh temporary directory (removed on drop) with a recognisable name.

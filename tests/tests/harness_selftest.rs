@@ -1,11 +1,11 @@
 //! Self-test of the harness: pods really are isolated netns + cgroups that talk over the
 //! bridge, pod-tool works in both address families, and nothing outlives a test (also when it
-//! panics or when an earlier run crashed). Needs root; skipped (with a message) otherwise.
+//! panics or when an earlier run crashed). Needs root; fails otherwise.
 //! Run with `--test-threads=1` like every end-to-end test (each test here also uses its own
 //! subnet, so they do not collide if run in parallel).
 
 use mesh_tests::{
-    cargo_bin, cgroup2_root, http_get, skip_unless_root, wait_until, AgentProcess, Bridge, Pod,
+    cargo_bin, cgroup2_root, http_get, require_root, wait_until, AgentProcess, Bridge, Pod,
     PodProcess,
 };
 use serde_json::Value;
@@ -53,9 +53,7 @@ fn assert_gone(netns: &Path, veth: &str, cgroup: &Path) {
 
 #[test]
 fn http_between_pods_over_ipv4_and_ipv6() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let br = Bridge::new(0).unwrap();
     let a = Pod::new(&br, "a", 2).unwrap();
     let b = Pod::new(&br, "b", 3).unwrap();
@@ -139,9 +137,7 @@ fn mesh_tests_ip(br: &Bridge, host: u8) -> String {
 
 #[test]
 fn processes_live_in_the_pod_cgroup_and_netns() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let root = cgroup2_root().unwrap();
     assert!(root.join("cgroup.procs").exists(), "{}", root.display());
 
@@ -192,9 +188,7 @@ fn processes_live_in_the_pod_cgroup_and_netns() {
 
 #[test]
 fn benchmark_clients_print_sane_json() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let br = Bridge::new(2).unwrap();
     let a = Pod::new(&br, "client", 2).unwrap();
     let b = Pod::new(&br, "server", 3).unwrap();
@@ -284,9 +278,7 @@ fn benchmark_clients_print_sane_json() {
 
 #[test]
 fn dropping_pods_removes_netns_veth_and_cgroup() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let br = Bridge::new(3).unwrap();
     let bridge_name = br.name().to_string();
     let a = Pod::new(&br, "a", 2).unwrap();
@@ -312,9 +304,7 @@ fn dropping_pods_removes_netns_veth_and_cgroup() {
 
 #[test]
 fn a_panicking_test_still_cleans_up() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut seen = None;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let br = Bridge::new(4).unwrap();
@@ -330,9 +320,7 @@ fn a_panicking_test_still_cleans_up() {
 
 #[test]
 fn janitor_sweeps_leftovers_of_dead_runs_only() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     // Make sure this process is registered (as any run is before creating things).
     mesh_tests::janitor::sweep_once();
     let cg_parent = cgroup2_root().unwrap().join("mesh-tests");
@@ -388,9 +376,7 @@ fn janitor_sweeps_leftovers_of_dead_runs_only() {
 
 #[test]
 fn agent_process_readiness_logs_and_stop() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let tool = cargo_bin("pod-tool");
     assert_eq!(
         std::fs::canonicalize(&tool).unwrap(),

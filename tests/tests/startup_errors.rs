@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use mesh_tests::{cargo_bin, skip_unless_root, temp_dir};
+use mesh_tests::{cargo_bin, require_root, temp_dir};
 
 fn agent_error(prefix: &[&str], args: &[&str]) -> String {
     let mut command = Command::new(prefix[0]);
@@ -17,9 +17,7 @@ fn agent_error(prefix: &[&str], args: &[&str]) -> String {
 
 #[test]
 fn without_bpf_permission_the_agent_names_the_missing_capabilities() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let dir = temp_dir().unwrap();
     let state = dir.path().join("state");
     let bpffs = format!("/sys/fs/bpf/{}-noperm", mesh_tests::prefix());
@@ -58,9 +56,7 @@ fn without_bpf_permission_the_agent_names_the_missing_capabilities() {
 
 #[test]
 fn a_cgroup_root_that_is_not_cgroup_v2_is_named() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let dir = temp_dir().unwrap();
     let not_cgroup = dir.path().display().to_string();
     let stderr = agent_error(&["env"], &["run", "--cgroup-root", &not_cgroup]);
@@ -72,9 +68,7 @@ fn a_cgroup_root_that_is_not_cgroup_v2_is_named() {
 
 #[test]
 fn a_bpffs_dir_on_another_filesystem_is_named() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let dir = temp_dir().unwrap();
     let not_bpffs = dir.path().display().to_string();
     let state = dir.path().join("state").display().to_string();

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mesh_tests::mesh::{MeshNode, NODE};
-use mesh_tests::{cargo_bin, skip_unless_root};
+use mesh_tests::{cargo_bin, require_root};
 
 use crate::support::*;
 
@@ -13,9 +13,7 @@ use crate::support::*;
 /// resource and the field, and touches nothing on bpffs.
 #[test]
 fn malformed_local_config_stops_the_agent_with_a_precise_error() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let dir = mesh_tests::temp_dir().unwrap();
     let bpffs = std::path::PathBuf::from(format!("/sys/fs/bpf/{}-bad", mesh_tests::prefix()));
     let cases = [
@@ -68,9 +66,7 @@ fn malformed_local_config_stops_the_agent_with_a_precise_error() {
 /// the pods it has; the same pod enrolls fine once the request is right.
 #[test]
 fn bad_enrollments_are_refused_and_the_agent_keeps_serving() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     // `extra` is declared in the config but not enrolled yet.
     let mesh = ClientWeb::with_declared(19, &[("extra", 4)]);
     let extra = &mesh.declared[0];

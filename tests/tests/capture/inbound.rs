@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use mesh_tests::{skip_unless_root, Pod};
+use mesh_tests::{require_root, Pod};
 
 use crate::support::*;
 
@@ -10,9 +10,7 @@ use crate::support::*;
 /// pod's inbound proxy, reaches the app, and the app's accept() shows the real client.
 #[test]
 fn non_mesh_client_is_steered_through_the_inbound_proxy() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mesh = ClientWeb::new(13);
     let outsider = Pod::new(&mesh.bridge, "outsider", 4).unwrap();
 
@@ -47,9 +45,7 @@ fn non_mesh_client_is_steered_through_the_inbound_proxy() {
 /// has (here its IPv6 one): no address of an enrolled pod reaches the app around the mesh.
 #[test]
 fn undeclared_addresses_of_an_enrolled_pod_are_captured_too() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mesh = ClientWeb::new(14);
     let outsider = Pod::new(&mesh.bridge, "outsider", 4).unwrap();
     let before = Status::of(&mesh.node);

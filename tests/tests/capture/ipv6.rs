@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use mesh_tests::mesh::{workload_yaml, MeshNode};
-use mesh_tests::{skip_unless_root, Bridge, Pod};
+use mesh_tests::{require_root, Bridge, Pod};
 
 use crate::support::*;
 
@@ -21,9 +21,7 @@ fn dual_stack_service() -> String {
 
 #[test]
 fn ipv6_vip_and_inbound_capture() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let bridge = Bridge::new(18).unwrap();
     let client = Pod::new(&bridge, "client", 2).unwrap();
     let web = Pod::new(&bridge, "web", 3).unwrap();

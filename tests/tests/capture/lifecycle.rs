@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mesh_tests::{skip_unless_root, wait_until, Pod};
+use mesh_tests::{require_root, wait_until, Pod};
 
 use crate::support::*;
 
@@ -11,9 +11,7 @@ use crate::support::*;
 /// server's IP goes direct, its listeners are closed, its pins are gone, status forgets it.
 #[test]
 fn unenroll_removes_capture() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mesh = ClientWeb::new(15);
     mesh.assert_vip_works();
     let pins = mesh.node.bpffs().join("pods").join("client-uid");
@@ -69,9 +67,7 @@ fn unenroll_removes_capture() {
 /// while the agent was away is cleaned up instead (its pins removed).
 #[test]
 fn restarted_agent_resumes_capture() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut mesh = ClientWeb::with_declared(16, &[("gone", 4)]);
     mesh.node
         .enroll(&mesh.declared[0], "gone-uid", "gone")
@@ -121,9 +117,7 @@ fn restarted_agent_resumes_capture() {
 /// app, nobody hangs. A new agent restores service.
 #[test]
 fn agent_down_fails_closed_then_recovers() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut mesh = ClientWeb::new(17);
     let outsider = Pod::new(&mesh.bridge, "outsider", 4).unwrap();
     mesh.assert_vip_works();

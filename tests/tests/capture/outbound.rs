@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use mesh_tests::mesh::{service_yaml, workload_yaml, MeshNode};
-use mesh_tests::{skip_unless_root, Bridge, Pod};
+use mesh_tests::{require_root, Bridge, Pod};
 
 use crate::support::*;
 
@@ -14,9 +14,7 @@ use crate::support::*;
 /// round robin spreads the requests over both endpoints.
 #[test]
 fn service_vip_goes_through_the_proxy_and_round_robins() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let bridge = Bridge::new(10).unwrap();
     let client = Pod::new(&bridge, "client", 2).unwrap();
     let web1 = Pod::new(&bridge, "web-1", 3).unwrap();
@@ -82,9 +80,7 @@ fn service_vip_goes_through_the_proxy_and_round_robins() {
 /// the VIP means nothing to them, and no agent or kernel counter moves.
 #[test]
 fn non_enrolled_pod_is_not_captured() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let bridge = Bridge::new(11).unwrap();
     let outsider = Pod::new(&bridge, "outsider", 2).unwrap();
     let plain = Pod::new(&bridge, "plain", 3).unwrap();
@@ -122,9 +118,7 @@ fn non_enrolled_pod_is_not_captured() {
 /// connect4 counts it as direct and the proxy never sees it.
 #[test]
 fn enrolled_pod_to_non_mesh_destination_goes_direct() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mesh = ClientWeb::new(12);
     let plain = Pod::new(&mesh.bridge, "plain", 4).unwrap();
     let _plain_server = http_server(&plain, "plain");
@@ -154,9 +148,7 @@ fn enrolled_pod_to_non_mesh_destination_goes_direct() {
 /// getpeername() on a captured socket shows what the app dialled, not the proxy listener.
 #[test]
 fn app_sees_the_address_it_dialled_as_peer() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mesh = ClientWeb::new(14);
     let before = Status::of(&mesh.node);
     let vip80 = SocketAddr::new(vip(), 80);

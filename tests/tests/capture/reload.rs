@@ -4,15 +4,13 @@
 use std::time::Duration;
 
 use mesh_tests::mesh::{service_yaml, workload_yaml, MeshNode};
-use mesh_tests::{skip_unless_root, wait_until, Bridge, Pod};
+use mesh_tests::{require_root, wait_until, Bridge, Pod};
 
 use crate::support::*;
 
 #[test]
 fn reload_follows_endpoint_changes_and_keeps_the_last_good_config() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let bridge = Bridge::new(20).unwrap();
     let client = Pod::new(&bridge, "client", 2).unwrap();
     let blue = Pod::new(&bridge, "blue", 3).unwrap();

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use mesh_tests::mesh::{service_yaml, NODE};
-use mesh_tests::skip_unless_root;
+use mesh_tests::require_root;
 
 use crate::support::*;
 
@@ -13,9 +13,7 @@ use crate::support::*;
 /// `meshctl status` shows the agent connected with the control plane's version ACKed.
 #[test]
 fn applied_config_carries_traffic_and_status_shows_the_ack() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mesh = Mesh::start(30, &[web("web", "web")], &[]);
 
     assert_eq!(mesh.get_vip_through_mesh(vip()), "web");
@@ -55,9 +53,7 @@ fn applied_config_carries_traffic_and_status_shows_the_ack() {
 /// follows (the old VIP is no longer captured at all).
 #[test]
 fn endpoint_and_vip_changes_reach_the_agent_within_a_second() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mesh = Mesh::start(31, &[web("web-a", "web"), web("web-b", "spare")], &[]);
     assert_eq!(mesh.get_vip_through_mesh(vip()), "web-a");
     assert_eq!(mesh.get_vip_through_mesh(vip()), "web-a");

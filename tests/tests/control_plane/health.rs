@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use mesh_tests::skip_unless_root;
+use mesh_tests::require_root;
 
 use crate::support::*;
 
@@ -13,9 +13,7 @@ use crate::support::*;
 /// round robin uses both.
 #[test]
 fn unhealthy_endpoint_is_reported_and_avoided_until_it_recovers() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut mesh = Mesh::start(37, &[web("web-1", "web"), web("web-2", "web")], &[]);
     wait_health(&mesh.cp, "web", "default/web-1", "healthy");
     wait_health(&mesh.cp, "web", "default/web-2", "healthy");

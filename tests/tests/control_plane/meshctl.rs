@@ -1,7 +1,7 @@
 //! meshctl's commands against a real control plane with an agent following it.
 
 use mesh_tests::mesh::NODE;
-use mesh_tests::skip_unless_root;
+use mesh_tests::require_root;
 use serde_json::Value;
 
 use crate::support::*;
@@ -16,9 +16,7 @@ const POLICY: &str = "apiVersion: mesh/v1\nkind: AuthorizationPolicy\nmetadata: 
 /// version.
 #[test]
 fn meshctl_commands_work_end_to_end() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mesh = Mesh::start(38, &[web("web", "web")], &[]);
     let cp = &mesh.cp;
     let mut version = mesh.settle();

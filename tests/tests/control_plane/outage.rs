@@ -2,7 +2,7 @@
 //! and the embedded store keeps everything across a restart.
 
 use mesh_tests::mesh::{service_yaml, NODE};
-use mesh_tests::skip_unless_root;
+use mesh_tests::require_root;
 
 use crate::support::*;
 
@@ -11,9 +11,7 @@ use crate::support::*;
 /// reconnects and follows new changes.
 #[test]
 fn data_plane_survives_the_control_plane_and_serves_from_cache() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut mesh = Mesh::start(32, &[web("web", "web")], &[]);
     let version = mesh.settle();
     // The cache is written off the push path (at most every 500 ms).
@@ -72,9 +70,7 @@ fn data_plane_survives_the_control_plane_and_serves_from_cache() {
 /// every resource, the version, the admin token; the agent reconnects and keeps following.
 #[test]
 fn embedded_store_survives_a_restart() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut mesh = Mesh::start(33, &[web("web", "web")], &[]);
     mesh.cp
         .apply(&service_yaml(

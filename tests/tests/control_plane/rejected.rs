@@ -3,7 +3,7 @@
 //! and callers without the admin token.
 
 use mesh_tests::mesh::{service_yaml, NODE};
-use mesh_tests::{skip_unless_root, wait_until};
+use mesh_tests::{require_root, wait_until};
 
 use crate::support::*;
 
@@ -19,9 +19,7 @@ fn everything(mesh: &Mesh) -> Vec<String> {
 /// conflict named; nothing changes: not the resources, not the version, not the agent.
 #[test]
 fn invalid_and_conflicting_resources_change_nothing() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mesh = Mesh::start(35, &[web("web", "web")], &[]);
     let version = mesh.settle();
     let before = everything(&mesh);
@@ -82,9 +80,7 @@ fn invalid_and_conflicting_resources_change_nothing() {
 /// config, and once the config fits again it ACKs the newest version.
 #[test]
 fn config_the_agent_cannot_apply_is_nacked_and_the_old_one_serves() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     // client + web + the VIP: 3 destinations.
     let mesh = Mesh::start(36, &[web("web", "web")], &["--capture-capacity", "4"]);
     let vip2 = ip("10.96.0.21");
@@ -143,9 +139,7 @@ fn config_the_agent_cannot_apply_is_nacked_and_the_old_one_serves() {
 /// reads are refused too.
 #[test]
 fn wrong_or_missing_token_is_refused() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let cp = mesh_tests::control::ControlPlane::start_embedded().unwrap();
     let server = cp.url();
     let yaml = service_yaml("web", &[vip()], 80, APP_PORT, "web");

@@ -3,9 +3,9 @@
 use std::time::Instant;
 
 use mesh_tests::control::ControlPlane;
-use mesh_tests::etcd::{skip_unless_etcd, EtcdCluster};
+use mesh_tests::etcd::{require_etcd, EtcdCluster};
 use mesh_tests::mesh::{service_yaml, NODE};
-use mesh_tests::skip_unless_root;
+use mesh_tests::require_root;
 
 use crate::support::*;
 
@@ -15,9 +15,8 @@ use crate::support::*;
 /// it exits promptly and the agent moves to A.
 #[test]
 fn replicas_on_etcd_share_config_and_survive_a_member_loss() {
-    if skip_unless_root() || skip_unless_etcd() {
-        return;
-    }
+    require_root();
+    require_etcd();
     // Declared first, dropped last: the replicas and the agent go before their store.
     let mut etcd = EtcdCluster::start(3).expect("starting etcd");
     let a = ControlPlane::start_etcd(&etcd.endpoints()).expect("starting replica A");

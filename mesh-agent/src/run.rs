@@ -38,10 +38,8 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     // After the config is known to be good: a bad file changes nothing in the kernel.
     let datapath = Datapath::load(&settings.bpffs, settings.capture_capacity)?;
-    let registry = Arc::new(Registry::new(snapshot, origin));
-    datapath
-        .maps
-        .sync_capture_set(&capture_set(&registry.snapshot()))?;
+    // Filled below, through the same install path later configs take.
+    let registry = Arc::new(Registry::new(Snapshot::default(), origin.clone()));
     let agent = Arc::new(Agent {
         node: settings.node_name.clone(),
         datapath,
@@ -56,13 +54,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         local_health: Default::default(),
         health_changed: Default::default(),
     });
-    if let Some(cached) = &cached {
-        control::install(
-            &agent,
-            registry_snapshot(&agent),
-            cached,
-            "cache (control plane not reached yet)".into(),
-        )?;
+    match &cached {
+        Some(state) => control::install(&agent, snapshot, state, origin)?,
+        None => install_static(&agent, snapshot, origin, Some(1))?,
     }
     let _socket = admin::serve_unix(agent.clone(), admin::socket_path(&settings.state_dir)).await?;
     let http = tokio::spawn(admin::serve_http(agent.clone(), settings.admin_addr));
@@ -100,14 +94,8 @@ pub async fn run(settings: Settings) -> Result<()> {
 
 /// SIGHUP: re-read the local config. A bad file is reported and the last good config stays.
 fn reload(agent: &Agent, settings: &Settings) {
-    let applied = load_mesh_config(settings).and_then(|(snapshot, origin)| {
-        agent
-            .datapath
-            .maps
-            .sync_capture_set(&capture_set(&snapshot))?;
-        agent.registry.replace(snapshot, origin, None);
-        Ok(())
-    });
+    let applied = load_mesh_config(settings)
+        .and_then(|(snapshot, origin)| install_static(agent, snapshot, origin, None));
     match applied {
         Ok(()) => tracing::info!(
             version = agent.registry.source().version,
@@ -153,8 +141,19 @@ fn cached_config(settings: &Settings) -> Result<(Snapshot, String, Option<Config
     }
 }
 
-fn registry_snapshot(agent: &Agent) -> Snapshot {
-    (*agent.registry.snapshot()).clone()
+/// Makes a config from the local file the data plane's: capture set, then routing.
+fn install_static(
+    agent: &Agent,
+    snapshot: Snapshot,
+    origin: String,
+    version: Option<u64>,
+) -> Result<()> {
+    agent
+        .datapath
+        .maps
+        .sync_capture_set(&capture_set(&snapshot))?;
+    agent.registry.replace(snapshot, origin, version);
+    Ok(())
 }
 
 fn load_mesh_config(settings: &Settings) -> Result<(Snapshot, String)> {

@@ -7,3 +7,7 @@
 pub mod v1 {
     tonic::include_proto!("mesh.v1");
 }
+
+/// Largest gRPC message either side accepts: a full config of 10k services and 50k workloads
+/// is tens of megabytes of JSON (13.5 MB measured).
+pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;

@@ -1,11 +1,64 @@
-//! What tests read back from the mesh: the answer of `pod-tool http-serve` and readings of
-//! `mesh-agent status -o json`, shared by every end-to-end suite.
+//! The app every end-to-end suite runs in its pods (`pod-tool http-serve`, reached with
+//! `pod-tool http-get`) and what tests read back: its answers and readings of
+//! `mesh-agent status -o json`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use anyhow::Result;
 use serde_json::Value;
 
 use crate::mesh::MeshNode;
+use crate::{cargo_bin, wait_until, Pod, PodProcess};
+
+/// How long a pod-tool command or a server start may take.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Starts `pod-tool http-serve --name <name>` in `pod` on `0.0.0.0:<port>` and `[::]:<port>`
+/// and waits until both listeners are bound.
+pub fn http_server(pod: &Pod, name: &str, port: u16) -> PodProcess {
+    let (v4, v6) = (format!("0.0.0.0:{port}"), format!("[::]:{port}"));
+    let args = [
+        "http-serve",
+        "--listen",
+        &v4,
+        "--listen",
+        &v6,
+        "--name",
+        name,
+    ];
+    let mut server = pod
+        .spawn(cargo_bin("pod-tool"), args)
+        .expect("spawning http-serve");
+    wait_until(PATIENCE, || {
+        server.stdout().matches("listening").count() >= 2 || !server.is_running()
+    });
+    assert!(
+        server.is_running(),
+        "http-serve in {} died: {}",
+        pod.name(),
+        server.stderr()
+    );
+    server
+}
+
+/// `pod-tool http-get` from inside `pod`: the response body, or the tool's error.
+pub fn try_get(pod: &Pod, url: &str, timeout_ms: u64) -> Result<String> {
+    let timeout = timeout_ms.to_string();
+    let out = pod.run(
+        cargo_bin("pod-tool"),
+        ["http-get", url, "--timeout-ms", &timeout],
+        PATIENCE,
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A GET that must succeed.
+pub fn get(pod: &Pod, url: &str) -> Response {
+    let body =
+        try_get(pod, url, 3000).unwrap_or_else(|e| panic!("GET {url} from {}: {e:#}", pod.name()));
+    Response::parse(&body)
+}
 
 /// The body of an http-serve answer: `name=N peer=<addr> local=<addr>`.
 #[derive(Debug)]

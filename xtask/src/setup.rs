@@ -16,14 +16,10 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn require_root(what: &str) -> Result<()> {
-    if !nix_is_root() {
+    if !mesh_tests::is_root() {
         bail!("{what} needs root: it loads eBPF programs and creates network namespaces");
     }
     Ok(())
-}
-
-fn nix_is_root() -> bool {
-    output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
 }
 
 /// Installs missing Debian packages for the given commands (plus the base set).

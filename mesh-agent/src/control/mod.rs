@@ -15,14 +15,12 @@ use mesh_api::{ObjectKey, Snapshot};
 use mesh_proto::v1::agent_message::Message;
 use mesh_proto::v1::config_distribution_client::ConfigDistributionClient;
 use mesh_proto::v1::{Ack, AgentMessage, ConfigPush, EndpointHealth, HealthReport, Hello, Nack};
+use mesh_proto::MAX_MESSAGE;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::agent::Agent;
-
-/// Largest push accepted: a full config at the scale targets is tens of megabytes.
-const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
 pub struct ControlPlane {
     urls: Vec<String>,

@@ -167,6 +167,31 @@ impl Admin {
         self.change(changes, source, dry_run).await
     }
 
+    /// The single-resource RPCs (AddTrafficRule, AddSecurityRule, SetMeshConfig): one
+    /// resource of one kind.
+    async fn apply_one(
+        &self,
+        request: Request<pb::ResourceRequest>,
+        rpc: &str,
+        kind: &str,
+    ) -> Result<pb::ApplyResponse, Status> {
+        let resource = request
+            .into_inner()
+            .resource
+            .ok_or_else(|| Status::invalid_argument("resource is required"))?;
+        self.apply_resources(vec![resource], rpc, false, Some(kind))
+            .await
+    }
+
+    /// The stored MeshConfig, or the defaults when none was set.
+    fn mesh_config(&self) -> Resource {
+        self.cache
+            .resources_under(&format!("{}MeshConfig/", keys::RESOURCES))
+            .first()
+            .map(|c| (*c.resource).clone())
+            .unwrap_or_else(|| Resource::from(mesh_api::MeshConfig::default()))
+    }
+
     fn list(&self, kind: &str, namespace: &str, name: &str) -> Result<pb::GetResponse, Status> {
         let kind = canonical_kind(kind)?;
         let mut prefix = format!("{}{kind}/", keys::RESOURCES);
@@ -395,13 +420,8 @@ impl MeshAdmin for Admin {
         &self,
         request: Request<pb::ResourceRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let resource = request
-            .into_inner()
-            .resource
-            .ok_or_else(|| Status::invalid_argument("resource is required"))?;
         Ok(Response::new(
-            self.apply_resources(vec![resource], "AddTrafficRule", false, Some("Route"))
-                .await?,
+            self.apply_one(request, "AddTrafficRule", "Route").await?,
         ))
     }
 
@@ -420,18 +440,9 @@ impl MeshAdmin for Admin {
         &self,
         request: Request<pb::ResourceRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let resource = request
-            .into_inner()
-            .resource
-            .ok_or_else(|| Status::invalid_argument("resource is required"))?;
         Ok(Response::new(
-            self.apply_resources(
-                vec![resource],
-                "AddSecurityRule",
-                false,
-                Some("AuthorizationPolicy"),
-            )
-            .await?,
+            self.apply_one(request, "AddSecurityRule", "AuthorizationPolicy")
+                .await?,
         ))
     }
 
@@ -450,7 +461,10 @@ impl MeshAdmin for Admin {
         &self,
         _: Request<pb::Empty>,
     ) -> Result<Response<pb::CaCertificate>, Status> {
-        let trust_domain = self.snapshot()?.mesh_config().trust_domain.clone();
+        let trust_domain = match self.mesh_config() {
+            Resource::MeshConfig(config) => config.spec.trust_domain,
+            _ => mesh_api::MeshConfigSpec::default().trust_domain,
+        };
         let pem = super::ca::root_certificate(&self.store, &trust_domain)
             .await
             .map_err(|e| Status::unavailable(format!("{e:#}")))?;
@@ -500,16 +514,8 @@ impl MeshAdmin for Admin {
         &self,
         _: Request<pb::Empty>,
     ) -> Result<Response<pb::Resource>, Status> {
-        let stored = self
-            .cache
-            .resources_under(&format!("{}MeshConfig/", keys::RESOURCES));
-        let json = match stored.first() {
-            Some(c) => c.json.to_vec(),
-            // None stored: the defaults, as a resource one could edit and apply.
-            None => Resource::from(mesh_api::MeshConfig::default())
-                .to_json()
-                .into_bytes(),
-        };
+        // None stored: the defaults, as a resource one could edit and apply.
+        let json = self.mesh_config().to_json().into_bytes();
         Ok(Response::new(pb::Resource { json }))
     }
 
@@ -517,12 +523,8 @@ impl MeshAdmin for Admin {
         &self,
         request: Request<pb::ResourceRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let resource = request
-            .into_inner()
-            .resource
-            .ok_or_else(|| Status::invalid_argument("resource is required"))?;
         Ok(Response::new(
-            self.apply_resources(vec![resource], "SetMeshConfig", false, Some("MeshConfig"))
+            self.apply_one(request, "SetMeshConfig", "MeshConfig")
                 .await?,
         ))
     }

@@ -26,9 +26,7 @@ pub struct ServeOptions {
     pub replica: String,
 }
 
-/// Largest message either side accepts: a full config of 10k services and 50k workloads is
-/// tens of megabytes of JSON.
-pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+pub use mesh_proto::MAX_MESSAGE;
 
 pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
     std::fs::create_dir_all(&options.data_dir)

@@ -29,48 +29,12 @@ pub fn url(ip: IpAddr, port: u16) -> String {
     format!("http://{}/", SocketAddr::new(ip, port))
 }
 
-/// Starts `pod-tool http-serve --name <name>` in `pod` on 0.0.0.0:8080 and [::]:8080 and waits
-/// until both listeners are bound.
+/// Starts the test app (`pod-tool http-serve`) in `pod` on [`APP_PORT`].
 pub fn http_server(pod: &Pod, name: &str) -> PodProcess {
-    let port = APP_PORT.to_string();
-    let args = [
-        "http-serve",
-        "--listen",
-        &format!("0.0.0.0:{port}"),
-        "--listen",
-        &format!("[::]:{port}"),
-        "--name",
-        name,
-    ];
-    let mut server = pod.spawn(pod_tool(), args).expect("spawning http-serve");
-    wait_until(T, || {
-        server.stdout().matches("listening").count() >= 2 || !server.is_running()
-    });
-    assert!(
-        server.is_running(),
-        "http-serve in {} died: {}",
-        pod.name(),
-        server.stderr()
-    );
-    server
+    mesh_tests::observe::http_server(pod, name, APP_PORT)
 }
 
-/// `pod-tool http-get` from inside `pod`: the response body, or the tool's error.
-pub fn try_get(pod: &Pod, url: &str, timeout_ms: u64) -> Result<String> {
-    let out = pod.run(
-        pod_tool(),
-        ["http-get", url, "--timeout-ms", &timeout_ms.to_string()],
-        T,
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A GET that must succeed.
-pub fn get(pod: &Pod, url: &str) -> Response {
-    let body =
-        try_get(pod, url, 3000).unwrap_or_else(|e| panic!("GET {url} from {}: {e:#}", pod.name()));
-    Response::parse(&body)
-}
+pub use mesh_tests::observe::{get, try_get};
 
 /// A GET that must fail; returns the error message and how long the attempt took.
 pub fn get_fails(pod: &Pod, url: &str, timeout_ms: u64) -> (String, Duration) {

@@ -27,10 +27,6 @@ pub const APP_PORT: u16 = 8080;
 /// their defaults (2 failures to go unhealthy, 1 success to come back).
 pub const FAST_HEALTH: &str = "---\napiVersion: mesh/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec:\n  healthCheck: {intervalMs: 200, timeoutMs: 200}\n";
 
-pub fn pod_tool() -> &'static str {
-    env!("CARGO_BIN_EXE_pod-tool")
-}
-
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -44,40 +40,12 @@ pub fn url(ip: IpAddr, port: u16) -> String {
     format!("http://{}/", SocketAddr::new(ip, port))
 }
 
-/// Starts `pod-tool http-serve --name <name>` in `pod` on 0.0.0.0:8080 and waits until it
-/// listens.
+/// Starts the test app (`pod-tool http-serve`) in `pod` on [`APP_PORT`].
 pub fn http_server(pod: &Pod, name: &str) -> PodProcess {
-    let listen = format!("0.0.0.0:{APP_PORT}");
-    let args = ["http-serve", "--listen", &listen, "--name", name];
-    let mut server = pod.spawn(pod_tool(), args).expect("spawning http-serve");
-    wait_until(T, || {
-        server.stdout().contains("listening") || !server.is_running()
-    });
-    assert!(
-        server.is_running(),
-        "http-serve in {} died: {}",
-        pod.name(),
-        server.stderr()
-    );
-    server
+    mesh_tests::observe::http_server(pod, name, APP_PORT)
 }
 
-/// `pod-tool http-get` from inside `pod`: the response body, or the tool's error.
-pub fn try_get(pod: &Pod, url: &str, timeout_ms: u64) -> Result<String> {
-    let out = pod.run(
-        pod_tool(),
-        ["http-get", url, "--timeout-ms", &timeout_ms.to_string()],
-        T,
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A GET that must succeed.
-pub fn get(pod: &Pod, url: &str) -> Response {
-    let body =
-        try_get(pod, url, 3000).unwrap_or_else(|e| panic!("GET {url} from {}: {e:#}", pod.name()));
-    Response::parse(&body)
-}
+pub use mesh_tests::observe::{get, try_get};
 
 /// A GET that must fail (e.g. a VIP nobody captures any more); returns the error.
 pub fn get_fails(pod: &Pod, url: &str, timeout_ms: u64) -> String {
@@ -90,7 +58,7 @@ pub fn get_fails(pod: &Pod, url: &str, timeout_ms: u64) -> String {
     }
 }
 
-pub use mesh_tests::observe::{AgentStatus, Response};
+pub use mesh_tests::observe::AgentStatus;
 
 // ---- meshctl ----------------------------------------------------------------------------
 

@@ -31,4 +31,8 @@ pub struct Agent {
         parking_lot::Mutex<std::collections::BTreeMap<String, mesh_proto::v1::EndpointHealth>>,
     /// Wakes whoever publishes `local_health` when it changes.
     pub health_changed: tokio::sync::Notify,
+    /// Certificates of the identities of this node's pods.
+    pub identities: Arc<crate::identity::Identities>,
+    /// Proxy state shared by all pods: open connections, the HBONE pool.
+    pub proxy: Arc<crate::proxy::Shared>,
 }

@@ -7,6 +7,7 @@ mod cli;
 mod control;
 mod datapath;
 mod health;
+mod identity;
 mod metrics;
 mod pods;
 mod proxy;

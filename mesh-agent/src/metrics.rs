@@ -9,11 +9,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::datapath::KernelStats;
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, Serialize)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Outbound,
@@ -33,6 +33,18 @@ pub enum Failure {
     UpstreamConnect,
     /// A connection aimed at the proxy's own ports (would loop).
     ProxyPort,
+    /// An AuthorizationPolicy (or the default-deny mesh policy) refused the peer.
+    AuthzDenied,
+    /// Plaintext to a workload whose PeerAuthentication is STRICT.
+    PlaintextRefused,
+    /// An HBONE CONNECT for a target this node does not serve under the presented identity,
+    /// or a malformed one.
+    HboneTargetRefused,
+    /// mTLS was required but the pod has no certificate (yet).
+    NoCertificate,
+    /// The HBONE peer failed TLS, identity verification, or answered the CONNECT with an
+    /// error.
+    HboneHandshake,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +71,7 @@ pub struct Metrics {
     active: Family<ConnLabels, Gauge>,
     bytes_sent: Family<ConnLabels, Counter>,
     bytes_received: Family<ConnLabels, Counter>,
+    audited: Family<ConnLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     kernel: Family<KernelLabels, Gauge>,
 }
@@ -71,6 +84,8 @@ pub struct DirectionCounters {
     /// Bytes from the pod's side towards the peer.
     pub bytes_sent: Counter,
     pub bytes_received: Counter,
+    /// Connections an AUDIT policy matched (they are carried; this only counts them).
+    pub audited: Counter,
     failures: Vec<(Failure, Counter)>,
 }
 
@@ -92,12 +107,17 @@ pub struct PodCounters {
     pub inbound: DirectionCounters,
 }
 
-const FAILURES: [Failure; 5] = [
+const FAILURES: [Failure; 10] = [
     Failure::NoOriginalDestination,
     Failure::UnknownServicePort,
     Failure::NoEndpoint,
     Failure::UpstreamConnect,
     Failure::ProxyPort,
+    Failure::AuthzDenied,
+    Failure::PlaintextRefused,
+    Failure::HboneTargetRefused,
+    Failure::NoCertificate,
+    Failure::HboneHandshake,
 ];
 
 impl Metrics {
@@ -108,6 +128,7 @@ impl Metrics {
             active: Family::default(),
             bytes_sent: Family::default(),
             bytes_received: Family::default(),
+            audited: Family::default(),
             failures: Family::default(),
             kernel: Family::default(),
         };
@@ -132,6 +153,11 @@ impl Metrics {
                 "proxy_received_bytes",
                 "Bytes from the peer to the pod",
                 metrics.bytes_received.clone(),
+            );
+            r.register(
+                "proxy_audited_connections",
+                "Connections an AUDIT authorization policy matched",
+                metrics.audited.clone(),
             );
             r.register(
                 "proxy_failures",
@@ -159,6 +185,7 @@ impl Metrics {
                 active: self.active.get_or_create(&labels).clone(),
                 bytes_sent: self.bytes_sent.get_or_create(&labels).clone(),
                 bytes_received: self.bytes_received.get_or_create(&labels).clone(),
+                audited: self.audited.get_or_create(&labels).clone(),
                 failures: FAILURES
                     .iter()
                     .map(|&reason| {
@@ -189,6 +216,7 @@ impl Metrics {
             self.active.remove(&labels);
             self.bytes_sent.remove(&labels);
             self.bytes_received.remove(&labels);
+            self.audited.remove(&labels);
             for reason in FAILURES {
                 self.failures.remove(&FailureLabels {
                     pod: pod.to_owned(),

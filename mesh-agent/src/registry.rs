@@ -39,6 +39,8 @@ pub struct Registry {
     cursors: RwLock<HashMap<ObjectKey, Arc<AtomicUsize>>>,
     /// Where the snapshot came from and its version, for status.
     source: RwLock<ConfigSource>,
+    /// Ticks on every new snapshot, for whoever re-checks open connections against policy.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -54,7 +56,13 @@ impl Registry {
             health: ArcSwap::from_pointee(HashMap::new()),
             cursors: RwLock::default(),
             source: RwLock::new(ConfigSource { origin, version: 1 }),
+            changed: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Sees every snapshot change (values are a change count).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -68,9 +76,12 @@ impl Registry {
     /// Installs a new config. `version`: the control plane's; `None` counts reloads.
     pub fn replace(&self, snapshot: Snapshot, origin: String, version: Option<u64>) {
         self.snapshot.store(Arc::new(snapshot));
-        let mut source = self.source.write();
-        source.origin = origin;
-        source.version = version.unwrap_or(source.version + 1);
+        {
+            let mut source = self.source.write();
+            source.origin = origin;
+            source.version = version.unwrap_or(source.version + 1);
+        }
+        self.changed.send_modify(|n| *n += 1);
     }
 
     pub fn set_health(&self, health: HashMap<ObjectKey, bool>) {

@@ -53,7 +53,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         ready: AtomicBool::new(false),
         local_health: Default::default(),
         health_changed: Default::default(),
+        identities: crate::identity::Identities::new(),
+        proxy: Default::default(),
     });
+    tokio::spawn(crate::proxy::enforce_on_changes(
+        agent.proxy.connections.clone(),
+        agent.registry.clone(),
+    ));
     match &cached {
         Some(state) => control::install(&agent, snapshot, state, origin)?,
         None => install_static(&agent, snapshot, origin, Some(1))?,

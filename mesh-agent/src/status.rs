@@ -7,7 +7,9 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
+use crate::identity::IdentityStatus;
 use crate::metrics::DirectionCounters;
+use crate::proxy::ConnectionStatus;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -23,6 +25,10 @@ pub struct Status {
     pub capture: Vec<String>,
     /// Counters kept by the eBPF programs.
     pub kernel: BTreeMap<String, u64>,
+    /// Trust bundle and the certificates of this node's pod identities.
+    pub identity: IdentityStatus,
+    /// Proxied connections open now.
+    pub connections: Vec<ConnectionStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -200,6 +206,8 @@ impl Status {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
+            identity: agent.identities.status(),
+            connections: agent.proxy.connections.list(),
         }
     }
 
@@ -313,6 +321,34 @@ impl Status {
             ],
             rows,
         );
+        self.identity_table(&mut out);
+        let _ = writeln!(out, "\nOPEN CONNECTIONS: {}", self.connections.len());
+        let rows = self
+            .connections
+            .iter()
+            .map(|c| {
+                vec![
+                    c.pod.clone(),
+                    format!("{:?}", c.direction).to_lowercase(),
+                    format!("{:?}", c.transport).to_lowercase(),
+                    c.peer.clone(),
+                    c.peer_identity.clone().unwrap_or_else(|| "-".into()),
+                    c.destination.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "POD",
+                "DIRECTION",
+                "TRANSPORT",
+                "PEER",
+                "PEER IDENTITY",
+                "DESTINATION",
+            ],
+            rows,
+        );
         let _ = writeln!(out, "\nCAPTURED DESTINATIONS: {}", self.capture.join(" "));
         let counters: Vec<String> = self
             .kernel
@@ -321,6 +357,69 @@ impl Status {
             .collect();
         let _ = writeln!(out, "KERNEL COUNTERS:       {}", counters.join(" "));
         out
+    }
+}
+
+impl Status {
+    fn identity_table(&self, out: &mut String) {
+        let identity = &self.identity;
+        if !identity.enabled {
+            let _ = writeln!(
+                out,
+                "\nIDENTITY: none (no control plane): traffic between nodes is plaintext"
+            );
+            return;
+        }
+        let _ = writeln!(out, "\nTRUST BUNDLE");
+        let rows = identity
+            .trust_bundle
+            .iter()
+            .map(|r| {
+                vec![
+                    r.fingerprint[..16].to_owned(),
+                    r.subject.clone(),
+                    when(r.not_after),
+                ]
+            })
+            .collect();
+        table(out, &["SHA-256", "SUBJECT", "NOT AFTER"], rows);
+        let _ = writeln!(out, "\nCERTIFICATES");
+        let rows = identity
+            .certificates
+            .iter()
+            .map(|c| {
+                vec![
+                    c.spiffe_id.clone(),
+                    c.serial.clone().unwrap_or_else(|| "<pending>".into()),
+                    c.not_after.map(when).unwrap_or_default(),
+                    c.renew_at.map(when).unwrap_or_default(),
+                    c.last_error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &["SPIFFE ID", "SERIAL", "EXPIRES", "RENEWS", "LAST ERROR"],
+            rows,
+        );
+    }
+}
+
+/// Unix seconds as "in 12h 3m" / "5s ago", relative to now.
+fn when(unix: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let span = |s: u64| match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h{}m", s / 3600, s / 60 % 60),
+    };
+    if unix >= now {
+        format!("in {}", span(unix - now))
+    } else {
+        format!("{} ago", span(now - unix))
     }
 }
 

@@ -13,7 +13,9 @@ mod csr;
 mod spiffe;
 pub mod tls;
 
-pub use certs::{sha256, spiffe_id_of, Credential, TrustBundle};
+pub use certs::{
+    hex, sha256, spiffe_id_of, summarize, CertificateSummary, Credential, TrustBundle,
+};
 pub use csr::new_csr;
 pub use spiffe::SpiffeId;
 

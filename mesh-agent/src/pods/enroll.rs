@@ -9,7 +9,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use mesh_api::ObjectKey;
 use mesh_common::{ports, ListenerKind};
+use mesh_identity::SpiffeId;
 use tokio::task::JoinHandle;
 
 use super::state::SavedPod;
@@ -42,6 +44,7 @@ impl Drop for EnrolledPod {
         for task in &self.tasks {
             task.abort();
         }
+        self.context.identities.release(&self.context.identity);
     }
 }
 
@@ -141,10 +144,19 @@ impl Agent {
         let listeners = open_listeners(&netns).await.context(context.clone())?;
         let addresses = listeners.addresses();
         let maps = &self.datapath.maps;
-        for listener in &listeners.inbound {
-            let ipv6 = listener.local_addr()?.is_ipv6();
-            maps.set_listener(slot, ListenerKind::Inbound, ipv6, listener)?;
+        for (kind, group) in [
+            (ListenerKind::Inbound, &listeners.inbound),
+            (ListenerKind::Hbone, &listeners.hbone),
+        ] {
+            for listener in group {
+                let ipv6 = listener.local_addr()?.is_ipv6();
+                maps.set_listener(slot, kind, ipv6, listener)?;
+            }
         }
+        let trust_domain = self.registry.snapshot().mesh_config().trust_domain.clone();
+        let identity =
+            SpiffeId::workload(&trust_domain, &request.namespace, &request.service_account)
+                .with_context(|| format!("{context}: the pod's SPIFFE ID"))?;
         let mut steered_ips = request.ips.clone();
         for ip in netns.routable_addresses().await.context(context.clone())? {
             if !steered_ips.contains(&ip) {
@@ -170,7 +182,12 @@ impl Agent {
             connect_timeout: self.connect_timeout,
             ips: steered_ips.clone(),
             local_pods: self.local_pods.clone(),
+            workload: ObjectKey::new(&request.namespace, &request.name),
+            identity,
+            identities: self.identities.clone(),
+            shared: self.proxy.clone(),
         });
+        self.identities.acquire(&pod_context.identity);
         self.local_pods.insert(&pod_context);
         let tasks = proxy::serve(pod_context.clone(), listeners);
         Ok(EnrolledPod {
@@ -217,27 +234,40 @@ impl Agent {
 }
 
 /// The pod's listeners: outbound on loopback (where connect4/6 send captured connections),
-/// inbound plaintext (reached only through sk_lookup). IPv6 ones only if the pod has IPv6.
+/// inbound plaintext and HBONE (reached only through sk_lookup). IPv6 ones only if the pod
+/// has IPv6.
 async fn open_listeners(netns: &NetnsSockets) -> Result<PodListeners> {
-    let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
-    let outbound = bind_listener(netns, SocketAddr::new(v4, ports::OUTBOUND))
-        .await
-        .context("binding the outbound listener 127.0.0.1:15001 in the pod")?;
-    let inbound = bind_listener(netns, SocketAddr::new(v4, ports::INBOUND))
-        .await
-        .context("binding the inbound listener 127.0.0.1:15006 in the pod")?;
     let mut listeners = PodListeners {
-        outbound: vec![outbound],
-        inbound: vec![inbound],
+        outbound: Vec::new(),
+        inbound: Vec::new(),
+        hbone: Vec::new(),
     };
-    // IPv6 is optional: a pod without ::1 (IPv6 disabled) is IPv4-only.
-    if let (Ok(out6), Ok(in6)) = (
-        bind_listener(netns, SocketAddr::new(v6, ports::OUTBOUND)).await,
-        bind_listener(netns, SocketAddr::new(v6, ports::INBOUND)).await,
-    ) {
-        listeners.outbound.push(out6);
-        listeners.inbound.push(in6);
+    for (loopback, required) in [
+        (IpAddr::V4(Ipv4Addr::LOCALHOST), true),
+        // IPv6 is optional: a pod without ::1 (IPv6 disabled) is IPv4-only.
+        (IpAddr::V6(Ipv6Addr::LOCALHOST), false),
+    ] {
+        let bind = |port| bind_listener(netns, SocketAddr::new(loopback, port));
+        let bound = async {
+            Ok::<_, std::io::Error>((
+                bind(ports::OUTBOUND).await?,
+                bind(ports::INBOUND).await?,
+                bind(ports::HBONE).await?,
+            ))
+        };
+        match bound.await {
+            Ok((outbound, inbound, hbone)) => {
+                listeners.outbound.push(outbound);
+                listeners.inbound.push(inbound);
+                listeners.hbone.push(hbone);
+            }
+            Err(e) if required => return Err(e).with_context(|| {
+                format!(
+                    "binding the proxy listeners on {loopback} (15001, 15006, 15008) in the pod"
+                )
+            }),
+            Err(_) => {}
+        }
     }
     Ok(listeners)
 }

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use super::policy::{admit_counted, PeerInfo, Transport};
+use super::tracker::{NewConnection, Registration};
 use super::{relay::relay, upstream, PodContext};
-use crate::metrics::Failure;
+use crate::metrics::{Direction, Failure};
 
 pub async fn serve(listener: TcpListener, context: Arc<PodContext>) {
     loop {
@@ -35,13 +37,58 @@ async fn handle(client_stream: TcpStream, client: SocketAddr, context: Arc<PodCo
         counters.fail(Failure::ProxyPort);
         return;
     }
+    let peer = PeerInfo {
+        principal: None,
+        ip: client.ip(),
+    };
+    let snapshot = context.registry.snapshot();
+    let port = destination.port();
+    if admit_counted(
+        &snapshot,
+        &context.workload,
+        &peer,
+        port,
+        Transport::Plaintext,
+        counters,
+    )
+    .is_err()
+    {
+        return;
+    }
     match deliver(&context, destination, client).await {
-        Ok(delivered) => relay(delivered.stream, client_stream, counters, None).await,
+        Ok(delivered) => {
+            let registration = track(&context, Transport::Plaintext, peer, client, destination);
+            tokio::select! {
+                _ = relay(delivered.stream, client_stream, counters, None) => {}
+                _ = registration.closed() => {}
+            }
+        }
         Err(e) => {
             tracing::debug!(pod = %context.pod, %destination, error = %e, "delivering to the app failed");
             counters.fail(Failure::UpstreamConnect);
         }
     }
+}
+
+/// Lists a connection into `context`'s pod, subject to its inbound policy from now on.
+pub fn track(
+    context: &PodContext,
+    transport: Transport,
+    peer: PeerInfo,
+    peer_address: SocketAddr,
+    destination: SocketAddr,
+) -> Registration {
+    context.shared.connections.register(
+        NewConnection {
+            pod: &context.pod,
+            direction: Direction::Inbound,
+            transport,
+            peer,
+            peer_address,
+            destination,
+        },
+        Some((context.workload.clone(), context.counters.inbound.clone())),
+    )
 }
 
 /// A connection to the app inside a pod, which the app sees as coming from the real client.

@@ -4,12 +4,20 @@
 //! - `outbound`: connections the app made, captured by connect4/6; routed by the registry.
 //! - `inbound`: connections to the pod, steered by sk_lookup; delivered to the app.
 //! - `upstream`: opening sockets from inside the pod's network namespace.
+//! - `hbone`: mutual-TLS HTTP/2 CONNECT tunnels between nodes, both sides.
+//! - `policy`: the inbound decision (PeerAuthentication, AuthorizationPolicy).
+//! - `tracker`: open connections, re-checked when policy changes.
 //! - `relay`: moving bytes both ways and counting them.
 
+mod hbone;
 mod inbound;
 mod outbound;
+mod policy;
 mod relay;
+mod tracker;
 mod upstream;
+
+pub use tracker::{enforce_on_changes, ConnectionStatus, ConnectionTable};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,7 +27,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use mesh_api::ObjectKey;
+use mesh_identity::SpiffeId;
+
 use crate::datapath::Maps;
+use crate::identity::Identities;
 use crate::metrics::PodCounters;
 use crate::registry::Registry;
 use crate::sys::netns::NetnsSockets;
@@ -38,6 +50,19 @@ pub struct PodContext {
     /// Every pod this agent serves, by address: same-node traffic is delivered straight into
     /// the destination pod instead of looping through its inbound listener.
     pub local_pods: Arc<LocalPods>,
+    /// The declared workload this pod is, for its inbound policy.
+    pub workload: ObjectKey,
+    /// The pod's SPIFFE ID (from its namespace and service account).
+    pub identity: SpiffeId,
+    pub identities: Arc<Identities>,
+    pub shared: Arc<Shared>,
+}
+
+/// Proxy state shared by every pod of the node.
+#[derive(Default)]
+pub struct Shared {
+    pub connections: Arc<ConnectionTable>,
+    pub hbone: hbone::Pool,
 }
 
 impl PodContext {
@@ -80,6 +105,7 @@ impl LocalPods {
 pub struct PodListeners {
     pub outbound: Vec<TcpListener>,
     pub inbound: Vec<TcpListener>,
+    pub hbone: Vec<TcpListener>,
 }
 
 impl PodListeners {
@@ -93,6 +119,7 @@ impl PodListeners {
         };
         let mut all = role("outbound", &self.outbound);
         all.extend(role("inbound", &self.inbound));
+        all.extend(role("hbone", &self.hbone));
         all
     }
 }
@@ -105,6 +132,9 @@ pub fn serve(context: Arc<PodContext>, listeners: PodListeners) -> Vec<JoinHandl
     }
     for listener in listeners.inbound {
         tasks.push(tokio::spawn(inbound::serve(listener, context.clone())));
+    }
+    for listener in listeners.hbone {
+        tasks.push(tokio::spawn(hbone::serve(listener, context.clone())));
     }
     tasks
 }

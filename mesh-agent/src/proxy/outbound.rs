@@ -8,9 +8,18 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use mesh_api::MtlsMode;
+use mesh_identity::SpiffeId;
+
+use super::hbone::HboneTarget;
 use super::inbound::{self, Delivered};
-use super::{relay::relay, upstream, PodContext};
-use crate::metrics::Failure;
+use super::policy::{admit_counted, PeerInfo, Transport};
+use super::relay::{relay, relay_stream};
+use super::tracker::{NewConnection, Registration};
+use super::{upstream, PodContext};
+use crate::metrics::{Direction, Failure};
 use crate::registry::Route;
 
 pub async fn serve(listener: TcpListener, context: Arc<PodContext>) {
@@ -46,25 +55,33 @@ async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodContext>
             return;
         }
     };
-    let Some(upstream) = connect_first(&context, &candidates, app.port()).await else {
-        counters.fail(Failure::UpstreamConnect);
+    let Some(upstream) = connect_first(&context, &candidates, app).await else {
         return;
     };
     match upstream {
         Upstream::Remote(stream) => relay(app_stream, stream, counters, None).await,
-        Upstream::Local(delivered, peer) => {
+        Upstream::Hbone(stream, _registration) => {
+            relay_stream(app_stream, TokioIo::new(stream), counters).await
+        }
+        Upstream::Local(delivered, peer, registration) => {
             let peer_counters = &peer.counters.inbound;
             peer_counters.connections.inc();
-            relay(app_stream, delivered.stream, counters, Some(peer_counters)).await;
+            tokio::select! {
+                _ = relay(app_stream, delivered.stream, counters, Some(peer_counters)) => {}
+                _ = registration.closed() => {}
+            }
         }
     }
 }
 
 enum Upstream {
-    /// Over the network, from inside the source pod.
+    /// Plaintext over the network, from inside the source pod.
     Remote(TcpStream),
+    /// An HBONE stream to another node; listed while open.
+    Hbone(Upgraded, Registration),
     /// Straight into a pod this agent serves (same node): one proxy hop instead of two.
-    Local(Delivered, Arc<PodContext>),
+    /// Subject to the destination's policy like any inbound connection.
+    Local(Delivered, Arc<PodContext>, Registration),
 }
 
 /// From the eBPF map (connect4/6 capture), else from netfilter (iptables REDIRECT capture).
@@ -86,34 +103,133 @@ fn original_destination(
 }
 
 /// Tries the candidates in load-balancing order, at most three, so one dead endpoint costs a
-/// retry rather than a failed request.
+/// retry rather than a failed request. A denial by the destination's policy is final.
 async fn connect_first(
-    context: &PodContext,
+    context: &Arc<PodContext>,
     candidates: &[SocketAddr],
-    app_port: u16,
+    app: SocketAddr,
 ) -> Option<Upstream> {
+    let counters = &context.counters.outbound;
+    let mut failure = Failure::UpstreamConnect;
     for target in candidates.iter().take(3) {
         let attempt = match context.local_pods.get(target.ip()) {
-            Some(peer) => {
-                // The destination app sees this pod's own address as the client.
-                let client = context
-                    .address_towards(target.ip())
-                    .map(|ip| SocketAddr::new(ip, app_port))
-                    .unwrap_or(*target);
-                inbound::deliver(&peer, *target, client)
-                    .await
-                    .map(|d| Upstream::Local(d, peer))
-            }
-            None => upstream::connect(&context.netns, *target, context.connect_timeout)
-                .await
-                .map(Upstream::Remote),
+            Some(peer) => connect_local(context, peer, *target, app.port()).await,
+            None => connect_remote(context, *target, app).await,
         };
         match attempt {
             Ok(upstream) => return Some(upstream),
-            Err(e) => {
-                tracing::debug!(pod = %context.pod, %target, error = %e, "upstream connect failed")
+            Err(Failure::AuthzDenied) => {
+                counters.fail(Failure::AuthzDenied);
+                return None;
             }
+            Err(reason) => failure = reason,
         }
     }
+    counters.fail(failure);
     None
+}
+
+/// Same node: the destination's policy is checked here, with the source pod's identity
+/// (this agent enrolled it, so it vouches for it).
+async fn connect_local(
+    context: &PodContext,
+    peer: Arc<PodContext>,
+    target: SocketAddr,
+    app_port: u16,
+) -> Result<Upstream, Failure> {
+    // The destination app sees this pod's own address as the client.
+    let client = context
+        .address_towards(target.ip())
+        .map(|ip| SocketAddr::new(ip, app_port))
+        .unwrap_or(target);
+    let source = PeerInfo {
+        principal: Some(context.identity.to_string()),
+        ip: client.ip(),
+    };
+    let snapshot = peer.registry.snapshot();
+    let counters = &peer.counters.inbound;
+    admit_counted(
+        &snapshot,
+        &peer.workload,
+        &source,
+        target.port(),
+        Transport::Local,
+        counters,
+    )?;
+    let delivered = inbound::deliver(&peer, target, client).await.map_err(|e| {
+        tracing::debug!(pod = %context.pod, %target, error = %e, "same-node delivery failed");
+        Failure::UpstreamConnect
+    })?;
+    let registration = inbound::track(&peer, Transport::Local, source, client, target);
+    Ok(Upstream::Local(delivered, peer, registration))
+}
+
+/// Another node: HBONE to mesh workloads unless their PeerAuthentication is DISABLE or this
+/// node has no identities (static config); plaintext otherwise.
+async fn connect_remote(
+    context: &PodContext,
+    target: SocketAddr,
+    app: SocketAddr,
+) -> Result<Upstream, Failure> {
+    let snapshot = context.registry.snapshot();
+    let hbone_peer = snapshot
+        .workload_by_ip(target.ip())
+        .filter(|w| snapshot.mtls_mode_for(w, target.port()) != MtlsMode::Disable)
+        .filter(|_| context.identities.has_signer());
+    let Some(workload) = hbone_peer else {
+        return upstream::connect(&context.netns, target, context.connect_timeout)
+            .await
+            .map(Upstream::Remote)
+            .map_err(|e| {
+                tracing::debug!(pod = %context.pod, %target, error = %e, "upstream connect failed");
+                Failure::UpstreamConnect
+            });
+    };
+    let identity = SpiffeId::parse(&snapshot.mesh_config().identity_of(workload))
+        .map_err(|_| Failure::HboneHandshake)?;
+    let credential = context
+        .identities
+        .credential_within(&context.identity, context.connect_timeout)
+        .await
+        .ok_or(Failure::NoCertificate)?;
+    let source = context
+        .address_towards(target.ip())
+        .map(|ip| SocketAddr::new(ip, app.port()))
+        .unwrap_or(app);
+    let hbone_target = HboneTarget {
+        address: target,
+        node: &workload.spec.node,
+        identity: identity.clone(),
+    };
+    let stream = context
+        .shared
+        .hbone
+        .open(
+            &context.identities,
+            &context.netns,
+            credential,
+            hbone_target,
+            source,
+            context.connect_timeout,
+        )
+        .await
+        .map_err(|e| {
+            tracing::debug!(pod = %context.pod, %target, error = %e, "HBONE connect failed");
+            e.failure()
+        })?;
+    let registration = context.shared.connections.register(
+        NewConnection {
+            pod: &context.pod,
+            direction: Direction::Outbound,
+            transport: Transport::Hbone,
+            peer: PeerInfo {
+                principal: Some(identity.to_string()),
+                ip: target.ip(),
+            },
+            peer_address: target,
+            destination: target,
+        },
+        None,
+    );
+    Ok(Upstream::Hbone(stream, registration))
 }

@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
 use crate::metrics::DirectionCounters;
@@ -25,20 +25,56 @@ pub async fn relay(
     counters: &DirectionCounters,
     peer_counters: Option<&DirectionCounters>,
 ) {
-    let sides = std::iter::once(counters).chain(peer_counters);
-    for side in sides.clone() {
-        side.active.inc();
-    }
+    let _active = Active::new(std::iter::once(counters).chain(peer_counters).collect());
     let (sent, received) = tokio::join!(pump(&pod_side, &peer_side), pump(&peer_side, &pod_side));
-    for side in sides {
-        side.active.dec();
-    }
     let (sent, received) = (moved(sent), moved(received));
     counters.bytes_sent.inc_by(sent);
     counters.bytes_received.inc_by(received);
     if let Some(peer) = peer_counters {
         peer.bytes_sent.inc_by(received);
         peer.bytes_received.inc_by(sent);
+    }
+}
+
+/// Like [`relay`] for a peer side that is not a socket (an HBONE stream): bytes go through
+/// userspace buffers, since they are encrypted anyway.
+pub async fn relay_stream<S>(
+    mut pod_side: TcpStream,
+    mut peer_side: S,
+    counters: &DirectionCounters,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _active = Active::new(vec![counters]);
+    let result =
+        tokio::io::copy_bidirectional_with_sizes(&mut pod_side, &mut peer_side, CHUNK, CHUNK).await;
+    match result {
+        Ok((sent, received)) => {
+            counters.bytes_sent.inc_by(sent);
+            counters.bytes_received.inc_by(received);
+        }
+        Err(e) => tracing::debug!(error = %e, "relay ended with an error"),
+    }
+}
+
+/// Counts a connection as active for as long as it lives, also when its relay is dropped
+/// (a connection closed by policy).
+struct Active<'a>(Vec<&'a DirectionCounters>);
+
+impl<'a> Active<'a> {
+    fn new(sides: Vec<&'a DirectionCounters>) -> Active<'a> {
+        for side in &sides {
+            side.active.inc();
+        }
+        Active(sides)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        for side in &self.0 {
+            side.active.dec();
+        }
     }
 }
 

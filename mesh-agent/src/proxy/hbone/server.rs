@@ -1,0 +1,198 @@
+//! The inbound side of HBONE: sk_lookup steers connections for a pod's IP on 15008 to that
+//! pod's HBONE listener. The listener presents the pod's certificate, demands the client's,
+//! and serves HTTP/2 CONNECT streams: each is checked (target, policy), delivered to the
+//! app inside the destination pod, and relayed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_api::Snapshot;
+use mesh_common::ports;
+use mesh_identity::SpiffeId;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::metrics::Failure;
+use crate::proxy::inbound::{deliver, track};
+use crate::proxy::policy::{admit_counted, PeerInfo, Transport};
+use crate::proxy::relay::relay_stream;
+use crate::proxy::PodContext;
+
+pub async fn serve(listener: TcpListener, context: Arc<PodContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, client)) => {
+                tokio::spawn(handle(stream, client, context.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(pod = %context.pod, error = %e, "HBONE accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>) {
+    let counters = &context.counters.inbound;
+    let _ = tcp.set_nodelay(true);
+    let Some(credential) = context.identities.credential(&context.identity) else {
+        tracing::warn!(pod = %context.pod, %client, "HBONE connection before this pod has a certificate");
+        counters.fail(Failure::NoCertificate);
+        return;
+    };
+    let config = match context
+        .shared
+        .hbone
+        .tls
+        .server(&context.identities, &credential)
+    {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::warn!(pod = %context.pod, error = %format!("{e:#}"), "no HBONE server config");
+            counters.fail(Failure::NoCertificate);
+            return;
+        }
+    };
+    let accepted = tokio::time::timeout(
+        super::HANDSHAKE_TIMEOUT,
+        TlsAcceptor::from(config).accept(tcp),
+    )
+    .await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(pod = %context.pod, %client, error = %e, "HBONE TLS handshake refused");
+            counters.fail(Failure::HboneHandshake);
+            return;
+        }
+        Err(_) => {
+            counters.fail(Failure::HboneHandshake);
+            return;
+        }
+    };
+    // Required client auth: a finished handshake has a verified peer identity.
+    let Some(peer) = mesh_identity::tls::peer_id(tls.get_ref().1) else {
+        counters.fail(Failure::HboneHandshake);
+        return;
+    };
+    let peer = Arc::new(peer);
+    let service = hyper::service::service_fn(move |request| {
+        let context = context.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(connect(request, context, &peer, client).await) }
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(super::STREAM_WINDOW)
+        .initial_connection_window_size(super::CONNECTION_WINDOW)
+        .max_frame_size(super::MAX_FRAME)
+        .max_concurrent_streams(4096)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%client, error = %e, "HBONE connection ended");
+    }
+}
+
+fn answer(status: StatusCode) -> Response<Empty<Bytes>> {
+    let mut response = Response::new(Empty::new());
+    *response.status_mut() = status;
+    response
+}
+
+/// One CONNECT stream: check it, deliver it, answer 200 and relay, or answer why not.
+async fn connect(
+    mut request: Request<Incoming>,
+    context: Arc<PodContext>,
+    peer: &SpiffeId,
+    client: SocketAddr,
+) -> Response<Empty<Bytes>> {
+    let counters = &context.counters.inbound;
+    if request.method() != Method::CONNECT {
+        return answer(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let target = request
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
+    let Some(target) = target else {
+        counters.fail(Failure::HboneTargetRefused);
+        return answer(StatusCode::BAD_REQUEST);
+    };
+    // The target must be a pod this node serves, under the identity this connection's
+    // certificate claimed: a client cannot reach other pods through an accepted connection.
+    let destination = context
+        .local_pods
+        .get(target.ip())
+        .filter(|pod| pod.identity == context.identity);
+    let Some(destination) = destination.filter(|_| !ports::is_proxy_port(target.port())) else {
+        tracing::info!(pod = %context.pod, %target, %peer, "HBONE CONNECT for a target this pod does not serve");
+        counters.fail(Failure::HboneTargetRefused);
+        return answer(StatusCode::MISDIRECTED_REQUEST);
+    };
+    let counters = &destination.counters.inbound;
+    counters.connections.inc();
+    let snapshot = destination.registry.snapshot();
+    let source = claimed_source(&request, &snapshot, peer).unwrap_or(client);
+    let peer_info = PeerInfo {
+        principal: Some(peer.to_string()),
+        ip: source.ip(),
+    };
+    let admitted = admit_counted(
+        &snapshot,
+        &destination.workload,
+        &peer_info,
+        target.port(),
+        Transport::Hbone,
+        counters,
+    );
+    if admitted.is_err() {
+        return answer(StatusCode::FORBIDDEN);
+    }
+    let delivered = match deliver(&destination, target, source).await {
+        Ok(delivered) => delivered,
+        Err(e) => {
+            tracing::debug!(pod = %destination.pod, %target, error = %e, "delivering an HBONE stream failed");
+            counters.fail(Failure::UpstreamConnect);
+            return answer(StatusCode::SERVICE_UNAVAILABLE);
+        }
+    };
+    let registration = track(&destination, Transport::Hbone, peer_info, source, target);
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let counters = &destination.counters.inbound;
+        match upgrade.await {
+            Ok(upgraded) => {
+                tokio::select! {
+                    _ = relay_stream(delivered.stream, TokioIo::new(upgraded), counters) => {}
+                    _ = registration.closed() => {}
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "HBONE stream upgrade failed"),
+        }
+    });
+    answer(StatusCode::OK)
+}
+
+/// The app address the client says the stream comes from (`Forwarded: for="ip:port"`),
+/// believed only if that address belongs to a workload with the client's verified identity;
+/// a pooled connection carries streams of every pod of that identity on the client's node.
+fn claimed_source(
+    request: &Request<Incoming>,
+    snapshot: &Snapshot,
+    peer: &SpiffeId,
+) -> Option<SocketAddr> {
+    let value = request
+        .headers()
+        .get(http::header::FORWARDED)?
+        .to_str()
+        .ok()?;
+    let claimed: SocketAddr = value.strip_prefix("for=")?.trim_matches('"').parse().ok()?;
+    let workload = snapshot.workload_by_ip(claimed.ip())?;
+    (snapshot.mesh_config().identity_of(workload) == peer.as_str()).then_some(claimed)
+}

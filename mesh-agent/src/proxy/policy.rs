@@ -1,0 +1,117 @@
+//! The inbound policy decision, made wherever a connection reaches a pod of this node: the
+//! plaintext inbound listener, an HBONE CONNECT, and same-node delivery. Open connections are
+//! decided again when the config changes (see `tracker`).
+//!
+//! Order: PeerAuthentication first (STRICT refuses plaintext), then AuthorizationPolicy
+//! (any DENY match denies; with ALLOW policies one must match; else the mesh default).
+
+use std::net::IpAddr;
+
+use mesh_api::{MtlsMode, ObjectKey, Peer, Snapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{DirectionCounters, Failure};
+
+/// How a connection reached the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Mutual TLS (HBONE) from another node: the peer's identity is verified.
+    Hbone,
+    /// Plaintext TCP: no identity.
+    Plaintext,
+    /// From a pod of this node, handed over inside this agent: the agent itself knows the
+    /// source pod's identity, so it counts as authenticated.
+    Local,
+}
+
+/// Who is connecting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Verified SPIFFE ID; `None` for plaintext.
+    pub principal: Option<String>,
+    pub ip: IpAddr,
+}
+
+/// Whether `peer` may reach `workload` on `port` over `transport`; the error is the reason
+/// counted. A pod whose workload vanished from the config is judged by the mesh defaults.
+pub fn admit(
+    snapshot: &Snapshot,
+    workload: &ObjectKey,
+    peer: &PeerInfo,
+    port: u16,
+    transport: Transport,
+) -> Result<Verdict, Failure> {
+    let Some(workload) = snapshot.workload(&workload.namespace, &workload.name) else {
+        let mesh = snapshot.mesh_config();
+        if transport == Transport::Plaintext && mesh.default_mtls_mode == MtlsMode::Strict {
+            return Err(Failure::PlaintextRefused);
+        }
+        return match mesh.default_policy {
+            mesh_api::DefaultPolicy::Allow => Ok(Verdict { audited: None }),
+            mesh_api::DefaultPolicy::Deny => Err(Failure::AuthzDenied),
+        };
+    };
+    if transport == Transport::Plaintext
+        && snapshot.mtls_mode_for(workload, port) == MtlsMode::Strict
+    {
+        return Err(Failure::PlaintextRefused);
+    }
+    let decision = snapshot.authorize(
+        workload,
+        &Peer {
+            principal: peer.principal.as_deref(),
+            ip: peer.ip,
+        },
+        port,
+    );
+    if !decision.allowed {
+        tracing::debug!(workload = %workload.metadata.key(), principal = ?peer.principal, ip = %peer.ip, port, reason = ?decision.reason, "connection denied by policy");
+        return Err(Failure::AuthzDenied);
+    }
+    Ok(Verdict {
+        audited: decision.audit.map(|p| p.metadata.key().to_string()),
+    })
+}
+
+/// An admitted connection; `audited` names the AUDIT policy that matched, if any.
+pub struct Verdict {
+    pub audited: Option<String>,
+}
+
+impl Verdict {
+    /// Logs and counts an audit match.
+    pub fn record(
+        &self,
+        counters: &DirectionCounters,
+        workload: &ObjectKey,
+        peer: &PeerInfo,
+        port: u16,
+    ) {
+        if let Some(policy) = &self.audited {
+            counters.audited.inc();
+            tracing::info!(audit_policy = %policy, workload = %workload, principal = ?peer.principal, ip = %peer.ip, port, "audited connection");
+        }
+    }
+}
+
+/// [`admit`] with the failure counted on `counters` and audits recorded.
+pub fn admit_counted(
+    snapshot: &Snapshot,
+    workload: &ObjectKey,
+    peer: &PeerInfo,
+    port: u16,
+    transport: Transport,
+    counters: &DirectionCounters,
+) -> Result<(), Failure> {
+    match admit(snapshot, workload, peer, port, transport) {
+        Ok(verdict) => {
+            verdict.record(counters, workload, peer, port);
+            Ok(())
+        }
+        Err(reason) => {
+            counters.fail(reason);
+            Err(reason)
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Open proxied connections: listed in status, and decided again whenever the config changes,
+//! so a policy that now denies an open connection closes it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mesh_api::ObjectKey;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::policy::{admit, PeerInfo, Transport};
+use crate::metrics::{Direction, DirectionCounters};
+use crate::registry::Registry;
+
+#[derive(Default)]
+pub struct ConnectionTable {
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Tracked>>,
+}
+
+struct Tracked {
+    pod: String,
+    direction: Direction,
+    transport: Transport,
+    peer: PeerInfo,
+    peer_address: SocketAddr,
+    destination: SocketAddr,
+    /// The pod's workload when this connection is subject to its inbound policy.
+    enforced: Option<Enforced>,
+    close: Arc<Notify>,
+}
+
+struct Enforced {
+    workload: ObjectKey,
+    counters: DirectionCounters,
+}
+
+/// One open connection, as status shows it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionStatus {
+    pub pod: String,
+    pub direction: Direction,
+    pub transport: Transport,
+    pub peer: String,
+    pub peer_identity: Option<String>,
+    pub destination: String,
+}
+
+/// What is known of a connection when it is registered.
+pub struct NewConnection<'a> {
+    pub pod: &'a str,
+    pub direction: Direction,
+    pub transport: Transport,
+    pub peer: PeerInfo,
+    pub peer_address: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+/// Keeps a connection listed while alive; [`Registration::closed`] resolves when policy
+/// revokes it.
+pub struct Registration {
+    table: Arc<ConnectionTable>,
+    id: u64,
+    close: Arc<Notify>,
+}
+
+impl Registration {
+    pub async fn closed(&self) {
+        self.close.notified().await
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.table.open.lock().remove(&self.id);
+    }
+}
+
+impl ConnectionTable {
+    /// Lists a connection. With `enforced_for`, it is re-checked against the inbound policy
+    /// of that workload on every config change (denials counted on `counters`).
+    pub fn register(
+        self: &Arc<Self>,
+        connection: NewConnection<'_>,
+        enforced_for: Option<(ObjectKey, DirectionCounters)>,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        self.open.lock().insert(
+            id,
+            Tracked {
+                pod: connection.pod.to_owned(),
+                direction: connection.direction,
+                transport: connection.transport,
+                peer: connection.peer,
+                peer_address: connection.peer_address,
+                destination: connection.destination,
+                enforced: enforced_for.map(|(workload, counters)| Enforced { workload, counters }),
+                close: close.clone(),
+            },
+        );
+        Registration {
+            table: self.clone(),
+            id,
+            close,
+        }
+    }
+
+    /// Closes every open connection the current config no longer admits.
+    pub fn enforce(&self, registry: &Registry) -> usize {
+        let snapshot = registry.snapshot();
+        let mut closed = 0;
+        for tracked in self.open.lock().values() {
+            let Some(enforced) = &tracked.enforced else {
+                continue;
+            };
+            let port = tracked.destination.port();
+            if let Err(reason) = admit(
+                &snapshot,
+                &enforced.workload,
+                &tracked.peer,
+                port,
+                tracked.transport,
+            ) {
+                tracing::info!(pod = %tracked.pod, peer = %tracked.peer_address, principal = ?tracked.peer.principal, destination = %tracked.destination, ?reason, "closing a connection the new config denies");
+                enforced.counters.fail(reason);
+                // notify_one keeps a permit, so the relay sees it even if not waiting yet.
+                tracked.close.notify_one();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    pub fn list(&self) -> Vec<ConnectionStatus> {
+        let mut all: Vec<ConnectionStatus> = self
+            .open
+            .lock()
+            .values()
+            .map(|t| ConnectionStatus {
+                pod: t.pod.clone(),
+                direction: t.direction,
+                transport: t.transport,
+                peer: t.peer_address.to_string(),
+                peer_identity: t.peer.principal.clone(),
+                destination: t.destination.to_string(),
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.pod, &a.peer).cmp(&(&b.pod, &b.peer)));
+        all
+    }
+}
+
+/// Re-checks open connections after every config change, for as long as the agent runs.
+pub async fn enforce_on_changes(table: Arc<ConnectionTable>, registry: Arc<Registry>) {
+    let mut changes = registry.watch();
+    while changes.changed().await.is_ok() {
+        let closed = table.enforce(&registry);
+        if closed > 0 {
+            tracing::info!(closed, "config change closed denied connections");
+        }
+    }
+}

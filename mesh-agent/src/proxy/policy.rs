@@ -115,3 +115,109 @@ pub fn admit_counted(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WORKLOADS: &str = r#"
+apiVersion: mesh/v1
+kind: Workload
+metadata: {name: db, namespace: prod}
+spec: {uid: db, ips: ["10.0.0.5"], node: n1, serviceAccount: db, labels: {app: db}}
+---
+apiVersion: mesh/v1
+kind: Workload
+metadata: {name: web, namespace: prod}
+spec: {uid: web, ips: ["10.0.0.6"], node: n1, serviceAccount: web, labels: {app: web}}
+"#;
+
+    fn snapshot(extra: &str) -> Snapshot {
+        let yaml = format!("{WORKLOADS}---\n{extra}");
+        Snapshot::from_resources(mesh_api::load_str("t.yaml", &yaml).unwrap()).unwrap()
+    }
+
+    fn peer(principal: Option<&str>) -> PeerInfo {
+        PeerInfo {
+            principal: principal.map(str::to_owned),
+            ip: "10.0.0.9".parse().unwrap(),
+        }
+    }
+
+    fn decide(
+        snapshot: &Snapshot,
+        workload: &str,
+        peer: &PeerInfo,
+        transport: Transport,
+    ) -> Result<(), Failure> {
+        admit(
+            snapshot,
+            &ObjectKey::new("prod", workload),
+            peer,
+            5432,
+            transport,
+        )
+        .map(|_| ())
+    }
+
+    const WEB: Option<&str> = Some("spiffe://cluster.local/ns/prod/sa/web");
+
+    #[test]
+    fn strict_refuses_plaintext_but_not_mtls_or_same_node() {
+        let s = snapshot(
+            "apiVersion: mesh/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: prod}\nspec: {mode: STRICT}\n",
+        );
+        assert_eq!(
+            decide(&s, "db", &peer(None), Transport::Plaintext),
+            Err(Failure::PlaintextRefused)
+        );
+        assert_eq!(decide(&s, "db", &peer(WEB), Transport::Hbone), Ok(()));
+        assert_eq!(decide(&s, "db", &peer(WEB), Transport::Local), Ok(()));
+    }
+
+    #[test]
+    fn allow_policy_admits_only_its_principals() {
+        let s = snapshot(
+            r#"apiVersion: mesh/v1
+kind: AuthorizationPolicy
+metadata: {name: db-from-web, namespace: prod}
+spec:
+  selector: {app: db}
+  action: ALLOW
+  rules: [{from: {principals: ["spiffe://cluster.local/ns/prod/sa/web"]}}]
+"#,
+        );
+        assert_eq!(decide(&s, "db", &peer(WEB), Transport::Hbone), Ok(()));
+        let other = peer(Some("spiffe://cluster.local/ns/prod/sa/other"));
+        assert_eq!(
+            decide(&s, "db", &other, Transport::Hbone),
+            Err(Failure::AuthzDenied)
+        );
+        assert_eq!(
+            decide(&s, "db", &peer(None), Transport::Plaintext),
+            Err(Failure::AuthzDenied)
+        );
+        // No ALLOW policy selects web: the default (ALLOW) applies.
+        assert_eq!(decide(&s, "web", &other, Transport::Hbone), Ok(()));
+    }
+
+    #[test]
+    fn default_deny_and_vanished_workloads() {
+        let s = snapshot(
+            "apiVersion: mesh/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {defaultPolicy: DENY}\n",
+        );
+        assert_eq!(
+            decide(&s, "db", &peer(WEB), Transport::Hbone),
+            Err(Failure::AuthzDenied)
+        );
+        assert_eq!(
+            decide(&s, "gone", &peer(WEB), Transport::Hbone),
+            Err(Failure::AuthzDenied)
+        );
+        let open = snapshot("");
+        assert_eq!(
+            decide(&open, "gone", &peer(None), Transport::Plaintext),
+            Ok(())
+        );
+    }
+}

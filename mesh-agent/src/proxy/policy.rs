@@ -33,29 +33,31 @@ pub struct PeerInfo {
     pub ip: IpAddr,
 }
 
-/// Whether `peer` may reach `workload` on `port` over `transport`; the error is the reason
-/// counted. A pod whose workload vanished from the config is judged by the mesh defaults.
+/// Whether `peer` may reach `workload` on `port` over `transport`, and which AUDIT policy
+/// matched. A pod whose workload vanished from the config is judged by the mesh defaults.
 pub fn admit(
     snapshot: &Snapshot,
     workload: &ObjectKey,
     peer: &PeerInfo,
     port: u16,
     transport: Transport,
-) -> Result<Verdict, Failure> {
+) -> Verdict {
+    let verdict = |outcome, audited| Verdict { outcome, audited };
     let Some(workload) = snapshot.workload(&workload.namespace, &workload.name) else {
         let mesh = snapshot.mesh_config();
         if transport == Transport::Plaintext && mesh.default_mtls_mode == MtlsMode::Strict {
-            return Err(Failure::PlaintextRefused);
+            return verdict(Err(Failure::PlaintextRefused), None);
         }
-        return match mesh.default_policy {
-            mesh_api::DefaultPolicy::Allow => Ok(Verdict { audited: None }),
+        let outcome = match mesh.default_policy {
+            mesh_api::DefaultPolicy::Allow => Ok(()),
             mesh_api::DefaultPolicy::Deny => Err(Failure::AuthzDenied),
         };
+        return verdict(outcome, None);
     };
     if transport == Transport::Plaintext
         && snapshot.mtls_mode_for(workload, port) == MtlsMode::Strict
     {
-        return Err(Failure::PlaintextRefused);
+        return verdict(Err(Failure::PlaintextRefused), None);
     }
     let decision = snapshot.authorize(
         workload,
@@ -65,37 +67,22 @@ pub fn admit(
         },
         port,
     );
+    let audited = decision.audit.map(|p| p.metadata.key().to_string());
     if !decision.allowed {
         tracing::debug!(workload = %workload.metadata.key(), principal = ?peer.principal, ip = %peer.ip, port, reason = ?decision.reason, "connection denied by policy");
-        return Err(Failure::AuthzDenied);
+        return verdict(Err(Failure::AuthzDenied), audited);
     }
-    Ok(Verdict {
-        audited: decision.audit.map(|p| p.metadata.key().to_string()),
-    })
+    verdict(Ok(()), audited)
 }
 
-/// An admitted connection; `audited` names the AUDIT policy that matched, if any.
+/// The decision, and the AUDIT policy that matched, if any (audits are recorded whether
+/// the connection is allowed or not).
 pub struct Verdict {
+    pub outcome: Result<(), Failure>,
     pub audited: Option<String>,
 }
 
-impl Verdict {
-    /// Logs and counts an audit match.
-    pub fn record(
-        &self,
-        counters: &DirectionCounters,
-        workload: &ObjectKey,
-        peer: &PeerInfo,
-        port: u16,
-    ) {
-        if let Some(policy) = &self.audited {
-            counters.audited.inc();
-            tracing::info!(audit_policy = %policy, workload = %workload, principal = ?peer.principal, ip = %peer.ip, port, "audited connection");
-        }
-    }
-}
-
-/// [`admit`] with the failure counted on `counters` and audits recorded.
+/// [`admit`] with the outcome counted on `counters` and audits logged and counted.
 pub fn admit_counted(
     snapshot: &Snapshot,
     workload: &ObjectKey,
@@ -104,16 +91,15 @@ pub fn admit_counted(
     transport: Transport,
     counters: &DirectionCounters,
 ) -> Result<(), Failure> {
-    match admit(snapshot, workload, peer, port, transport) {
-        Ok(verdict) => {
-            verdict.record(counters, workload, peer, port);
-            Ok(())
-        }
-        Err(reason) => {
-            counters.fail(reason);
-            Err(reason)
-        }
+    let verdict = admit(snapshot, workload, peer, port, transport);
+    if let Some(policy) = &verdict.audited {
+        counters.audited.inc();
+        tracing::info!(audit_policy = %policy, %workload, principal = ?peer.principal, ip = %peer.ip, port, allowed = verdict.outcome.is_ok(), "audited connection");
     }
+    if let Err(reason) = verdict.outcome {
+        counters.fail(reason);
+    }
+    verdict.outcome
 }
 
 #[cfg(test)]

@@ -125,7 +125,9 @@ impl ConnectionTable {
                 &tracked.peer,
                 port,
                 tracked.transport,
-            ) {
+            )
+            .outcome
+            {
                 tracing::info!(pod = %tracked.pod, peer = %tracked.peer_address, principal = ?tracked.peer.principal, destination = %tracked.destination, ?reason, "closing a connection the new config denies");
                 enforced.counters.fail(reason);
                 // notify_one keeps a permit, so the relay sees it even if not waiting yet.

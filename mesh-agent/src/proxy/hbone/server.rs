@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_api::Snapshot;
 use mesh_common::ports;
 use mesh_identity::SpiffeId;
@@ -88,6 +88,9 @@ async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>) {
         async move { Ok::<_, Infallible>(connect(request, context, &peer, client).await) }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
         .initial_stream_window_size(super::STREAM_WINDOW)
         .initial_connection_window_size(super::CONNECTION_WINDOW)
         .max_frame_size(super::MAX_FRAME)
@@ -165,6 +168,9 @@ async fn connect(
     let registration = track(&destination, Transport::Hbone, peer_info, source, target);
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
+        // The whole of `delivered` (not just its stream) must live as long as the relay: it
+        // keeps the peer rewrite the app's accept()/getpeername() read.
+        let delivered = delivered;
         let counters = &destination.counters.inbound;
         match upgrade.await {
             Ok(upgraded) => {

@@ -143,7 +143,7 @@ spec: {uid: web, ips: ["10.0.0.6"], node: n1, serviceAccount: web, labels: {app:
             5432,
             transport,
         )
-        .map(|_| ())
+        .outcome
     }
 
     const WEB: Option<&str> = Some("spiffe://cluster.local/ns/prod/sa/web");

@@ -63,10 +63,14 @@ pub struct RunArgs {
     /// Static mesh config: Service and Workload resources (YAML, multi-document).
     #[arg(long)]
     pub local_config: Option<PathBuf>,
-    /// Control plane URL(s), comma-separated replicas (e.g. http://cp-1:15010,http://cp-2:15010).
+    /// Control plane URL(s), comma-separated replicas (e.g. https://cp-1:15010,https://cp-2:15010).
     /// Replaces --local-config as the source of the mesh config.
     #[arg(long, env = "MESH_CONTROL_PLANE", value_delimiter = ',')]
     pub control_plane: Vec<String>,
+    /// Join token (`meshctl token create --node NAME`) for the first start with a control
+    /// plane; later starts reuse the node credential kept in the state directory.
+    #[arg(long, env = "MESH_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
     /// Destinations the kernel capture map can hold (sets its size when first created).
     #[arg(long)]
     pub capture_capacity: Option<u32>,

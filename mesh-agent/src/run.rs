@@ -11,7 +11,9 @@ use mesh_api::Snapshot;
 
 use crate::admin;
 use crate::agent::Agent;
-use crate::control::{self, ConfigCacheFile, ConfigState, ControlPlane};
+use crate::control::{
+    self, ConfigCacheFile, ConfigState, ControlPlane, ControlPlaneSigner, NodeIdentity,
+};
 use crate::datapath::{CaptureSet, Datapath};
 use crate::health;
 use crate::metrics::Metrics;
@@ -29,6 +31,21 @@ pub async fn run(settings: Settings) -> Result<()> {
             root.clone()
         }
         None => detect_cgroup2_root()?,
+    };
+    // With a control plane, the node's identity comes first (joining if need be): a node
+    // that cannot prove who it is changes nothing in the kernel.
+    let node_identity = if settings.control_plane.is_empty() {
+        None
+    } else {
+        Some(
+            NodeIdentity::bootstrap(
+                &settings.state_dir,
+                &settings.node_name,
+                settings.control_plane.clone(),
+                settings.join_token.as_deref(),
+            )
+            .await?,
+        )
     };
     let (snapshot, origin, cached) = if settings.control_plane.is_empty() {
         let (snapshot, origin) = load_mesh_config(&settings)?;
@@ -72,9 +89,20 @@ pub async fn run(settings: Settings) -> Result<()> {
         agent.clone(),
         settings.control_plane.is_empty(),
     ));
-    if !settings.control_plane.is_empty() {
+    if let Some(identity) = node_identity {
+        if let Err(e) = agent
+            .identities
+            .set_trust_bundle_pem(&identity.trust_bundle_pem())
+        {
+            tracing::warn!(error = %format!("{e:#}"), "the stored trust bundle is unusable");
+        }
+        agent
+            .identities
+            .set_signer(Arc::new(ControlPlaneSigner(identity.clone())));
+        tokio::spawn(identity.clone().maintain());
         let cache = ControlPlane::new(
             settings.control_plane.clone(),
+            identity,
             cached.unwrap_or_default(),
             ConfigCacheFile::new(&settings.state_dir),
         );

@@ -15,6 +15,7 @@ use crate::cli::{RunArgs, DEFAULT_STATE_DIR};
 struct SettingsFile {
     local_config: Option<PathBuf>,
     control_plane: Option<Vec<String>>,
+    join_token: Option<String>,
     capture_capacity: Option<u32>,
     node_name: Option<String>,
     admin_addr: Option<SocketAddr>,
@@ -29,6 +30,8 @@ pub struct Settings {
     pub local_config: Option<PathBuf>,
     /// Control plane replicas; empty: static mode.
     pub control_plane: Vec<String>,
+    /// For the first start with a control plane (joining the mesh).
+    pub join_token: Option<String>,
     pub capture_capacity: u32,
     pub node_name: String,
     pub admin_addr: SocketAddr,
@@ -61,9 +64,22 @@ impl Settings {
         if !control_plane.is_empty() && local_config.is_some() {
             anyhow::bail!("--control-plane and --local-config are exclusive: choose where the mesh config comes from");
         }
+        let join_token = args
+            .join_token
+            .or(file.join_token)
+            .filter(|t| !t.trim().is_empty());
+        if join_token.is_some() && control_plane.is_empty() {
+            anyhow::bail!(
+                "--join-token needs --control-plane: it joins this node to a control plane"
+            );
+        }
+        for url in &control_plane {
+            crate::control::channel::authority(url).context("--control-plane")?;
+        }
         Ok(Settings {
             local_config,
             control_plane,
+            join_token,
             capture_capacity: args
                 .capture_capacity
                 .or(file.capture_capacity)

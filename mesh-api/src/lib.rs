@@ -45,7 +45,8 @@ pub use key::{ResourceKey, STORAGE_PREFIX};
 pub use load::{load_file, load_str};
 pub use mesh_config::{
     DefaultPolicy, HealthCheckSettings, MeshConfig, MeshConfigSpec, DEFAULT_ROOT_NAMESPACE,
-    DEFAULT_TRUST_DOMAIN, MESH_CONFIG_NAME,
+    DEFAULT_CERT_TTL_SECONDS, DEFAULT_TRUST_DOMAIN, MAX_CERT_TTL_SECONDS, MESH_CONFIG_NAME,
+    MIN_CERT_TTL_SECONDS,
 };
 pub use meta::{Labels, ObjectKey, ObjectMeta, DEFAULT_NAMESPACE};
 pub use peer_auth::{MtlsMode, PeerAuthentication, PeerAuthenticationSpec};

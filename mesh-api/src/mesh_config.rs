@@ -16,6 +16,13 @@ pub const MESH_CONFIG_NAME: &str = "mesh";
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_ROOT_NAMESPACE: &str = "mesh-system";
 
+/// Lifetime of workload and node certificates by default (24 h); they renew at half life.
+pub const DEFAULT_CERT_TTL_SECONDS: u64 = 24 * 3600;
+/// Shortest certificate lifetime accepted (short enough for tests to watch rotation).
+pub const MIN_CERT_TTL_SECONDS: u64 = 10;
+/// Longest certificate lifetime accepted (90 days).
+pub const MAX_CERT_TTL_SECONDS: u64 = 90 * 24 * 3600;
+
 /// Longest trust domain SPIFFE allows.
 const MAX_TRUST_DOMAIN_LEN: usize = 255;
 
@@ -46,6 +53,12 @@ pub struct MeshConfigSpec {
     pub connect_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub health_check: HealthCheckSettings,
+    /// Lifetime of the workload certificates the CA signs, in seconds; agents renew them at
+    /// half life. Between 10 s and 90 days.
+    pub workload_cert_ttl_seconds: u64,
+    /// Lifetime of node certificates (an agent's own identity toward the control plane), in
+    /// seconds; renewed at half life. Between 10 s and 90 days.
+    pub node_cert_ttl_seconds: u64,
 }
 
 /// `ALLOW` or `DENY`.
@@ -81,6 +94,8 @@ impl Default for MeshConfigSpec {
             connect_timeout_ms: 5_000,
             idle_timeout_ms: 3_600_000,
             health_check: HealthCheckSettings::default(),
+            workload_cert_ttl_seconds: DEFAULT_CERT_TTL_SECONDS,
+            node_cert_ttl_seconds: DEFAULT_CERT_TTL_SECONDS,
         }
     }
 }
@@ -188,5 +203,59 @@ impl Kind for MeshConfig {
         if hc.healthy_threshold == 0 {
             c.fail("spec.healthCheck.healthyThreshold", "must be at least 1");
         }
+        check_cert_ttl(
+            c,
+            "spec.workloadCertTtlSeconds",
+            spec.workload_cert_ttl_seconds,
+        );
+        check_cert_ttl(c, "spec.nodeCertTtlSeconds", spec.node_cert_ttl_seconds);
+    }
+}
+
+fn check_cert_ttl(c: &mut Checker<'_>, field: &str, seconds: u64) {
+    if !(MIN_CERT_TTL_SECONDS..=MAX_CERT_TTL_SECONDS).contains(&seconds) {
+        c.fail(
+            field,
+            format!(
+                "{seconds} is out of range: a certificate lifetime is {MIN_CERT_TTL_SECONDS} to {MAX_CERT_TTL_SECONDS} seconds (90 days)"
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Resource;
+
+    fn errors(yaml_spec: &str) -> Vec<String> {
+        let json = format!(
+            r#"{{"apiVersion":"mesh/v1","kind":"MeshConfig","metadata":{{"name":"mesh"}},"spec":{yaml_spec}}}"#
+        );
+        match Resource::from_json(json.as_bytes()) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn certificate_lifetimes_default_to_a_day() {
+        let spec = MeshConfigSpec::default();
+        assert_eq!(spec.workload_cert_ttl_seconds, 86_400);
+        assert_eq!(spec.node_cert_ttl_seconds, 86_400);
+        assert!(errors("{}").is_empty());
+        assert!(errors(r#"{"workloadCertTtlSeconds":10,"nodeCertTtlSeconds":7776000}"#).is_empty());
+    }
+
+    #[test]
+    fn certificate_lifetimes_out_of_range_are_refused() {
+        let e = errors(r#"{"workloadCertTtlSeconds":9}"#);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("spec.workloadCertTtlSeconds"), "{e:?}");
+        assert!(e[0].contains("9 is out of range"), "{e:?}");
+        let e = errors(r#"{"nodeCertTtlSeconds":7776001}"#);
+        assert!(e[0].contains("spec.nodeCertTtlSeconds"), "{e:?}");
+        let e = errors(r#"{"workloadCertTtlSeconds":0}"#);
+        assert!(e[0].contains("spec.workloadCertTtlSeconds"), "{e:?}");
     }
 }

@@ -4,6 +4,9 @@
 //! - `/mesh/health/<namespace>/<workload>`: endpoint health reported by agents.
 //! - `/mesh/agents/<node>`: the state of each agent's config stream (for `meshctl status`).
 //! - `/mesh/admin/token`: the admin token, shared by all replicas.
+//! - `/mesh/ca/state`: the CA (roots, signing key, rotation phase; `server/ca.rs`).
+//! - `/mesh/tokens/<id>`: node join tokens (hash of the secret, node, expiry;
+//!   `server/tokens.rs`).
 
 use mesh_proto::v1::ResourceRef;
 

@@ -33,6 +33,15 @@ enum Command {
         /// This replica's name in status output [default: the listen address].
         #[arg(long)]
         replica: Option<String>,
+        /// An operator-supplied root CA certificate (PEM): agents trust it, and the control
+        /// plane signs with an intermediate it makes under it. Needs --ca-key. Only read
+        /// when the store holds no CA yet (or to check it is this mesh's root).
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The key of --ca-cert (unencrypted PKCS#8 PEM); used once to sign the
+        /// intermediate, never stored.
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
     },
 }
 
@@ -68,7 +77,18 @@ async fn run(command: Command) -> Result<()> {
             data_dir,
             store,
             replica,
+            ca_cert,
+            ca_key,
         } => {
+            let ca_root = match (ca_cert, ca_key) {
+                (Some(cert), Some(key)) => Some(mesh_control::server::ca::OperatorRoot {
+                    cert_pem: std::fs::read_to_string(&cert)
+                        .with_context(|| format!("reading --ca-cert {}", cert.display()))?,
+                    key_pem: std::fs::read_to_string(&key)
+                        .with_context(|| format!("reading --ca-key {}", key.display()))?,
+                }),
+                _ => None,
+            };
             let store = open_store(&store, &data_dir).await?;
             let replica = replica.unwrap_or_else(|| listen.to_string());
             serve(
@@ -77,6 +97,7 @@ async fn run(command: Command) -> Result<()> {
                     listen,
                     data_dir,
                     replica,
+                    ca_root,
                 },
             )
             .await

@@ -1,9 +1,11 @@
 //! A control-plane replica for tests and benchmarks: the real `mesh-control` binary, and the
 //! real `meshctl` pointed at it with its admin token.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +19,45 @@ pub struct ControlPlane {
     store: String,
     process: Option<AgentProcess>,
     binary: PathBuf,
+    /// More `serve` arguments (e.g. `--ca-cert`, `--ca-key`).
+    extra_args: Vec<String>,
+}
+
+/// Running control planes by URL: how [`crate::mesh::MeshNode::start_with_control_plane`]
+/// gets a join token for an agent given only URLs. (admin token file, CA file)
+static RUNNING: Mutex<Option<HashMap<String, (PathBuf, PathBuf)>>> = Mutex::new(None);
+
+/// A join token for `node` from the first of `urls` that is a control plane of this process.
+pub fn join_token_for(urls: &[String], node: &str) -> Result<Option<String>> {
+    let found = {
+        let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        urls.iter().find_map(|url| {
+            running
+                .as_ref()?
+                .get(url)
+                .cloned()
+                .map(|f| (url.clone(), f))
+        })
+    };
+    let Some((url, (token_file, ca_file))) = found else {
+        return Ok(None);
+    };
+    let out = Command::new(cargo_bin("meshctl"))
+        .args(["--server", &url])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--ca-file")
+        .arg(&ca_file)
+        .args(["token", "create", "--node", node])
+        .output()
+        .context("running meshctl token create")?;
+    if !out.status.success() {
+        bail!(
+            "meshctl token create --node {node} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(Some(String::from_utf8_lossy(&out.stdout).trim().to_owned()))
 }
 
 impl ControlPlane {
@@ -25,6 +66,24 @@ impl ControlPlane {
         let dir = crate::temp_dir()?;
         let data_dir = dir.path().join("data");
         Self::start(Some(dir), data_dir, "embedded".into())
+    }
+
+    /// One replica on the embedded store with more `serve` arguments.
+    pub fn start_embedded_with_args(args: &[&str]) -> Result<ControlPlane> {
+        let dir = crate::temp_dir()?;
+        let data_dir = dir.path().join("data");
+        let mut cp = ControlPlane {
+            _dir: Some(dir),
+            data_dir,
+            listen: free_port()?,
+            store: "embedded".into(),
+            process: None,
+            binary: cargo_bin("mesh-control"),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        cp.start_process()?;
+        cp.register();
+        Ok(cp)
     }
 
     /// One replica on etcd (`endpoints` as `host:port`).
@@ -63,9 +122,19 @@ impl ControlPlane {
             store,
             process: None,
             binary,
+            extra_args: Vec::new(),
         };
         cp.start_process()?;
+        cp.register();
         Ok(cp)
+    }
+
+    fn register(&self) {
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(HashMap::new)
+            .insert(self.url(), (self.token_file(), self.ca_file()));
     }
 
     /// (Re)starts the process on the same port, data dir and store.
@@ -84,6 +153,7 @@ impl ControlPlane {
             ])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(&self.extra_args)
             .env("RUST_LOG", "info");
         let mut process = AgentProcess::spawn_command(command)?;
         let listen = self.listen;
@@ -116,8 +186,26 @@ impl ControlPlane {
         self.process.as_mut()
     }
 
+    /// `https://<listen address>` (the control plane serves TLS only).
     pub fn url(&self) -> String {
-        format!("http://{}", self.listen)
+        format!("https://{}", self.listen)
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The trust bundle the control plane writes (`DATA_DIR/ca.pem`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("ca.pem")
+    }
+
+    /// A join token for `node` (`meshctl token create --node <node>`).
+    pub fn join_token(&self, node: &str) -> Result<String> {
+        Ok(self
+            .meshctl_ok(&["token", "create", "--node", node])?
+            .trim()
+            .to_owned())
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -128,12 +216,15 @@ impl ControlPlane {
         self.data_dir.join("admin.token")
     }
 
-    /// `meshctl --server <this> --token-file <this> <args>`, whatever the exit code.
+    /// `meshctl --server <this> --token-file <this> --ca-file <this> <args>`, whatever the
+    /// exit code.
     pub fn meshctl(&self, args: &[&str]) -> Result<Output> {
         Command::new(cargo_bin("meshctl"))
             .args(["--server", &self.url()])
             .arg("--token-file")
             .arg(self.token_file())
+            .arg("--ca-file")
+            .arg(self.ca_file())
             .args(args)
             .output()
             .with_context(|| format!("running meshctl {args:?}"))
@@ -162,6 +253,9 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.kill();
+        if let Some(running) = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            running.remove(&self.url());
+        }
     }
 }
 

@@ -46,8 +46,27 @@ impl MeshNode {
     }
 
     /// An agent named `node` following the control plane(s) at `urls`, with extra `run`
-    /// arguments.
+    /// arguments. It joins with a token from the first of `urls` that is a
+    /// [`ControlPlane`](crate::control::ControlPlane) of this process, unless `extra_args`
+    /// has a `--join-token` of its own.
     pub fn start_with_control_plane(
+        node: &str,
+        urls: &[String],
+        extra_args: &[&str],
+    ) -> Result<MeshNode> {
+        let mut args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        if !args.iter().any(|a| a.starts_with("--join-token")) {
+            if let Some(token) = crate::control::join_token_for(urls, node)? {
+                args.extend(["--join-token".to_owned(), token]);
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_with_control_plane_args(node, urls, &args)
+    }
+
+    /// Like [`start_with_control_plane`](Self::start_with_control_plane) with exactly
+    /// `extra_args`: no join token unless they have one (for tests of joining itself).
+    pub fn start_with_control_plane_args(
         node: &str,
         urls: &[String],
         extra_args: &[&str],
@@ -75,6 +94,12 @@ impl MeshNode {
             control_plane: Vec::new(),
             extra_args: Vec::new(),
         })
+    }
+
+    /// Replaces the extra `run` arguments of a stopped agent before `start_agent` (e.g. to
+    /// restart it without its join token).
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
     }
 
     /// Points a stopped agent at other control plane URLs before `start_agent`.

@@ -15,6 +15,10 @@
 //!   apply is NACKed while the old one serves; a wrong or missing admin token is refused.
 //! - `health`: an endpoint whose app dies is reported unhealthy and avoided, then recovers.
 //! - `meshctl`: every meshctl command against a live control plane and agent.
+//! - `identity`: joining with a token (and every way a token is refused), mTLS required for
+//!   the config stream and certificate signing, workload CSRs only for the node's own
+//!   workloads, meshctl verifying the control plane, root rotation with overlap, and an
+//!   operator-supplied root.
 //!
 //! Needs root (and `/usr/bin/etcd` for the etcd test); run with `--test-threads=1` after
 //! `cargo xtask build-ebpf && cargo build -p mesh-agent -p mesh-control`. Each test has its
@@ -24,6 +28,8 @@
 mod follow;
 #[path = "control_plane/health.rs"]
 mod health;
+#[path = "control_plane/identity.rs"]
+mod identity;
 #[path = "control_plane/meshctl.rs"]
 mod meshctl;
 #[path = "control_plane/outage.rs"]

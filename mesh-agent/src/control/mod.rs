@@ -1,9 +1,14 @@
-//! Following the control plane: one gRPC stream, config pushes applied (ACK) or refused
-//! (NACK, keeping the last good config), health reports sent up, reconnection with backoff to
-//! any of the control-plane replicas, resuming from the version the agent has.
+//! Following the control plane: one gRPC stream (mutual TLS with the node certificate,
+//! `bootstrap.rs`, over `channel.rs`), config pushes applied (ACK) or refused (NACK, keeping
+//! the last good config), trust bundles applied as they come, health reports sent up,
+//! reconnection with backoff to any of the control-plane replicas, resuming from the version
+//! the agent has.
 
+pub mod bootstrap;
+pub mod channel;
 mod state;
 
+pub use bootstrap::{ControlPlaneSigner, NodeIdentity};
 pub use state::{ConfigCacheFile, ConfigState};
 
 use std::collections::BTreeMap;
@@ -24,6 +29,7 @@ use crate::agent::Agent;
 
 pub struct ControlPlane {
     urls: Vec<String>,
+    identity: Arc<NodeIdentity>,
     state: Mutex<ConfigState>,
     cache: ConfigCacheFile,
     cache_dirty: Notify,
@@ -32,11 +38,13 @@ pub struct ControlPlane {
 impl ControlPlane {
     pub fn new(
         urls: Vec<String>,
+        identity: Arc<NodeIdentity>,
         cached: ConfigState,
         cache: ConfigCacheFile,
     ) -> Arc<ControlPlane> {
         Arc::new(ControlPlane {
             urls,
+            identity,
             state: Mutex::new(cached),
             cache,
             cache_dirty: Notify::new(),
@@ -68,14 +76,7 @@ impl ControlPlane {
     }
 
     async fn follow(&self, agent: &Agent, url: &str) -> Result<()> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .with_context(|| format!("bad control plane URL {url:?}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .context("connecting")?;
+        let (channel, _) = channel::connect(url, self.identity.client_config()?).await?;
         let mut client = ConfigDistributionClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -133,8 +134,18 @@ impl ControlPlane {
         }
     }
 
-    /// Applies a push to the data plane, or changes nothing and says why.
+    /// Applies a push to the data plane, or changes nothing and says why. A trust bundle in
+    /// it is applied first, whatever becomes of the config.
     fn apply(&self, agent: &Agent, url: &str, push: &ConfigPush) -> Result<()> {
+        if !push.trust_bundle_pem.is_empty() {
+            self.identity
+                .set_trust_bundle_pem(&push.trust_bundle_pem)
+                .context("the pushed trust bundle")?;
+            agent
+                .identities
+                .set_trust_bundle_pem(&push.trust_bundle_pem)
+                .context("the pushed trust bundle")?;
+        }
         let mut state = self.state.lock();
         let (next, snapshot) = state.apply(push)?;
         install(agent, snapshot, &next, format!("control plane {url}"))?;

@@ -109,7 +109,7 @@ fn serialises_cluster_scoped_metadata_without_a_namespace() {
     let yaml = serde_yaml_ng::to_string(&Resource::from(MeshConfig::default())).unwrap();
     assert_eq!(
         yaml,
-        "apiVersion: mesh/v1\nkind: MeshConfig\nmetadata:\n  name: mesh\nspec:\n  trustDomain: cluster.local\n  rootNamespace: mesh-system\n  defaultMtlsMode: PERMISSIVE\n  defaultPolicy: ALLOW\n  connectTimeoutMs: 5000\n  idleTimeoutMs: 3600000\n  healthCheck:\n    intervalMs: 2000\n    timeoutMs: 1000\n    unhealthyThreshold: 2\n    healthyThreshold: 1\n"
+        "apiVersion: mesh/v1\nkind: MeshConfig\nmetadata:\n  name: mesh\nspec:\n  trustDomain: cluster.local\n  rootNamespace: mesh-system\n  defaultMtlsMode: PERMISSIVE\n  defaultPolicy: ALLOW\n  connectTimeoutMs: 5000\n  idleTimeoutMs: 3600000\n  healthCheck:\n    intervalMs: 2000\n    timeoutMs: 1000\n    unhealthyThreshold: 2\n    healthyThreshold: 1\n  workloadCertTtlSeconds: 86400\n  nodeCertTtlSeconds: 86400\n"
     );
 }
 

@@ -34,18 +34,32 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 pub struct Target {
     /// Control plane URL.
-    #[arg(long, default_value = "http://127.0.0.1:15010")]
+    #[arg(long, default_value = "https://127.0.0.1:15010")]
     server: String,
     /// File holding the admin token (the control plane writes DATA_DIR/admin.token).
     #[arg(long)]
     token_file: PathBuf,
+    /// The trust bundle (the control plane writes DATA_DIR/ca.pem) [default: ca.pem next to
+    /// the token file].
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 impl Target {
+    pub fn ca_pem(&self) -> Result<String> {
+        let path = self.ca_file.clone().unwrap_or_else(|| {
+            self.token_file
+                .parent()
+                .map(|dir| dir.join("ca.pem"))
+                .unwrap_or_else(|| "ca.pem".into())
+        });
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
     pub async fn admin(&self) -> Result<mesh_control::client::AdminClient> {
         let token = std::fs::read_to_string(&self.token_file)
             .with_context(|| format!("reading {}", self.token_file.display()))?;
-        mesh_control::client::connect_admin(&self.server, &token).await
+        mesh_control::client::connect_admin(&self.server, &token, &self.ca_pem()?).await
     }
 }
 

@@ -19,7 +19,7 @@ struct Cli {
         long,
         global = true,
         env = "MESHCTL_SERVER",
-        default_value = "http://127.0.0.1:15010"
+        default_value = "https://127.0.0.1:15010"
     )]
     server: String,
     /// File holding the admin token (the control plane writes DATA_DIR/admin.token).
@@ -33,6 +33,10 @@ struct Cli {
     /// The admin token itself (instead of --token-file).
     #[arg(long, global = true, env = "MESHCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The mesh's trust bundle (PEM) to verify the control plane with (the control plane
+    /// writes DATA_DIR/ca.pem) [default: ca.pem next to the token file].
+    #[arg(long, global = true, env = "MESHCTL_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,8 +84,23 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
-    /// Print the mesh CA certificate (PEM).
+    /// Print the mesh's trust bundle: every CA root certificate agents trust (PEM).
     CaCert,
+    /// The CA: its roots, and rotating to a new root.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Join tokens for new nodes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Certificates on demand.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// Resource counts, agents connected, pushes, ACKs and NACKs.
     Metrics,
     /// Get or set the global MeshConfig.
@@ -134,6 +153,65 @@ enum RulesCommand {
         which: String,
         #[arg(short = 'n', long, default_value = "")]
         namespace: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Roots, which one signs, and the rotation phase.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Rotate the root: `prepare`, then `activate`, then `finish`, letting every agent get
+    /// the new trust bundle in between (`meshctl status`).
+    Rotate {
+        #[command(subcommand)]
+        phase: RotatePhase,
+    },
+}
+
+#[derive(Subcommand)]
+enum RotatePhase {
+    /// A new root joins the trust bundle; the old one still signs.
+    Prepare {
+        /// Use this operator-supplied root (PEM) instead of making one; needs --ca-key.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The key of --ca-cert (PKCS#8 PEM), used once to sign an intermediate.
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+    },
+    /// The new root signs every new certificate; both roots stay trusted.
+    Activate,
+    /// The old root leaves the trust bundle (once certificates it signed are replaced).
+    Finish,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a short-lived, single-use join token for node NAME; prints the token alone.
+    Create {
+        #[arg(long)]
+        node: String,
+        /// How long it can be used: e.g. 90s, 10m, 1h, 2d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Sign a CSR (PEM, one SPIFFE ID as its URI SAN); prints the certificate chain.
+    Issue {
+        #[arg(long)]
+        csr: PathBuf,
+        /// Lifetime, e.g. 1h [default: the mesh's workloadCertTtlSeconds].
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Also write the trust bundle here.
+        #[arg(long)]
+        bundle_out: Option<PathBuf>,
     },
 }
 
@@ -192,9 +270,30 @@ fn call<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
         })
 }
 
+/// The trust bundle to verify the control plane with: --ca-file, else ca.pem beside the
+/// token file.
+fn ca_pem(cli: &Cli) -> Result<String> {
+    let path = match &cli.ca_file {
+        Some(path) => path.clone(),
+        None => cli
+            .token_file
+            .parent()
+            .map(|dir| dir.join("ca.pem"))
+            .unwrap_or_else(|| PathBuf::from("ca.pem")),
+    };
+    std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading the control plane's CA bundle from {} (set --ca-file or MESHCTL_CA_FILE; \
+             the control plane writes DATA_DIR/ca.pem)",
+            path.display()
+        )
+    })
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let token = token(&cli)?;
-    let mut client = connect_admin(&cli.server, &token).await?;
+    let ca = ca_pem(&cli)?;
+    let mut client = connect_admin(&cli.server, &token, &ca).await?;
     match cli.command {
         Command::Apply { file, dry_run } => {
             let (source, resources) = read_resources(&file)?;
@@ -255,6 +354,49 @@ async fn run(cli: Cli) -> Result<()> {
             "{}",
             call(client.get_ca_certificate(pb::Empty {}).await)?.pem
         ),
+        Command::Ca { command } => ca_command(&mut client, command).await?,
+        Command::Token {
+            command: TokenCommand::Create { node, ttl },
+        } => {
+            let ttl = parse_duration(&ttl).context("--ttl")?;
+            let token = call(
+                client
+                    .create_join_token(pb::CreateJoinTokenRequest {
+                        node,
+                        ttl_seconds: ttl.as_secs().max(1),
+                    })
+                    .await,
+            )?;
+            println!("{}", token.token);
+        }
+        Command::Cert {
+            command:
+                CertCommand::Issue {
+                    csr,
+                    ttl,
+                    bundle_out,
+                },
+        } => {
+            let csr_pem = std::fs::read_to_string(&csr)
+                .with_context(|| format!("reading {}", csr.display()))?;
+            let ttl_seconds = match ttl {
+                Some(ttl) => parse_duration(&ttl).context("--ttl")?.as_secs(),
+                None => 0,
+            };
+            let signed = call(
+                client
+                    .issue_certificate(pb::IssueCertificateRequest {
+                        csr_pem,
+                        ttl_seconds,
+                    })
+                    .await,
+            )?;
+            if let Some(path) = bundle_out {
+                std::fs::write(&path, &signed.trust_bundle_pem)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            print!("{}", signed.chain_pem);
+        }
         Command::Metrics => {
             let m = call(client.mesh_metrics(pb::Empty {}).await)?;
             println!("version:          {}", m.version);
@@ -287,6 +429,72 @@ async fn run(cli: Cli) -> Result<()> {
         },
     }
     Ok(())
+}
+
+async fn ca_command(client: &mut AdminClient, command: CaCommand) -> Result<()> {
+    let (status, output) = match command {
+        CaCommand::Status { output } => (call(client.get_ca_status(pb::Empty {}).await)?, output),
+        CaCommand::Rotate { phase } => {
+            let mut request = pb::RotateCaRequest::default();
+            match phase {
+                RotatePhase::Prepare { ca_cert, ca_key } => {
+                    request.phase = "prepare".into();
+                    if let (Some(cert), Some(key)) = (ca_cert, ca_key) {
+                        request.root_cert_pem = std::fs::read_to_string(&cert)
+                            .with_context(|| format!("reading {}", cert.display()))?;
+                        request.root_key_pem = std::fs::read_to_string(&key)
+                            .with_context(|| format!("reading {}", key.display()))?;
+                    }
+                }
+                RotatePhase::Activate => request.phase = "activate".into(),
+                RotatePhase::Finish => request.phase = "finish".into(),
+            }
+            (call(client.rotate_ca(request).await)?, Output::Table)
+        }
+    };
+    if output != Output::Table {
+        let roots: Vec<serde_json::Value> = status
+            .roots
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "sha256": r.sha256, "subject": r.subject, "notAfter": r.not_after,
+                    "role": r.role, "operatorSupplied": r.operator_supplied,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({"phase": status.phase, "roots": roots});
+        match output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+            _ => print!("{}", serde_yaml_ng::to_string(&value)?),
+        }
+        return Ok(());
+    }
+    println!("CA phase: {}", status.phase);
+    let rows = status
+        .roots
+        .iter()
+        .map(|r| {
+            vec![
+                r.role.clone(),
+                r.sha256.clone(),
+                r.subject.clone(),
+                if r.operator_supplied {
+                    "operator"
+                } else {
+                    "mesh"
+                }
+                .into(),
+            ]
+        })
+        .collect();
+    print_table(&["ROLE", "SHA256", "SUBJECT", "ROOT"], rows);
+    Ok(())
+}
+
+/// `90s`, `10m`, `1h`, `2d` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    mesh_control::server::tokens::parse_duration(text)
 }
 
 async fn endpoints(client: &mut AdminClient, command: EndpointsCommand) -> Result<()> {

@@ -28,6 +28,7 @@ pub struct Admin {
     /// Applies on one replica run one at a time, so each validates against the state the
     /// previous one left.
     pub apply_lock: tokio::sync::Mutex<()>,
+    pub ca: Arc<super::ca::Ca>,
 }
 
 /// Store writes of one apply in flight at once.
@@ -461,14 +462,10 @@ impl MeshAdmin for Admin {
         &self,
         _: Request<pb::Empty>,
     ) -> Result<Response<pb::CaCertificate>, Status> {
-        let trust_domain = match self.mesh_config() {
-            Resource::MeshConfig(config) => config.spec.trust_domain,
-            _ => mesh_api::MeshConfigSpec::default().trust_domain,
-        };
-        let pem = super::ca::root_certificate(&self.store, &trust_domain)
-            .await
-            .map_err(|e| Status::unavailable(format!("{e:#}")))?;
-        Ok(Response::new(pb::CaCertificate { pem }))
+        // The trust bundle: every root agents trust (two during a rotation).
+        Ok(Response::new(pb::CaCertificate {
+            pem: self.ca.trust_bundle_pem(),
+        }))
     }
 
     async fn mesh_metrics(
@@ -519,6 +516,70 @@ impl MeshAdmin for Admin {
         Ok(Response::new(pb::Resource { json }))
     }
 
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinToken>, Status> {
+        let r = request.into_inner();
+        let ttl = if r.ttl_seconds == 0 {
+            super::tokens::DEFAULT_TTL
+        } else {
+            std::time::Duration::from_secs(r.ttl_seconds)
+        };
+        let root = self.ca.current().active_root_der.clone();
+        let (token, expires_at) = super::tokens::create(&self.store, &r.node, ttl, &root).await?;
+        tracing::info!(node = %r.node, expires_at, "join token created");
+        Ok(Response::new(pb::JoinToken { token, expires_at }))
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<pb::IssueCertificateRequest>,
+    ) -> Result<Response<pb::SignedCertificate>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(super::identity::issue_for_admin(
+            &self.ca,
+            &self.cache,
+            &r.csr_pem,
+            r.ttl_seconds,
+        )?))
+    }
+
+    async fn get_ca_status(&self, _: Request<pb::Empty>) -> Result<Response<pb::CaStatus>, Status> {
+        Ok(Response::new(ca_status(&self.ca.current())))
+    }
+
+    async fn rotate_ca(
+        &self,
+        request: Request<pb::RotateCaRequest>,
+    ) -> Result<Response<pb::CaStatus>, Status> {
+        let r = request.into_inner();
+        let phase: super::ca::Phase = r
+            .phase
+            .parse()
+            .map_err(|e: anyhow::Error| Status::invalid_argument(e.to_string()))?;
+        let new_root = match (r.root_cert_pem.is_empty(), r.root_key_pem.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some(super::ca::OperatorRoot {
+                cert_pem: r.root_cert_pem,
+                key_pem: r.root_key_pem,
+            }),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give both the new root certificate and its key, or neither",
+                ))
+            }
+        };
+        let trust_domain = super::mesh_config_spec(&self.cache).trust_domain;
+        let loaded = self
+            .ca
+            .rotate(phase, new_root, &trust_domain)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        tracing::info!(phase = %r.phase, now = loaded.state.phase(), "CA rotation step");
+        Ok(Response::new(ca_status(&loaded)))
+    }
+
     async fn set_mesh_config(
         &self,
         request: Request<pb::ResourceRequest>,
@@ -527,6 +588,51 @@ impl MeshAdmin for Admin {
             self.apply_one(request, "SetMeshConfig", "MeshConfig")
                 .await?,
         ))
+    }
+}
+
+/// `CaStatus` of the CA as it is now.
+fn ca_status(loaded: &super::ca::Loaded) -> pb::CaStatus {
+    let state = &loaded.state;
+    let mut roots = Vec::new();
+    let mut add = |pem: &str, role: &str, operator_supplied: bool| {
+        if let Ok(der) = super::ca::pem_to_der(pem) {
+            let (subject, not_after) = describe(&der);
+            roots.push(pb::CaRoot {
+                sha256: super::tokens::hex(&mesh_identity::sha256(&der)),
+                subject,
+                not_after,
+                role: role.into(),
+                operator_supplied,
+            });
+        }
+    };
+    if let Some(previous) = &state.previous_root_pem {
+        add(previous, "previous", false);
+    }
+    add(
+        &state.active.root_pem,
+        "active",
+        state.active.operator_supplied,
+    );
+    if let Some(next) = &state.next {
+        add(&next.root_pem, "next", next.operator_supplied);
+    }
+    pb::CaStatus {
+        phase: state.phase().into(),
+        roots,
+        trust_bundle_pem: loaded.bundle_pem.clone(),
+    }
+}
+
+fn describe(der: &[u8]) -> (String, u64) {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    match X509Certificate::from_der(der) {
+        Ok((_, cert)) => (
+            cert.subject().to_string(),
+            cert.validity().not_after.timestamp().max(0) as u64,
+        ),
+        Err(_) => (String::new(), 0),
     }
 }
 

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::ca::{Ca, Loaded};
 use super::cache::{AgentRecord, ConfigCache, HealthJson};
 use super::metrics::ServerMetrics;
 use crate::keys;
@@ -31,6 +32,8 @@ pub struct Distribution {
     /// Turns true when the replica shuts down: every session ends its stream, so the agents
     /// reconnect (to another replica) at once and the server's graceful drain can finish.
     pub stopping: watch::Receiver<bool>,
+    /// Its trust bundle goes to every agent: with each full push and whenever it changes.
+    pub ca: Arc<Ca>,
 }
 
 type PushStream = Pin<Box<dyn Stream<Item = Result<ConfigPush, Status>> + Send>>;
@@ -43,6 +46,8 @@ impl ConfigDistribution for Distribution {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::StreamConfigStream>, Status> {
+        // The node is who its client certificate says, whatever Hello claims.
+        let node = super::tls::node_of(&request, "the config stream")?;
         let mut incoming = request.into_inner();
         let hello = match incoming.next().await {
             Some(Ok(AgentMessage {
@@ -50,8 +55,11 @@ impl ConfigDistribution for Distribution {
             })) => hello,
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
-        if hello.node.is_empty() {
-            return Err(Status::invalid_argument("Hello.node is empty"));
+        if hello.node != node {
+            return Err(Status::permission_denied(format!(
+                "Hello.node is {:?} but the client certificate is node {node:?}'s",
+                hello.node
+            )));
         }
         let (tx, rx) = mpsc::channel(4);
         let session = Session {
@@ -70,6 +78,8 @@ impl ConfigDistribution for Distribution {
             pending: None,
             rejected: 0,
             stopping: self.stopping.clone(),
+            ca: self.ca.subscribe(),
+            sent_bundle: String::new(),
         };
         tracing::info!(node = %hello.node, version = hello.version, "agent connected");
         tokio::spawn(session.run(incoming, tx));
@@ -87,6 +97,9 @@ struct Session {
     /// The newest version the agent NACKed.
     rejected: u64,
     stopping: watch::Receiver<bool>,
+    ca: watch::Receiver<Arc<Loaded>>,
+    /// The trust bundle this agent was last sent.
+    sent_bundle: String,
 }
 
 impl Session {
@@ -99,14 +112,21 @@ impl Session {
         self.save_record().await;
         let mut versions = self.cache.subscribe();
         let mut stopping = self.stopping.clone();
+        let mut ca = self.ca.clone();
         loop {
             if self.pending.is_none() {
                 let current = self.cache.version();
+                let bundle = ca.borrow_and_update().bundle_pem.clone();
                 if current > self.record.acked_version.max(self.rejected)
                     || self.record.acked_version > current
+                    || bundle != self.sent_bundle
                 {
                     let mut push = self.cache.push_from(self.record.acked_version);
                     push.nonce = nonce();
+                    if push.full || bundle != self.sent_bundle {
+                        push.trust_bundle_pem = bundle.clone();
+                        self.sent_bundle = bundle;
+                    }
                     self.pending = Some((push.version, push.nonce.clone()));
                     self.metrics.push_sent();
                     if tx.send(Ok(push)).await.is_err() {
@@ -124,6 +144,7 @@ impl Session {
                     None => break,
                 },
                 changed = versions.changed() => if changed.is_err() { break },
+                changed = ca.changed() => if changed.is_err() { break },
                 // It only ever turns true (or its sender goes away): either way, stop.
                 _ = stopping.changed() => break,
             }

@@ -5,7 +5,10 @@ pub mod auth;
 pub mod ca;
 pub mod cache;
 mod distribution;
+pub mod identity;
 mod metrics;
+pub mod tls;
+pub mod tokens;
 
 pub use admin::canonical_kind;
 
@@ -16,6 +19,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use mesh_proto::v1::config_distribution_server::ConfigDistributionServer;
 use mesh_proto::v1::mesh_admin_server::MeshAdminServer;
+use mesh_proto::v1::node_identity_server::NodeIdentityServer;
 
 use crate::store::SharedStore;
 
@@ -24,6 +28,31 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// This replica's name in status output.
     pub replica: String,
+    /// An operator-supplied root (`--ca-cert`, `--ca-key`): the CA then signs with an
+    /// intermediate under it.
+    pub ca_root: Option<ca::OperatorRoot>,
+}
+
+/// The mesh-wide settings in effect: the stored MeshConfig, or the defaults.
+pub fn mesh_config_spec(cache: &cache::ConfigCache) -> mesh_api::MeshConfigSpec {
+    cache
+        .resources_under(&format!("{}MeshConfig/", crate::keys::RESOURCES))
+        .iter()
+        .find_map(|c| match &*c.resource {
+            mesh_api::Resource::MeshConfig(config) => Some(config.spec.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Writes the trust bundle for operators and meshctl: `<data-dir>/ca.pem`, mode 0644.
+fn write_bundle_file(path: &std::path::Path, pem: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("pem.tmp");
+    std::fs::write(&tmp, pem).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 pub use mesh_proto::MAX_MESSAGE;
@@ -37,6 +66,29 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
     let cache = cache::ConfigCache::start(store.clone())
         .await
         .context("loading the store")?;
+    let ca = ca::Ca::start(
+        store.clone(),
+        options.ca_root,
+        &mesh_config_spec(&cache).trust_domain,
+    )
+    .await
+    .context("loading the CA")?;
+    let bundle_file = options.data_dir.join("ca.pem");
+    write_bundle_file(&bundle_file, &ca.trust_bundle_pem())?;
+    {
+        let mut changes = ca.subscribe();
+        let bundle_file = bundle_file.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let pem = changes.borrow_and_update().bundle_pem.clone();
+                if let Err(e) = write_bundle_file(&bundle_file, &pem) {
+                    tracing::error!(error = %format!("{e:#}"), "updating the trust bundle file failed");
+                }
+            }
+        });
+    }
+    let server_tls = tls::ServerTls::start(ca.clone(), cache.clone(), options.listen)
+        .context("issuing the control plane's serving certificate")?;
     let metrics = Arc::new(metrics::ServerMetrics::default());
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let distribution = distribution::Distribution {
@@ -45,6 +97,12 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
         replica: options.replica.clone(),
         metrics: metrics.clone(),
         stopping: stopping.clone(),
+        ca: ca.clone(),
+    };
+    let identity = identity::Identity {
+        cache: cache.clone(),
+        store: store.clone(),
+        ca: ca.clone(),
     };
     let admin = admin::Admin {
         cache: cache.clone(),
@@ -52,6 +110,7 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
         replica: options.replica.clone(),
         metrics,
         apply_lock: tokio::sync::Mutex::new(()),
+        ca,
     };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -60,6 +119,7 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
         listen = %options.listen,
         store = %store.describe(),
         token_file = %token_file.display(),
+        trust_bundle = %bundle_file.display(),
         version = cache.version(),
         "control plane serving"
     );
@@ -69,17 +129,15 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
+        .add_service(NodeIdentityServer::new(identity))
         .add_service(MeshAdminServer::with_interceptor(
             admin,
             auth::TokenCheck { token },
         ))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                shutdown_signal().await;
-                let _ = stop.send(true);
-            },
-        );
+        .serve_with_incoming_shutdown(server_tls.incoming(listener), async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
     // The graceful drain waits for every open call; agent streams end when told to stop, but
     // an admin watch never ends by itself: bound the wait.
     let mut stopped = stopping;

@@ -41,7 +41,17 @@ fn meshctl_commands_work_end_to_end() {
     let token = token.trim();
     let server = cp.url();
     let out = meshctl_raw(
-        &["--server", &server, "--token", token, "apply", "-f", "-"],
+        &[
+            "--server",
+            &server,
+            "--ca-file",
+            &cp.ca_file().display().to_string(),
+            "--token",
+            token,
+            "apply",
+            "-f",
+            "-",
+        ],
         Some(&docs),
     );
     let applied = stdout_ok("apply -f - of get -o json", &out).unwrap();

@@ -142,6 +142,7 @@ fn wrong_or_missing_token_is_refused() {
     require_root();
     let cp = mesh_tests::control::ControlPlane::start_embedded().unwrap();
     let server = cp.url();
+    let ca = cp.ca_file().display().to_string();
     let yaml = service_yaml("web", &[vip()], 80, APP_PORT, "web");
     let file = write_temp(&yaml);
     let file = file.path().display().to_string();
@@ -155,7 +156,7 @@ fn wrong_or_missing_token_is_refused() {
     let missing = dir.path().join("missing.token").display().to_string();
 
     let refused = |args: &[&str], want: &str| {
-        let mut all = vec!["--server", &server];
+        let mut all = vec!["--server", &server, "--ca-file", &ca];
         all.extend_from_slice(args);
         let out = meshctl_raw(&all, None);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -194,6 +195,8 @@ fn wrong_or_missing_token_is_refused() {
         &[
             "--server",
             &server,
+            "--ca-file",
+            &ca,
             "--token",
             token.trim(),
             "apply",

@@ -49,7 +49,7 @@ fn replicas_on_etcd_share_config_and_survive_a_member_loss() {
         assert_eq!(agent["ackedVersion"], version, "replica {name}: {agent}");
         assert_eq!(
             agent["replica"],
-            b_url.trim_start_matches("http://"),
+            b_url.trim_start_matches("https://"),
             "replica {name}: {agent}"
         );
         assert!(
@@ -111,7 +111,7 @@ fn replicas_on_etcd_share_config_and_survive_a_member_loss() {
     );
     let agent_on_a = mesh_tests::wait_until(T, || {
         agent_entry(&cp_status(&mesh.cp), NODE).is_some_and(|a| {
-            a["connected"] == true && a["replica"] == a_url.trim_start_matches("http://")
+            a["connected"] == true && a["replica"] == a_url.trim_start_matches("https://")
         })
     });
     assert!(

@@ -84,10 +84,35 @@ struct AgentStream {
     pushes: Streaming<ConfigPush>,
 }
 
-async fn open_stream(url: &str, node: &str, version: u64) -> Result<AgentStream> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+/// Node credentials (issued through the admin API), one per simulated node name.
+#[derive(Default)]
+struct Credentials {
+    configs: std::collections::HashMap<String, rustls::ClientConfig>,
+}
+
+impl Credentials {
+    async fn config(
+        &mut self,
+        admin: &mut mesh_control::client::AdminClient,
+        node: &str,
+    ) -> Result<rustls::ClientConfig> {
+        if let Some(config) = self.configs.get(node) {
+            return Ok(config.clone());
+        }
+        let (credential, bundle) = mesh_control::client::issue_node_credential(admin, node).await?;
+        let config = mesh_control::client::node_client_config(&credential, &bundle)?;
+        self.configs.insert(node.to_owned(), config.clone());
+        Ok(config)
+    }
+}
+
+async fn open_stream(
+    url: &str,
+    config: rustls::ClientConfig,
+    node: &str,
+    version: u64,
+) -> Result<AgentStream> {
+    let channel = mesh_control::client::tls_channel(url, config)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let mut client = ConfigDistributionClient::new(channel)
@@ -153,9 +178,14 @@ struct Mesh {
     counts: std::collections::BTreeMap<String, usize>,
 }
 
-async fn full_config(url: &str, node: &str, keep: Option<&mut Option<Mesh>>) -> Result<FullSample> {
+async fn full_config(
+    url: &str,
+    config: rustls::ClientConfig,
+    node: &str,
+    keep: Option<&mut Option<Mesh>>,
+) -> Result<FullSample> {
     let started = Instant::now();
-    let mut stream = open_stream(url, node, 0).await?;
+    let mut stream = open_stream(url, config, node, 0).await?;
     let connect_ms = ms(started.elapsed());
     let push = stream
         .pushes
@@ -364,6 +394,7 @@ pub async fn run(options: Options) -> Result<Value> {
     let url = options.target.server.clone();
     let timeout = Duration::from_secs(options.timeout_s);
     let mut admin = options.target.admin().await?;
+    let mut credentials = Credentials::default();
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
 
     // 1. Full config to fresh agents, one at a time.
@@ -371,7 +402,9 @@ pub async fn run(options: Options) -> Result<Value> {
     let mut full = Vec::new();
     for k in 0..options.full_samples.max(1) {
         let keep = if k == 0 { Some(&mut mesh) } else { None };
-        let sample = full_config(&url, &format!("cp-load-fresh-{run_id}-{k}"), keep).await?;
+        let node = format!("cp-load-fresh-{run_id}-{k}");
+        let config = credentials.config(&mut admin, &node).await?;
+        let sample = full_config(&url, config, &node, keep).await?;
         eprintln!(
             "cp-load: full config {k}: {:.0} ms received + {:.0} ms decoded, {} resources, {} bytes",
             sample.receive_ms, sample.decode_ms, sample.upserts, sample.bytes
@@ -402,17 +435,17 @@ pub async fn run(options: Options) -> Result<Value> {
 
     // 3. N agents, resuming at the current version (as agents with a config cache do).
     let (report_tx, mut reports) = mpsc::unbounded_channel();
+    let mut configs = Vec::new();
+    for i in 0..options.agents {
+        let node = format!("node-{}", i % NODES.max(1));
+        configs.push((credentials.config(&mut admin, &node).await?, node));
+    }
     let connect_started = Instant::now();
-    let streams =
-        futures::future::try_join_all(
-            (0..options.agents).map(|i| {
-                let url = url.clone();
-                async move {
-                    open_stream(&url, &format!("node-{}", i % NODES.max(1)), base_version).await
-                }
-            }),
-        )
-        .await?;
+    let streams = futures::future::try_join_all(configs.into_iter().map(|(config, node)| {
+        let url = url.clone();
+        async move { open_stream(&url, config, &node, base_version).await }
+    }))
+    .await?;
     let connect_ms = ms(connect_started.elapsed());
     for (i, stream) in streams.into_iter().enumerate() {
         tokio::spawn(follow(i, stream, report_tx.clone()));

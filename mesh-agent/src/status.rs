@@ -385,8 +385,9 @@ impl Status {
         table(out, &["SHA-256", "SUBJECT", "NOT AFTER"], rows);
         let _ = writeln!(out, "\nCERTIFICATES");
         let rows = identity
-            .certificates
+            .node
             .iter()
+            .chain(&identity.certificates)
             .map(|c| {
                 vec![
                     c.spiffe_id.clone(),

@@ -161,6 +161,11 @@ impl NodeIdentity {
         )
     }
 
+    /// The node certificate in use now.
+    pub fn credential(&self) -> Credential {
+        self.current.load().credential.clone()
+    }
+
     pub fn trust_bundle_pem(&self) -> String {
         self.current.load().bundle_pem.clone()
     }
@@ -286,6 +291,10 @@ impl CertificateSigner for ControlPlaneSigner {
                 trust_bundle_pem: signed.trust_bundle_pem,
             })
         })
+    }
+
+    fn node_credential(&self) -> Option<Credential> {
+        Some(self.0.credential())
     }
 }
 

@@ -34,6 +34,9 @@ pub struct SignedCertificate {
 /// Gets CSRs signed (by the control plane, over the node's mTLS channel).
 pub trait CertificateSigner: Send + Sync + 'static {
     fn sign(&self, csr_pem: String) -> BoxFuture<'static, Result<SignedCertificate>>;
+
+    /// The node's own certificate, the one the signer authenticates with, for status.
+    fn node_credential(&self) -> Option<Credential>;
 }
 
 #[derive(Default)]
@@ -41,6 +44,10 @@ pub struct Identities {
     signer: RwLock<Option<Arc<dyn CertificateSigner>>>,
     signer_set: Notify,
     bundle: ArcSwapOption<TrustBundle>,
+    /// SHA-256 of the bundle's first root, the one the CA signs with now. When it changes (a
+    /// root rotation was activated), certificates are renewed under the new root before the
+    /// old one leaves the bundle.
+    signing_root: tokio::sync::watch::Sender<Option<[u8; 32]>>,
     slots: Mutex<HashMap<SpiffeId, Slot>>,
     /// Woken on every issuance, for connections waiting for their pod's first certificate.
     issued: Notify,
@@ -81,6 +88,15 @@ impl Identities {
         let bundle = TrustBundle::from_pem(pem)?;
         if self.bundle.load().as_deref() != Some(&bundle) {
             tracing::info!(roots = bundle.roots().len(), "trust bundle updated");
+            let first = bundle
+                .roots()
+                .first()
+                .map(|root| mesh_identity::sha256(root));
+            self.signing_root.send_if_modified(|current| {
+                let changed = *current != first;
+                *current = first;
+                changed
+            });
             self.bundle.store(Some(Arc::new(bundle)));
             self.bump();
         }
@@ -154,6 +170,14 @@ impl Identities {
                 return None;
             }
         }
+    }
+
+    fn signing_root(&self) -> tokio::sync::watch::Receiver<Option<[u8; 32]>> {
+        self.signing_root.subscribe()
+    }
+
+    fn current_signer(&self) -> Option<Arc<dyn CertificateSigner>> {
+        self.signer.read().clone()
     }
 
     async fn signer(&self) -> Arc<dyn CertificateSigner> {

@@ -14,6 +14,7 @@ const MAX_RETRY: Duration = Duration::from_secs(30);
 
 pub(super) async fn keep_fresh(identities: Arc<Identities>, id: SpiffeId, state: Arc<SlotState>) {
     let mut retry = FIRST_RETRY;
+    let mut signing_root = identities.signing_root();
     loop {
         match issue(&identities, &id).await {
             Ok(credential) => {
@@ -30,7 +31,23 @@ pub(super) async fn keep_fresh(identities: Arc<Identities>, id: SpiffeId, state:
                 let wait = renew_at
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
-                tokio::time::sleep(wait).await;
+                let issued_under = *signing_root.borrow_and_update();
+                let root_changed = async {
+                    // The guard `wait_for` returns must not live across an await.
+                    signing_root
+                        .wait_for(|root| *root != issued_under)
+                        .await
+                        .is_ok()
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    true = root_changed => {
+                        tracing::info!(identity = %id, "the CA's signing root changed; renewing");
+                        // Spread a node's renewals after a rotation.
+                        let jitter = Duration::from_millis(rand::random::<u64>() % 2000);
+                        tokio::time::sleep(jitter).await;
+                    }
+                }
             }
             Err(e) => {
                 let error = format!("{e:#}");

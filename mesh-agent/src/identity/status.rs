@@ -4,6 +4,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use mesh_identity::{Credential, SpiffeId};
+
 use super::Identities;
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -12,6 +14,9 @@ pub struct IdentityStatus {
     /// Whether this agent gets certificates (it follows a control plane).
     pub enabled: bool,
     pub trust_bundle: Vec<RootStatus>,
+    /// The node's own certificate (agent <-> control plane).
+    pub node: Option<CertificateStatus>,
+    /// One per workload identity of this node's pods.
     pub certificates: Vec<CertificateStatus>,
 }
 
@@ -65,21 +70,35 @@ pub(super) fn describe(identities: &Identities) -> IdentityStatus {
         .iter()
         .map(|(id, slot)| {
             let credential = slot.state.credential.load_full();
-            let summary = credential.as_ref().and_then(|c| c.summary().ok());
-            CertificateStatus {
-                spiffe_id: id.to_string(),
-                serial: summary.as_ref().map(|s| s.serial.clone()),
-                not_before: summary.as_ref().map(|s| unix(s.not_before)),
-                not_after: summary.as_ref().map(|s| unix(s.not_after)),
-                renew_at: credential.map(|c| unix(c.renew_at())),
-                last_error: slot.state.last_error.lock().clone(),
-            }
+            let last_error = slot.state.last_error.lock().clone();
+            certificate_status(id, credential.as_deref(), last_error)
         })
         .collect();
+    let node = identities
+        .current_signer()
+        .and_then(|signer| signer.node_credential())
+        .map(|c| certificate_status(c.id(), Some(&c), None));
     certificates.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id));
     IdentityStatus {
         enabled: identities.has_signer(),
         trust_bundle,
+        node,
         certificates,
+    }
+}
+
+fn certificate_status(
+    id: &SpiffeId,
+    credential: Option<&Credential>,
+    last_error: Option<String>,
+) -> CertificateStatus {
+    let summary = credential.and_then(|c| c.summary().ok());
+    CertificateStatus {
+        spiffe_id: id.to_string(),
+        serial: summary.as_ref().map(|s| s.serial.clone()),
+        not_before: summary.as_ref().map(|s| unix(s.not_before)),
+        not_after: summary.as_ref().map(|s| unix(s.not_after)),
+        renew_at: credential.map(|c| unix(c.renew_at())),
+        last_error,
     }
 }

@@ -261,11 +261,13 @@ async fn open_listeners(netns: &NetnsSockets) -> Result<PodListeners> {
                 listeners.inbound.push(inbound);
                 listeners.hbone.push(hbone);
             }
-            Err(e) if required => return Err(e).with_context(|| {
-                format!(
+            Err(e) if required => {
+                return Err(e).with_context(|| {
+                    format!(
                     "binding the proxy listeners on {loopback} (15001, 15006, 15008) in the pod"
                 )
-            }),
+                })
+            }
             Err(_) => {}
         }
     }

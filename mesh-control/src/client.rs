@@ -2,19 +2,16 @@
 //! bundle and the control plane's SPIFFE ID, as an administrator (what `meshctl` does) or
 //! with any rustls client config (tests, tools).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use hyper_util::rt::TokioIo;
 use mesh_identity::tls::{client_config, Expect};
 use mesh_identity::TrustBundle;
 use mesh_proto::v1::mesh_admin_client::MeshAdminClient;
-use rustls::pki_types::ServerName;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::server::MAX_MESSAGE;
@@ -33,78 +30,12 @@ impl Interceptor for BearerToken {
 
 pub type AdminClient = MeshAdminClient<InterceptedService<Channel, BearerToken>>;
 
-/// `host:port` of a control plane URL as users type it: `https://h:p`, `h:p`, or (from
-/// before the control plane spoke TLS) `http://h:p`, which is taken as https too.
-pub fn authority(url: &str) -> Result<String> {
-    let url = url.trim();
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .unwrap_or(url);
-    if rest.contains("://") {
-        bail!("control plane URL {url:?}: expected https://HOST:PORT");
-    }
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') {
-        bail!("control plane URL {url:?}: expected https://HOST:PORT");
-    }
-    let uri: Uri = format!("http://{rest}")
-        .parse()
-        .with_context(|| format!("control plane URL {url:?}: expected https://HOST:PORT"))?;
-    if uri.port_u16().is_none() {
-        bail!("control plane URL {url:?} has no port (the control plane listens on 15010)");
-    }
-    Ok(rest.to_owned())
-}
+pub use mesh_proto::channel::{authority, error_chain as describe_connect_error};
 
-/// A gRPC channel to `url` over TLS with `config` (ALPN h2 is set here).
-pub async fn tls_channel(url: &str, mut config: rustls::ClientConfig) -> Result<Channel> {
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let config = Arc::new(config);
-    let authority = authority(url)?;
-    // The URI only names the server for tonic; the connector below does the TLS.
-    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
-        .with_context(|| format!("bad control plane URL {url:?}"))?
-        .connect_timeout(Duration::from_secs(5));
-    let connector = tower::service_fn(move |uri: Uri| {
-        let config = config.clone();
-        async move {
-            let host = uri.host().unwrap_or_default().to_owned();
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            let _ = tcp.set_nodelay(true);
-            // Names play no part in verification (SPIFFE IDs do), only in SNI.
-            let bare = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let name = ServerName::try_from(bare)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
-    endpoint
-        .connect_with_connector(connector)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", describe_connect_error(&e)))
-        .with_context(|| format!("cannot connect to the control plane at https://{authority}"))
-}
-
-/// The most telling message in a connect error's chain (the TLS verdict, if there is one).
-pub fn describe_connect_error(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut messages = Vec::new();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string();
-        if !messages.contains(&text) {
-            messages.push(text);
-        }
-        current = e.source();
-    }
-    messages.join(": ")
+/// A gRPC channel to `url` over TLS with `config`.
+pub async fn tls_channel(url: &str, config: rustls::ClientConfig) -> Result<Channel> {
+    let (channel, _) = mesh_proto::channel::connect(url, config, Duration::from_secs(5)).await?;
+    Ok(channel)
 }
 
 /// A client config that trusts `bundle_pem` and accepts only a control plane.

@@ -5,28 +5,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use super::policy::{admit_counted, PeerInfo, Transport};
 use super::tracker::{NewConnection, Registration};
 use super::{relay::relay, upstream, PodContext};
 use crate::metrics::{Direction, Failure};
 
-pub async fn serve(listener: TcpListener, context: Arc<PodContext>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, client)) => {
-                tokio::spawn(handle(stream, client, context.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(pod = %context.pod, error = %e, "inbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn handle(client_stream: TcpStream, client: SocketAddr, context: Arc<PodContext>) {
+pub async fn handle(client_stream: TcpStream, client: SocketAddr, context: Arc<PodContext>) {
     let counters = &context.counters.inbound;
     counters.connections.inc();
     let _ = client_stream.set_nodelay(true);

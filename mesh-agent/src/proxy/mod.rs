@@ -20,11 +20,11 @@ mod upstream;
 pub use tracker::{enforce_on_changes, ConnectionStatus, ConnectionTable};
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use mesh_api::ObjectKey;
@@ -128,15 +128,54 @@ impl PodListeners {
 pub fn serve(context: Arc<PodContext>, listeners: PodListeners) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for listener in listeners.outbound {
-        tasks.push(tokio::spawn(outbound::serve(listener, context.clone())));
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            context.clone(),
+            "outbound",
+            outbound::handle,
+        )));
     }
     for listener in listeners.inbound {
-        tasks.push(tokio::spawn(inbound::serve(listener, context.clone())));
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            context.clone(),
+            "inbound",
+            inbound::handle,
+        )));
     }
     for listener in listeners.hbone {
-        tasks.push(tokio::spawn(hbone::serve(listener, context.clone())));
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            context.clone(),
+            "hbone",
+            hbone::serve_connection,
+        )));
     }
     tasks
+}
+
+/// Accepts forever, one task per connection.
+async fn accept_loop<Handle, Handled>(
+    listener: TcpListener,
+    context: Arc<PodContext>,
+    role: &'static str,
+    handle: Handle,
+) where
+    Handle: Fn(TcpStream, SocketAddr, Arc<PodContext>) -> Handled,
+    Handled: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(stream, peer, context.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(pod = %context.pod, role, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 pub use upstream::{bind_listener, connect as upstream_connect};

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -22,22 +22,7 @@ use super::{upstream, PodContext};
 use crate::metrics::{Direction, Failure};
 use crate::registry::Route;
 
-pub async fn serve(listener: TcpListener, context: Arc<PodContext>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, app)) => {
-                tokio::spawn(handle(stream, app, context.clone()));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(pod = %context.pod, error = %e, "outbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodContext>) {
+pub async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodContext>) {
     let counters = &context.counters.outbound;
     counters.connections.inc();
     let _ = app_stream.set_nodelay(true);

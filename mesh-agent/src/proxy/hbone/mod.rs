@@ -12,7 +12,7 @@ mod server;
 mod tls;
 
 pub use client::{HboneTarget, Pool};
-pub use server::serve;
+pub use server::handle as serve_connection;
 
 /// HTTP/2 flow-control windows. Large, because one connection multiplexes whole TCP streams:
 /// the per-stream window bounds a single stream's throughput (window / round trip).

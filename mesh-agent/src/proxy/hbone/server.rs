@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_api::Snapshot;
 use mesh_common::ports;
 use mesh_identity::SpiffeId;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Failure;
@@ -24,21 +24,7 @@ use crate::proxy::policy::{admit_counted, PeerInfo, Transport};
 use crate::proxy::relay::relay_stream;
 use crate::proxy::PodContext;
 
-pub async fn serve(listener: TcpListener, context: Arc<PodContext>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, client)) => {
-                tokio::spawn(handle(stream, client, context.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(pod = %context.pod, error = %e, "HBONE accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>) {
+pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>) {
     let counters = &context.counters.inbound;
     let _ = tcp.set_nodelay(true);
     let Some(credential) = context.identities.credential(&context.identity) else {

@@ -205,6 +205,11 @@ impl Metrics {
         }
     }
 
+    /// Registers a node-wide counter owned elsewhere (it keeps counting into the same atomic).
+    pub fn register_counter(&self, name: &str, help: &str, counter: Counter) {
+        self.registry.lock().register(name, help, counter);
+    }
+
     /// Forgets an unenrolled pod's series.
     pub fn remove_pod(&self, pod: &str) {
         for direction in [Direction::Outbound, Direction::Inbound] {

@@ -73,6 +73,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         identities: crate::identity::Identities::new(),
         proxy: Default::default(),
     });
+    agent.metrics.register_counter(
+        "hbone_connections_opened",
+        "HBONE (mutual TLS HTTP/2) connections this node opened to other nodes",
+        agent.proxy.hbone.opened.clone(),
+    );
     tokio::spawn(crate::proxy::enforce_on_changes(
         agent.proxy.connections.clone(),
         agent.registry.clone(),

@@ -144,6 +144,9 @@ pub struct Credential {
     id: SpiffeId,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// When this process got it: a CA backdates `not_before` (clock skew), so half life is
+    /// measured from here, not from `not_before`.
+    received: SystemTime,
 }
 
 impl Clone for Credential {
@@ -154,6 +157,7 @@ impl Clone for Credential {
             id: self.id.clone(),
             not_before: self.not_before,
             not_after: self.not_after,
+            received: self.received,
         }
     }
 }
@@ -171,6 +175,7 @@ impl Credential {
             id,
             not_before,
             not_after,
+            received: SystemTime::now(),
         };
         // Catches a key that does not belong to the certificate before a handshake does.
         rustls::crypto::ring::sign::any_supported_type(&credential.key)
@@ -198,13 +203,12 @@ impl Credential {
         self.not_after
     }
 
-    /// Half way through its life, when it should be replaced.
+    /// Half way through its life, when it should be replaced. Life counts from when it was
+    /// received (or `not_before`, if later), since CAs backdate `not_before`.
     pub fn renew_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + life / 2
+        let start = self.not_before.max(self.received);
+        let life = self.not_after.duration_since(start).unwrap_or_default();
+        start + life / 2
     }
 
     pub fn chain_pem(&self) -> String {

@@ -178,3 +178,19 @@ fn credential_round_trips_through_pem_and_knows_its_renewal_time() {
     assert!(Credential::from_pem("garbage", &c.key_pem()).is_err());
     assert!(TrustBundle::from_pem("").is_err());
 }
+
+#[test]
+fn half_life_counts_from_receipt_when_not_before_is_backdated() {
+    let ca = TestCa::new();
+    let id = id("spiffe://td/ns/a/sa/b");
+    let (key_pem, csr_pem) = new_csr(&id).unwrap();
+    let mut csr = CertificateSigningRequestParams::from_pem(&csr_pem).unwrap();
+    let now = std::time::SystemTime::now();
+    // Backdated a minute, valid for 10 s from now: renewal is ~5 s from now, not in the past.
+    csr.params.not_before = (now - std::time::Duration::from_secs(60)).into();
+    csr.params.not_after = (now + std::time::Duration::from_secs(10)).into();
+    let cert = csr.signed_by(&ca.issuer).unwrap();
+    let credential = Credential::from_pem(&cert.pem(), &key_pem).unwrap();
+    let renew_in = credential.renew_at().duration_since(now).unwrap();
+    assert!(renew_in.as_secs_f64() > 3.0 && renew_in.as_secs_f64() < 6.0, "{renew_in:?}");
+}

@@ -79,6 +79,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
 pub struct Pool {
     slots: Mutex<HashMap<PoolKey, Slot>>,
     pub tls: TlsConfigs,
+    /// HBONE connections opened (streams are many per connection; a rate near the
+    /// connection rate would mean the pool is not reusing them).
+    pub opened: prometheus_client::metrics::counter::Counter,
 }
 
 impl Pool {
@@ -169,6 +172,8 @@ impl Pool {
             .initial_stream_window_size(super::STREAM_WINDOW)
             .initial_connection_window_size(super::CONNECTION_WINDOW)
             .max_frame_size(super::MAX_FRAME)
+            .max_send_buf_size(super::SEND_BUFFER)
+            .max_pending_accept_reset_streams(super::MAX_RESETS)
             .keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_timeout(std::time::Duration::from_secs(10))
             .handshake(TokioIo::new(tls))
@@ -179,6 +184,7 @@ impl Pool {
                 tracing::debug!(%node, error = %e, "HBONE connection ended");
             }
         });
+        self.opened.inc();
         tracing::debug!(node = %target.node, peer = %target.identity, "HBONE connection opened");
         Ok(sender)
     }

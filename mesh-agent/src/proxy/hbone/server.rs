@@ -81,6 +81,9 @@ pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>
         .initial_connection_window_size(super::CONNECTION_WINDOW)
         .max_frame_size(super::MAX_FRAME)
         .max_concurrent_streams(4096)
+        .max_send_buf_size(super::SEND_BUFFER)
+        .max_pending_accept_reset_streams(super::MAX_RESETS)
+        .max_local_error_reset_streams(super::MAX_RESETS)
         .serve_connection(TokioIo::new(tls), service)
         .await;
     if let Err(e) = served {

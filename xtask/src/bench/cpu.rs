@@ -52,7 +52,7 @@ impl CpuSnapshot {
     }
 }
 
-fn clock_ticks() -> f64 {
+pub fn clock_ticks() -> f64 {
     static TICKS: OnceLock<f64> = OnceLock::new();
     *TICKS.get_or_init(|| {
         output_of(Command::new("getconf").arg("CLK_TCK"))
@@ -71,6 +71,76 @@ fn parse_stat(stat: &str) -> Option<(String, u64)> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((comm, utime + stime))
+}
+
+/// User and system CPU ticks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ticks {
+    pub user: u64,
+    pub system: u64,
+}
+
+impl Ticks {
+    /// A process's own time (all its threads, including exited ones), from /proc/<pid>/stat.
+    pub fn of_process(pid: u32) -> Ticks {
+        stat_fields(&format!("/proc/{pid}/stat"), 11)
+    }
+
+    /// The time of this process's children that have exited and been waited for
+    /// (cutime/cstime of /proc/self/stat): a pod-tool client once `Pod::run` returned.
+    pub fn of_waited_children() -> Ticks {
+        stat_fields("/proc/self/stat", 13)
+    }
+
+    pub fn since(self, before: Ticks) -> Ticks {
+        Ticks {
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
+        }
+    }
+
+    pub fn seconds(self) -> f64 {
+        (self.user + self.system) as f64 / clock_ticks()
+    }
+
+    pub fn to_json(self) -> Value {
+        let t = 1.0 / clock_ticks();
+        json!({"user_s": self.user as f64 * t, "system_s": self.system as f64 * t})
+    }
+}
+
+/// Two consecutive stat fields (counted after the command name, from 0 = state).
+fn stat_fields(path: &str, first: usize) -> Ticks {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return Ticks::default();
+    };
+    let f: Vec<u64> = stat[close + 1..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    Ticks {
+        user: f.get(first).copied().unwrap_or(0),
+        system: f.get(first + 1).copied().unwrap_or(0),
+    }
+}
+
+/// Machine-wide busy ticks and, separately, interrupt + softirq ticks (/proc/stat): packet
+/// processing the kernel does outside any process's account.
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let irq = v.get(5).copied().unwrap_or(0) + v.get(6).copied().unwrap_or(0);
+    (system_busy_ticks(), irq)
 }
 
 /// The process total (including exited threads) and live threads grouped by role.

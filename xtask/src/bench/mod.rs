@@ -7,10 +7,16 @@
 //!   throughput and connection rate.
 //! - `capture`: eBPF connect4 vs iptables REDIRECT in front of the same proxy.
 //! - `memory`: agent RSS, idle and per idle proxied connection.
+//! - `cross_bed`, `cross_node`, `evidence`: two agents (node-1, node-2) following one control
+//!   plane, a client pod on one and a server pod on the other: HBONE (or, without it,
+//!   plaintext) across two agents against direct, with proof of the path taken.
 //! - `machine`, `report`: what it ran on, and results.md / results.json.
 
 mod capture;
 mod cpu;
+mod cross_bed;
+mod cross_node;
+mod evidence;
 mod machine;
 mod memory;
 mod report;
@@ -21,7 +27,7 @@ use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::cmd::{progress, workspace_root};
@@ -33,6 +39,10 @@ use testbed::Testbed;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// Run only this scenario and replace its part of results.md and results.json (the
+    /// rest stays as the last full run left it). Without it: everything.
+    #[arg(value_enum)]
+    only: Option<Only>,
     /// A smoke run: short durations and one repetition (numbers not worth comparing).
     #[arg(long)]
     quick: bool,
@@ -42,14 +52,28 @@ pub struct BenchArgs {
     /// Repetitions of every measurement; rows show the median [default: 3, 1 with --quick].
     #[arg(long)]
     repeats: Option<usize>,
+    /// Use the release binaries already in target/release instead of building them first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Only {
+    /// HBONE across two agents (node-1, node-2) against direct.
+    CrossNode,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     setup::require_root("cargo xtask bench")?;
     setup::ensure_packages(&[])?;
+    if let Some(Only::CrossNode) = args.only {
+        return cross_node_only(args);
+    }
     let iptables = setup::ensure_packages(&[("iptables", "iptables")])
         .map_err(|e| format!("iptables is not installed and installing it failed: {e:#}"));
-    setup::build_all(true)?;
+    if !args.no_build {
+        setup::build_all(true)?;
+    }
     let out_dir = args.out.unwrap_or_else(|| workspace_root().join("bench"));
     let plan = Plan::new(args.quick, args.repeats);
     let mut machine = Machine::describe();
@@ -107,7 +131,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     ));
     notes.push(runs(&bench.samples));
     notes.push(HOW.to_string());
-    let raw = json!({
+    let mut raw = json!({
         "plan": plan.to_json(),
         "measurements": Value::Object(std::mem::take(&mut bench.raw)),
         "noise": bench.noise.iter().map(Noise::to_json).collect::<Vec<_>>(),
@@ -115,6 +139,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     drop(bench);
     progress("cleaning up: agent, pods, bridge, pinned programs");
     drop(bed);
+    progress("cross-node: HBONE across two agents");
+    let cross = cross_node::run(&release_dir(), &plan);
+    if let Err(e) = &cross {
+        eprintln!("cross-node: {e:#}");
+    }
+    notes.push(cross_node::section(&cross, &machine, args.quick));
+    let more_rows = cross_node::json_rows(&cross);
+    raw["cross_node"] = match cross {
+        Ok(c) => c.raw,
+        Err(e) => json!({"error": format!("{e:#}")}),
+    };
     if let Some(left) = leftovers() {
         notes.push(format!("Warning: left behind after cleanup: {left}"));
     }
@@ -128,6 +163,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         notes: &notes,
         raw,
         quick: args.quick,
+        more_rows,
     };
     report.write(&out_dir)?;
     println!("\n{}", report::table(&rows));
@@ -139,6 +175,63 @@ pub fn run(args: BenchArgs) -> Result<()> {
         out_dir.join("results.md").display()
     ));
     Ok(())
+}
+
+/// `cargo xtask bench cross-node`: only the cross-node scenario; its section, rows and raw
+/// samples replace the old ones in results.md and results.json, the rest stays.
+fn cross_node_only(args: BenchArgs) -> Result<()> {
+    if !args.no_build {
+        setup::build_all(true)?;
+    }
+    let out_dir = args.out.unwrap_or_else(|| workspace_root().join("bench"));
+    let plan = Plan::new(args.quick, args.repeats);
+    let mut machine = Machine::describe();
+    let started = Instant::now();
+    let cross = cross_node::run(&release_dir(), &plan);
+    machine.took_seconds = started.elapsed().as_secs_f64();
+    // A failed scenario leaves the last results alone.
+    let cross = Ok(cross.context("cross-node scenario (results files left unchanged)")?);
+    let mut section = cross_node::section(&cross, &machine, args.quick);
+    if let Some(left) = leftovers() {
+        section.push_str(&format!("\nWarning: left behind after cleanup: {left}\n"));
+    }
+    let rows = cross_node::json_rows(&cross);
+    let raw = cross.map(|c| c.raw).unwrap_or_default();
+
+    std::fs::create_dir_all(&out_dir)?;
+    let (md_path, json_path) = (out_dir.join("results.md"), out_dir.join("results.json"));
+    match (
+        std::fs::read_to_string(&md_path),
+        std::fs::read_to_string(&json_path),
+    ) {
+        (Ok(md), Ok(js)) => {
+            let mut js: Value = serde_json::from_str(&js)
+                .with_context(|| format!("{} is not JSON", json_path.display()))?;
+            cross_node::splice::json(&mut js, rows, &section, raw);
+            std::fs::write(&md_path, cross_node::splice::markdown(&md, &section))?;
+            std::fs::write(&json_path, serde_json::to_string_pretty(&js)? + "\n")?;
+        }
+        // No earlier full run: a results file with only this section.
+        _ => Report {
+            machine: &machine,
+            rows: &[],
+            notes: std::slice::from_ref(&section),
+            raw: json!({ "cross_node": raw }),
+            quick: args.quick,
+            more_rows: rows,
+        }
+        .write(&out_dir)?,
+    }
+    println!("{section}");
+    progress(&format!(
+        "updated the cross-node section of {} and results.json",
+        md_path.display()
+    ));
+    Ok(())
+}
+
+fn release_dir() -> PathBuf {
+    workspace_root().join("target").join("release")
 }
 
 /// A section's rows, or one row saying why it could not be measured.
@@ -183,9 +276,9 @@ fn mesh_path(raw: &serde_json::Map<String, Value>) -> String {
 fn footnotes(mesh_path: &str) -> Vec<String> {
     vec![format!(
         "¹ The design's latency target is for the full mesh path with HBONE mTLS between \
-         nodes, which does not exist yet. \"mesh\" here is the same-node plaintext path, as \
+         nodes (see the cross-node section below). \"mesh\" here is the same-node path, as \
          the agent's counters showed it in these runs: {mesh_path}. ² The design's ≥ 0.5 \
-         target is for HBONE; this is the same plaintext L4 path. ³ Baseline column = iptables \
+         target is for HBONE (cross-node section); this is the same-node L4 path. ³ Baseline column = iptables \
          REDIRECT, mesh column = eBPF connect4, both in front of the same outbound proxy; the \
          VIP's endpoint is an unenrolled pod, so only the outbound hop follows and capture is \
          all that differs. ⁴ Only the inbound hop: an unenrolled client dials the enrolled \

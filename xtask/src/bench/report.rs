@@ -175,6 +175,7 @@ fn decimals(unit: &str) -> usize {
         "conn/s" => 0,
         "MB" => 1,
         "KB" => 1,
+        "s/GB" => 3,
         _ => 2,
     }
 }
@@ -210,6 +211,8 @@ pub struct Report<'a> {
     /// Every sample, for results.json.
     pub raw: Value,
     pub quick: bool,
+    /// Rows of sections rendered in `notes` (the cross-node table), for results.json.
+    pub more_rows: Vec<Value>,
 }
 
 impl Report<'_> {
@@ -233,7 +236,9 @@ impl Report<'_> {
         let _ = writeln!(out, "- kernel: {}", m.kernel);
         let _ = writeln!(out, "- git commit: {}", m.git_commit);
         let _ = writeln!(out, "- took: {:.0} s\n", m.took_seconds);
-        out.push_str(&table(self.rows));
+        if !self.rows.is_empty() {
+            out.push_str(&table(self.rows));
+        }
         for note in self.notes {
             let _ = writeln!(out, "\n{note}");
         }
@@ -244,7 +249,7 @@ impl Report<'_> {
         json!({
             "machine": self.machine.to_json(),
             "quick": self.quick,
-            "rows": self.rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+            "rows": self.rows.iter().map(Row::to_json).chain(self.more_rows.iter().cloned()).collect::<Vec<_>>(),
             "notes": self.notes,
             "raw": self.raw,
         })

@@ -233,7 +233,12 @@ fn new_bridge() -> Result<Bridge> {
     Err(last.expect("tried at least one index")).context("no free bridge subnet index in 40..=55")
 }
 
-fn start_server(pod: &Pod, pod_tool: &Path, kind: &str, port: u16) -> Result<PodProcess> {
+pub(super) fn start_server(
+    pod: &Pod,
+    pod_tool: &Path,
+    kind: &str,
+    port: u16,
+) -> Result<PodProcess> {
     let listen = format!("0.0.0.0:{port}");
     let mut server = pod.spawn(pod_tool, [kind, "--listen", &listen])?;
     if !mesh_tests::wait_until(Duration::from_secs(10), || {
@@ -250,7 +255,7 @@ fn start_server(pod: &Pod, pod_tool: &Path, kind: &str, port: u16) -> Result<Pod
 }
 
 /// TIME_WAIT sockets in a pod's network namespace (`tw` in its /proc/net/sockstat).
-fn time_wait(pod: &Pod) -> Result<u64> {
+pub(super) fn time_wait(pod: &Pod) -> Result<u64> {
     let sockstat = pod.in_netns(|| std::fs::read_to_string("/proc/thread-self/net/sockstat"))??;
     sockstat
         .lines()

@@ -31,6 +31,8 @@ pub mod net;
 pub mod observe;
 pub mod pod;
 pub mod process;
+pub mod sniff;
+pub mod two_nodes;
 pub mod wait;
 
 pub use agent::{cargo_bin, AgentProcess};

@@ -472,7 +472,7 @@ fn meshctl_verifies_the_control_plane_with_the_ca_file() {
 #[test]
 fn root_rotation_keeps_the_agent_connected() {
     require_root();
-    let mut mesh = Mesh::start(40, &[web("web", "web")], &[]);
+    let mut mesh = Mesh::start(34, &[web("web", "web")], &[]);
     assert_eq!(mesh.get_vip_through_mesh(vip()), "web");
     mesh.settle();
     let old_bundle = mesh.cp.meshctl_ok(&["ca-cert"]).unwrap();

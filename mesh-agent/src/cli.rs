@@ -92,6 +92,11 @@ pub struct RunArgs {
     /// Upstream connect timeout in milliseconds [default: 5000].
     #[arg(long)]
     pub connect_timeout_ms: Option<u64>,
+    /// Proxy worker threads [default: half the CPUs, at least 1]. Fewer threads mean fewer
+    /// cross-thread wake-ups per proxied byte; more serve more connections in parallel. Flag or
+    /// environment only (the runtime starts before the settings file is read).
+    #[arg(long, env = "MESH_AGENT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 #[derive(Args)]

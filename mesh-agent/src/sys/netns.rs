@@ -5,16 +5,20 @@
 //! happen inside the pod: one helper thread per pod enters the namespace once (`setns`) and
 //! runs those jobs; binding, connecting and all I/O then happen on the tokio runtime as usual.
 //! The runtime's threads never change namespace.
+//!
+//! A few sockets of each family are created ahead of need and handed out without waiting for
+//! the helper thread: a new proxied connection then costs no thread hand-off.
 
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use anyhow::{Context, Result};
 use nix::sched::{setns, CloneFlags};
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::sockopt;
@@ -26,7 +30,12 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct NetnsSockets {
     jobs: mpsc::Sender<Job>,
     cookie: u64,
+    /// Unbound TCP sockets created in the namespace ahead of need: [IPv4, IPv6].
+    spares: [Arc<Mutex<Vec<OwnedFd>>>; 2],
 }
+
+/// Spare sockets kept per family; refilled when half are used.
+const SPARES: usize = 16;
 
 impl NetnsSockets {
     /// Starts the helper thread for the namespace at `path` (e.g. `/run/netns/pod-a`).
@@ -72,7 +81,11 @@ impl NetnsSockets {
                     path.display()
                 )
             })?;
-        Ok(NetnsSockets { jobs, cookie })
+        Ok(NetnsSockets {
+            jobs,
+            cookie,
+            spares: Default::default(),
+        })
     }
 
     /// The namespace cookie, as `bpf_get_netns_cookie` reports it for sockets in this pod.
@@ -97,8 +110,34 @@ impl NetnsSockets {
     }
 
     /// A new non-blocking TCP socket in the namespace.
+    /// A new TCP socket in the namespace: a spare if there is one (topping the spares up in
+    /// the background when they run low), else made on the helper thread.
     pub async fn socket(&self, ipv6: bool) -> io::Result<OwnedFd> {
-        self.run(move || tcp_socket(ipv6)).await?
+        let spares = &self.spares[ipv6 as usize];
+        let (spare, low) = {
+            let mut spares = spares.lock();
+            (spares.pop(), spares.len() < SPARES / 2)
+        };
+        if low {
+            self.refill(ipv6);
+        }
+        match spare {
+            Some(fd) => Ok(fd),
+            None => self.run(move || tcp_socket(ipv6)).await?,
+        }
+    }
+
+    /// Tops the spares of a family up, on the helper thread, without waiting for it.
+    fn refill(&self, ipv6: bool) {
+        let spares = self.spares[ipv6 as usize].clone();
+        let _ = self.jobs.send(Box::new(move || {
+            let missing = SPARES.saturating_sub(spares.lock().len());
+            let made: Vec<OwnedFd> = (0..missing).map_while(|_| tcp_socket(ipv6).ok()).collect();
+            let mut spares = spares.lock();
+            spares.extend(made);
+            // Several refills may have been queued; never keep more than asked.
+            spares.truncate(SPARES);
+        }));
     }
 
     /// Every address of the namespace that other hosts could connect to (not loopback, not

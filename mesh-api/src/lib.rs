@@ -44,8 +44,8 @@ pub use error::{ConfigError, Issue};
 pub use key::{ResourceKey, STORAGE_PREFIX};
 pub use load::{load_file, load_str};
 pub use mesh_config::{
-    DefaultPolicy, HealthCheckSettings, MeshConfig, MeshConfigSpec, DEFAULT_ROOT_NAMESPACE,
-    DEFAULT_CERT_TTL_SECONDS, DEFAULT_TRUST_DOMAIN, MAX_CERT_TTL_SECONDS, MESH_CONFIG_NAME,
+    DefaultPolicy, HealthCheckSettings, MeshConfig, MeshConfigSpec, DEFAULT_CERT_TTL_SECONDS,
+    DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, MAX_CERT_TTL_SECONDS, MESH_CONFIG_NAME,
     MIN_CERT_TTL_SECONDS,
 };
 pub use meta::{Labels, ObjectKey, ObjectMeta, DEFAULT_NAMESPACE};

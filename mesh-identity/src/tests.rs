@@ -192,5 +192,8 @@ fn half_life_counts_from_receipt_when_not_before_is_backdated() {
     let cert = csr.signed_by(&ca.issuer).unwrap();
     let credential = Credential::from_pem(&cert.pem(), &key_pem).unwrap();
     let renew_in = credential.renew_at().duration_since(now).unwrap();
-    assert!(renew_in.as_secs_f64() > 3.0 && renew_in.as_secs_f64() < 6.0, "{renew_in:?}");
+    assert!(
+        renew_in.as_secs_f64() > 3.0 && renew_in.as_secs_f64() < 6.0,
+        "{renew_in:?}"
+    );
 }

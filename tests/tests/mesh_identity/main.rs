@@ -28,6 +28,8 @@
 //!   serves a client with a certificate of its own CA).
 //! - `rotation`: short-lived certificates rotate under continuous traffic without losing a
 //!   request.
+//! - `ca_outage`: certificates keep serving while the control plane is down; renewal retries
+//!   and succeeds once it is back.
 //! - `root_rotation`: cross-node traffic keeps working through a CA root rotation.
 //! - `policy_update`: a policy change (AuthorizationPolicy, MeshConfig `defaultPolicy`)
 //!   closes open connections it now denies, from either node.
@@ -37,6 +39,7 @@
 //! (10.239.0.0/24), one test at a time.
 
 mod authz;
+mod ca_outage;
 mod foreign_ca;
 mod forged_connect;
 mod hbone;

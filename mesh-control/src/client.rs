@@ -94,23 +94,3 @@ pub fn node_client_config(
     let bundle = TrustBundle::from_pem(bundle_pem)?;
     client_config(Some(credential), &bundle, Expect::ControlPlane)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::authority;
-
-    #[test]
-    fn urls_as_users_type_them() {
-        assert_eq!(
-            authority("https://127.0.0.1:15010").unwrap(),
-            "127.0.0.1:15010"
-        );
-        assert_eq!(authority("127.0.0.1:15010").unwrap(), "127.0.0.1:15010");
-        assert_eq!(authority("http://cp:15010/").unwrap(), "cp:15010");
-        assert_eq!(authority("[::1]:15010").unwrap(), "[::1]:15010");
-        assert!(authority("ftp://x:1").is_err());
-        assert!(authority("https://cp").is_err());
-        assert!(authority("https://cp:1/path").is_err());
-        assert!(authority("").is_err());
-    }
-}

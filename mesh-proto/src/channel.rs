@@ -116,7 +116,10 @@ mod tests {
         );
         assert_eq!(authority("127.0.0.1:15010").unwrap(), "127.0.0.1:15010");
         assert_eq!(authority("http://cp:15010/").unwrap(), "cp:15010");
+        assert_eq!(authority("[::1]:15010").unwrap(), "[::1]:15010");
         assert!(authority("https://cp").is_err());
         assert!(authority("grpc://cp:1").is_err());
+        assert!(authority("https://cp:1/path").is_err());
+        assert!(authority("").is_err());
     }
 }

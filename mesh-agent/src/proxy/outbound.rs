@@ -99,7 +99,10 @@ async fn connect_first(
     for target in candidates.iter().take(3) {
         let attempt = match context.local_pods.get(target.ip()) {
             Some(peer) => connect_local(context, peer, *target, app.port()).await,
-            None => connect_remote(context, *target, app).await,
+            // Boxed: the HBONE handshake's state is large, and a task's future is as big as
+            // its largest state; unboxed, every proxied connection (also same-node ones)
+            // would carry it for its whole life.
+            None => Box::pin(connect_remote(context, *target, app)).await,
         };
         match attempt {
             Ok(upstream) => return Some(upstream),

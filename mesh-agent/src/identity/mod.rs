@@ -92,13 +92,13 @@ impl Identities {
                 .roots()
                 .first()
                 .map(|root| mesh_identity::sha256(root));
+            // The bundle first: renewals woken by a new signing root build on it.
+            self.bundle.store(Some(Arc::new(bundle)));
             self.signing_root.send_if_modified(|current| {
                 let changed = *current != first;
                 *current = first;
                 changed
             });
-            self.bundle.store(Some(Arc::new(bundle)));
-            self.bump();
         }
         Ok(())
     }
@@ -107,7 +107,8 @@ impl Identities {
         self.bundle.load_full()
     }
 
-    fn bump(&self) {
+    /// Wakes connections waiting for a pod's first certificate.
+    fn announce_issued(&self) {
         self.issued.notify_waiters();
     }
 
@@ -142,7 +143,6 @@ impl Identities {
             if slot.users == 0 {
                 slot.task.abort();
                 slots.remove(id);
-                self.bump();
             }
         }
     }

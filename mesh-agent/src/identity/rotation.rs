@@ -26,7 +26,7 @@ pub(super) async fn keep_fresh(identities: Arc<Identities>, id: SpiffeId, state:
                 let renew_at = credential.renew_at();
                 state.credential.store(Some(Arc::new(credential)));
                 *state.last_error.lock() = None;
-                identities.bump();
+                identities.announce_issued();
                 retry = FIRST_RETRY;
                 let wait = renew_at
                     .duration_since(SystemTime::now())

@@ -25,7 +25,7 @@ pub async fn relay(
     counters: &DirectionCounters,
     peer_counters: Option<&DirectionCounters>,
 ) {
-    let _active = Active::new(std::iter::once(counters).chain(peer_counters).collect());
+    let _active = Active::new(counters, peer_counters);
     let (sent, received) = tokio::join!(pump(&pod_side, &peer_side), pump(&peer_side, &pod_side));
     let (sent, received) = (moved(sent), moved(received));
     counters.bytes_sent.inc_by(sent);
@@ -42,7 +42,7 @@ pub async fn relay_stream<S>(pod_side: TcpStream, peer_side: S, counters: &Direc
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _active = Active::new(vec![counters]);
+    let _active = Active::new(counters, None);
     let (mut pod_read, mut pod_write) = pod_side.into_split();
     let (mut peer_read, mut peer_write) = tokio::io::split(peer_side);
     let (sent, received) = tokio::join!(
@@ -84,21 +84,26 @@ where
 }
 
 /// Counts a connection as active for as long as it lives, also when its relay is dropped
-/// (a connection closed by policy).
-struct Active<'a>(Vec<&'a DirectionCounters>);
+/// (a connection closed by policy). No allocation: this is on every connection's path.
+struct Active<'a>(&'a DirectionCounters, Option<&'a DirectionCounters>);
 
 impl<'a> Active<'a> {
-    fn new(sides: Vec<&'a DirectionCounters>) -> Active<'a> {
-        for side in &sides {
+    fn new(side: &'a DirectionCounters, peer: Option<&'a DirectionCounters>) -> Active<'a> {
+        let active = Active(side, peer);
+        for side in active.sides() {
             side.active.inc();
         }
-        Active(sides)
+        active
+    }
+
+    fn sides(&self) -> impl Iterator<Item = &DirectionCounters> {
+        std::iter::once(self.0).chain(self.1)
     }
 }
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        for side in &self.0 {
+        for side in self.sides() {
             side.active.dec();
         }
     }

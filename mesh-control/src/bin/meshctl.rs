@@ -464,11 +464,7 @@ async fn ca_command(client: &mut AdminClient, command: CaCommand) -> Result<()> 
             })
             .collect();
         let value = serde_json::json!({"phase": status.phase, "roots": roots});
-        match output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-            _ => print!("{}", serde_yaml_ng::to_string(&value)?),
-        }
-        return Ok(());
+        return print_structured(&value, output);
     }
     println!("CA phase: {}", status.phase);
     let rows = status
@@ -704,6 +700,15 @@ fn summary(resource: &Resource) -> String {
     }
 }
 
+/// `-o json` or `-o yaml` of a value built for output.
+fn print_structured(value: &serde_json::Value, output: Output) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        _ => print!("{}", serde_yaml_ng::to_string(value)?),
+    }
+    Ok(())
+}
+
 fn print_status(status: pb::StatusResponse, output: Output) -> Result<()> {
     if output != Output::Table {
         let agents: Vec<serde_json::Value> = status
@@ -718,11 +723,7 @@ fn print_status(status: pb::StatusResponse, output: Output) -> Result<()> {
             })
             .collect();
         let value = serde_json::json!({"version": status.version, "replica": status.replica, "store": status.store, "agents": agents});
-        match output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-            _ => print!("{}", serde_yaml_ng::to_string(&value)?),
-        }
-        return Ok(());
+        return print_structured(&value, output);
     }
     println!(
         "Control plane: {} (store {}), config version {}",

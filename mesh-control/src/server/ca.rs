@@ -644,6 +644,16 @@ mod tests {
         assert_eq!(done.trusted_roots(), vec![second.root_pem.as_str()]);
     }
 
+    /// A fresh key and a one-minute certificate for `wanted`: `(key PEM, chain PEM)`.
+    fn sign_for_a_minute(loaded: &Loaded, wanted: &SpiffeId) -> (String, String) {
+        let (key_pem, csr_pem) = mesh_identity::new_csr(wanted).unwrap();
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).unwrap();
+        let chain = loaded
+            .sign(&csr.public_key, wanted, Duration::from_secs(60), Vec::new())
+            .unwrap();
+        (key_pem, chain)
+    }
+
     #[test]
     fn signed_leaves_verify_against_the_bundle() {
         let state = CaState {
@@ -653,16 +663,7 @@ mod tests {
         };
         let loaded = Loaded::new(state, 1).unwrap();
         let wanted = id("spiffe://td/ns/default/sa/web");
-        let (key_pem, csr_pem) = mesh_identity::new_csr(&wanted).unwrap();
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).unwrap();
-        let chain = loaded
-            .sign(
-                &csr.public_key,
-                &wanted,
-                Duration::from_secs(60),
-                Vec::new(),
-            )
-            .unwrap();
+        let (key_pem, chain) = sign_for_a_minute(&loaded, &wanted);
         let credential = mesh_identity::Credential::from_pem(&chain, &key_pem).unwrap();
         assert_eq!(credential.id(), &wanted);
         let life = credential
@@ -704,16 +705,7 @@ mod tests {
         )
         .unwrap();
         let wanted = id("spiffe://td/mesh/node/n1");
-        let (_, csr_pem) = mesh_identity::new_csr(&wanted).unwrap();
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).unwrap();
-        let chain = loaded
-            .sign(
-                &csr.public_key,
-                &wanted,
-                Duration::from_secs(60),
-                Vec::new(),
-            )
-            .unwrap();
+        let (_, chain) = sign_for_a_minute(&loaded, &wanted);
         assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
 
         // A key of another certificate, or a leaf as "root", is refused.

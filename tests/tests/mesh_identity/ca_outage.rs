@@ -17,14 +17,7 @@ const TTL_SECONDS: u64 = 20;
 #[test]
 fn certificates_keep_serving_through_a_control_plane_outage() {
     require_root();
-    let mut mesh = TwoNodes::builder()
-        .pod(PodDef::mesh("a", 0, "client-a"))
-        .pod(PodDef::mesh("b", 1, "web").label("app", "web"))
-        .config(&mesh_config(&format!(
-            "  workloadCertTtlSeconds: {TTL_SECONDS}\n"
-        )))
-        .start()
-        .expect("starting two nodes");
+    let mut mesh = client_and_web(TTL_SECONDS);
     mesh.serve_http("b", APP_PORT, "b");
     let a_id = mesh.pod("a").spiffe_id();
     let server = mesh.pod("b").addr(APP_PORT);

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use mesh_tests::require_root;
-use mesh_tests::two_nodes::TwoNodes;
 use serde_json::Value;
 
 use crate::support::*;
@@ -22,14 +21,7 @@ const TRAFFIC_SECONDS: u64 = 25;
 #[test]
 fn certificates_rotate_under_traffic_without_losing_a_request() {
     require_root();
-    let mut mesh = TwoNodes::builder()
-        .pod(PodDef::mesh("a", 0, "client-a"))
-        .pod(PodDef::mesh("b", 1, "web").label("app", "web"))
-        .config(&mesh_config(&format!(
-            "  workloadCertTtlSeconds: {TTL_SECONDS}\n"
-        )))
-        .start()
-        .expect("starting two nodes");
+    let mut mesh = client_and_web(TTL_SECONDS);
     mesh.serve_http("b", APP_PORT, "b");
     mesh.serve_echo("b", ECHO_PORT);
     let (a, b) = (mesh.pod("a"), mesh.pod("b"));

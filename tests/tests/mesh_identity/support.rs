@@ -189,3 +189,16 @@ pub fn apply(mesh: &TwoNodes, yaml: &str) {
     mesh.apply(yaml)
         .unwrap_or_else(|e| panic!("applying {yaml}: {e:#}"));
 }
+
+/// `a` (service account `client-a`) on node-1 and `b` (`web`, label `app: web`) on node-2,
+/// with workload certificates living `ttl_seconds`.
+pub fn client_and_web(ttl_seconds: u64) -> TwoNodes {
+    TwoNodes::builder()
+        .pod(PodDef::mesh("a", 0, "client-a"))
+        .pod(PodDef::mesh("b", 1, "web").label("app", "web"))
+        .config(&mesh_config(&format!(
+            "  workloadCertTtlSeconds: {ttl_seconds}\n"
+        )))
+        .start()
+        .expect("starting two nodes")
+}

@@ -103,38 +103,17 @@ impl Pool {
             destination: target.identity.clone(),
         };
         let slot = self.slots.lock().entry(key).or_default().clone();
-        // A reused connection may have died since: one retry on a fresh one.
-        for attempt in 0..2 {
-            let mut sender = {
-                let mut pooled = slot.lock().await;
-                match pooled.as_ref() {
-                    Some(p)
-                        if attempt == 0
-                            && !p.sender.is_closed()
-                            && Arc::ptr_eq(&p.credential, &credential) =>
-                    {
-                        p.sender.clone()
-                    }
-                    _ => {
-                        let sender = self
-                            .connect(identities, netns, &credential, &target, connect_timeout)
-                            .await?;
-                        *pooled = Some(Pooled {
-                            sender: sender.clone(),
-                            credential: credential.clone(),
-                        });
-                        sender
-                    }
-                }
-            };
-            match connect_stream(&mut sender, target.address, source).await {
-                Err(HboneError::Http(e)) if attempt == 0 => {
-                    tracing::debug!(error = %e, "pooled HBONE connection failed; reconnecting");
-                }
-                result => return result,
+        let dial = || self.connect(identities, netns, &credential, &target, connect_timeout);
+        let mut sender = pooled_or_new(&slot, &credential, true, dial).await?;
+        match connect_stream(&mut sender, target.address, source).await {
+            // A reused connection may have died since: one retry on a fresh one.
+            Err(HboneError::Http(e)) => {
+                tracing::debug!(error = %e, "pooled HBONE connection failed; reconnecting");
+                let mut sender = pooled_or_new(&slot, &credential, false, dial).await?;
+                connect_stream(&mut sender, target.address, source).await
             }
+            result => result,
         }
-        unreachable!("the second attempt always returns")
     }
 
     async fn connect(
@@ -188,6 +167,33 @@ impl Pool {
         tracing::debug!(node = %target.node, peer = %target.identity, "HBONE connection opened");
         Ok(sender)
     }
+}
+
+/// The slot's connection if it is open and was made with `credential` (and `reuse`), else a
+/// new one from `dial`, which then replaces it. The slot's lock makes concurrent callers
+/// share one new connection instead of each dialling.
+async fn pooled_or_new<Dial, Dialled>(
+    slot: &Slot,
+    credential: &Arc<Credential>,
+    reuse: bool,
+    dial: Dial,
+) -> Result<SendRequest<Empty<Bytes>>, HboneError>
+where
+    Dial: FnOnce() -> Dialled,
+    Dialled: std::future::Future<Output = Result<SendRequest<Empty<Bytes>>, HboneError>>,
+{
+    let mut pooled = slot.lock().await;
+    if let Some(p) = pooled.as_ref() {
+        if reuse && !p.sender.is_closed() && Arc::ptr_eq(&p.credential, credential) {
+            return Ok(p.sender.clone());
+        }
+    }
+    let sender = dial().await?;
+    *pooled = Some(Pooled {
+        sender: sender.clone(),
+        credential: credential.clone(),
+    });
+    Ok(sender)
 }
 
 async fn connect_stream(

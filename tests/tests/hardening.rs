@@ -1,0 +1,5 @@
+//! End-to-end tests for what an outside probe broke (hardening): each module reproduces one
+//! finding with the real binaries and proves the fix.
+//!
+//! Needs root; run with `--test-threads=1` after `cargo xtask build-ebpf && cargo build -p
+//! mesh-agent -p mesh-control`.

@@ -251,7 +251,7 @@ impl Status {
                 vec![
                     p.pod.clone(),
                     p.uid.clone(),
-                    p.ips.join(","),
+                    list(&p.ips),
                     p.netns.clone(),
                     format!("{}/{}", p.outbound.connections, p.outbound.active),
                     format!("{}/{}", p.inbound.connections, p.inbound.active),
@@ -283,7 +283,7 @@ impl Status {
             .services
             .iter()
             .flat_map(|s| {
-                let head = vec![s.service.clone(), s.vips.join(","), s.ports.join(",")];
+                let head = vec![s.service.clone(), list(&s.vips), list(&s.ports)];
                 if s.endpoints.is_empty() {
                     return vec![[head, vec!["<none>".into(), "".into(), "".into()]].concat()];
                 }
@@ -300,7 +300,7 @@ impl Status {
                             first,
                             vec![
                                 e.workload.clone(),
-                                e.ips.join(","),
+                                list(&e.ips),
                                 format!("{} ({})", e.node, e.health),
                             ],
                         ]
@@ -422,6 +422,11 @@ fn when(unix: u64) -> String {
     } else {
         format!("{} ago", span(now - unix))
     }
+}
+
+/// A list cell: as many items as fit, then how many more (a Service may have 10,000 VIPs).
+fn list(items: &[String]) -> String {
+    mesh_api::table::list(items, 80)
 }
 
 fn table(out: &mut String, header: &[&str], rows: Vec<Vec<String>>) {

@@ -3,3 +3,6 @@
 //!
 //! Needs root; run with `--test-threads=1` after `cargo xtask build-ebpf && cargo build -p
 //! mesh-agent -p mesh-control`.
+
+#[path = "hardening/tables.rs"]
+mod tables;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use mesh_api::Resource;
+use mesh_api::{table, Resource};
 use mesh_control::client::{connect_admin, AdminClient};
 use mesh_control::server::canonical_kind;
 use mesh_proto::v1 as pb;
@@ -675,27 +675,32 @@ fn print_resources(resources: &[pb::Resource], output: Output) -> Result<()> {
     Ok(())
 }
 
+/// The SUMMARY cell. Lists are shortened to what fits a table cell, saying how many more
+/// there are (`-o yaml` shows them all).
 fn summary(resource: &Resource) -> String {
+    /// Characters for each list: two of them, each with its "(+N more, see -o yaml)", and
+    /// their labels fit in one cell (`table::MAX_CELL_WIDTH`).
+    const LIST_BUDGET: usize = 24;
     match resource {
         Resource::Service(s) => {
-            let vips: Vec<String> = s.spec.vips.iter().map(|v| v.to_string()).collect();
             let ports: Vec<String> = s
                 .spec
                 .ports
                 .iter()
                 .map(|p| format!("{}->{}", p.port, p.target()))
                 .collect();
-            format!("vips={} ports={}", vips.join(","), ports.join(","))
-        }
-        Resource::Workload(w) => {
-            let ips: Vec<String> = w.spec.ips.iter().map(|v| v.to_string()).collect();
             format!(
-                "ips={} node={} sa={}",
-                ips.join(","),
-                w.spec.node,
-                w.spec.service_account
+                "vips={} ports={}",
+                table::list(&s.spec.vips, LIST_BUDGET),
+                table::list(&ports, LIST_BUDGET)
             )
         }
+        Resource::Workload(w) => format!(
+            "ips={} node={} sa={}",
+            table::list(&w.spec.ips, LIST_BUDGET),
+            w.spec.node,
+            w.spec.service_account
+        ),
         _ => String::new(),
     }
 }
@@ -759,5 +764,5 @@ fn print_status(status: pb::StatusResponse, output: Output) -> Result<()> {
 }
 
 fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
-    print!("{}", mesh_api::table::render(header, &rows));
+    print!("{}", table::render(header, &rows));
 }

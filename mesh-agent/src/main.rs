@@ -1,29 +1,14 @@
-//! `mesh-agent`: the node agent of the mesh. See docs/ARCHITECTURE.md for the life of a
-//! connection through these modules.
-
-mod admin;
-mod agent;
-mod cli;
-mod control;
-mod datapath;
-mod health;
-mod identity;
-mod metrics;
-mod pods;
-mod proxy;
-mod registry;
-mod run;
-mod settings;
-mod status;
-mod sys;
+//! `mesh-agent`: the node agent of the mesh. The command line only: the agent itself is the
+//! library (src/lib.rs).
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
 
-use cli::{Cli, Command, OutputFormat};
-use pods::EnrollRequest;
+use mesh_agent::cli::{Cli, Command, OutputFormat};
+use mesh_agent::pods::EnrollRequest;
+use mesh_agent::{admin, run, settings, status};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()

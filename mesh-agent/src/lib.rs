@@ -1,0 +1,23 @@
+//! `mesh-agent`: the node agent of the mesh. See docs/ARCHITECTURE.md for the life of a
+//! connection through these modules.
+//!
+//! A library so that fuzz targets (fuzz/ at the workspace root) reach the parsers of what the
+//! agent reads from outside: the enroll request, the settings file, the admin routes. The
+//! binary (src/main.rs) is only the command line. Modules are public only where the binary
+//! or a fuzz target needs them.
+
+pub mod admin;
+mod agent;
+pub mod cli;
+mod control;
+mod datapath;
+mod health;
+mod identity;
+mod metrics;
+pub mod pods;
+mod proxy;
+mod registry;
+pub mod run;
+pub mod settings;
+pub mod status;
+mod sys;

@@ -22,6 +22,9 @@ pub struct Agent {
     pub connect_timeout: Duration,
     /// Enrolled pods by uid. An async lock: enrollment awaits socket creation in the pod.
     pub pods: tokio::sync::Mutex<BTreeMap<String, EnrolledPod>>,
+    /// Pods being enrolled or resumed: their uid, slot and IPs, taken without holding `pods`
+    /// across the slow part of enrollment.
+    pub enrolling: crate::pods::Reservations,
     /// The pods' proxy contexts by IP, for same-node delivery.
     pub local_pods: Arc<crate::proxy::LocalPods>,
     /// Set once every saved pod has been resumed.

@@ -66,6 +66,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         cgroup_root,
         connect_timeout: settings.connect_timeout,
         pods: Default::default(),
+        enrolling: Default::default(),
         local_pods: Default::default(),
         ready: AtomicBool::new(false),
         local_health: Default::default(),

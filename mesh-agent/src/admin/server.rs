@@ -99,9 +99,15 @@ async fn enroll(State(agent): Shared, body: axum::body::Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad enroll request: {e}")),
     };
-    match agent.enroll(request).await {
-        Ok(()) => (StatusCode::CREATED, Json(json!({"enrolled": true}))).into_response(),
-        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+    // A task of its own: a client that hangs up must not cut an enrollment off half-way.
+    let enrolled = tokio::spawn(async move { agent.enroll(request).await }).await;
+    match enrolled {
+        Ok(Ok(())) => (StatusCode::CREATED, Json(json!({"enrolled": true}))).into_response(),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("enrollment failed: {e}"),
+        ),
     }
 }
 

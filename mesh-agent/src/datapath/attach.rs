@@ -27,6 +27,13 @@ pub struct Attachment {
 
 pub type PodAttachments = Vec<Attachment>;
 
+/// A cgroup directory or network namespace file, opened, and its path for status and errors.
+#[derive(Clone, Copy)]
+pub struct AttachTarget<'a> {
+    pub path: &'a Path,
+    pub file: &'a File,
+}
+
 const CGROUP_PROGRAMS: [&str; 5] = [
     prog::CONNECT4,
     prog::CONNECT6,
@@ -37,8 +44,14 @@ const CGROUP_PROGRAMS: [&str; 5] = [
 
 impl Datapath {
     /// Attaches every program to the pod, adopting links already pinned for it. On error,
-    /// whatever this call attached is detached again.
-    pub fn attach_pod(&self, uid: &str, cgroup: &Path, netns: &Path) -> Result<PodAttachments> {
+    /// whatever this call attached is detached again. The targets come opened (and checked)
+    /// by the caller: opening a path here could block on whatever it turned out to be.
+    pub fn attach_pod(
+        &self,
+        uid: &str,
+        cgroup: AttachTarget,
+        netns: AttachTarget,
+    ) -> Result<PodAttachments> {
         let dir = self.pod_link_dir(uid);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut done = Vec::new();
@@ -58,7 +71,12 @@ impl Datapath {
         Ok(done)
     }
 
-    fn attach_one(&self, name: &'static str, dir: &Path, target: &Path) -> Result<Attachment> {
+    fn attach_one(
+        &self,
+        name: &'static str,
+        dir: &Path,
+        target: AttachTarget,
+    ) -> Result<Attachment> {
         let pin = dir.join(name);
         let adopted = match crate::sys::bpf::open_pinned(&pin) {
             Ok(link) => {
@@ -71,17 +89,15 @@ impl Datapath {
         };
         if !adopted {
             let _ = std::fs::remove_file(&pin); // a stale non-link file would block the pin
-            let file =
-                File::open(target).with_context(|| format!("opening {}", target.display()))?;
             let link = self
-                .attach_link(name, &file)
-                .with_context(|| format!("attaching {name} to {}", target.display()))?;
+                .attach_link(name, target.file)
+                .with_context(|| format!("attaching {name} to {}", target.path.display()))?;
             link.pin(&pin)
                 .with_context(|| format!("pinning the {name} link at {}", pin.display()))?;
         }
         Ok(Attachment {
             program: name,
-            target: target.to_owned(),
+            target: target.path.to_owned(),
             pin,
             adopted,
         })

@@ -7,7 +7,7 @@
 mod attach;
 mod maps;
 
-pub use attach::PodAttachments;
+pub use attach::{AttachTarget, PodAttachments};
 pub use maps::{CaptureSet, KernelStats, Maps};
 
 use std::path::{Path, PathBuf};

@@ -14,12 +14,13 @@ use mesh_common::{ports, ListenerKind};
 use mesh_identity::SpiffeId;
 use tokio::task::JoinHandle;
 
+use super::reserve::Reservation;
 use super::state::SavedPod;
+use super::targets::{prepare, PreparedPod, Unfit, PREPARE_TIMEOUT};
 use super::EnrollRequest;
 use crate::agent::Agent;
-use crate::datapath::PodAttachments;
+use crate::datapath::{AttachTarget, PodAttachments};
 use crate::proxy::{self, bind_listener, PodContext, PodListeners};
-use crate::sys::fs::require_cgroup2;
 use crate::sys::netns::NetnsSockets;
 
 /// A pod the agent serves.
@@ -50,82 +51,145 @@ impl Drop for EnrolledPod {
 
 impl Agent {
     /// Enrolls a new pod. Nothing of it remains if this fails.
+    ///
+    /// The pods lock is held only to reserve the pod's uid, slot and IPs and to commit it:
+    /// opening its namespace and cgroup (which a bad path can make slow) and starting it run
+    /// without it, so status, health checks and other pods' (un)enrollments go on meanwhile.
+    /// Run it as a task of its own: dropped half-way, it would leave the pod half set up.
     pub async fn enroll(&self, request: EnrollRequest) -> Result<()> {
-        let mut pods = self.pods.lock().await;
-        if pods.contains_key(&request.uid) {
-            bail!(
-                "enroll {}: a pod with this uid is already enrolled",
-                request.uid
-            );
+        let reservation = {
+            let pods = self.pods.lock().await;
+            let reservation = self.enrolling.reserve(&pods, &request, None)?;
+            request.check_declared(&self.registry.snapshot(), &self.node)?;
+            reservation
+        };
+        let prepared = prepare(&request, &self.cgroup_root).await?;
+        if reservation.is_cancelled() {
+            bail!("{}", cancelled(&request));
         }
-        for other in pods.values() {
-            if let Some(ip) = request.ips.iter().find(|ip| other.request.ips.contains(ip)) {
-                bail!(
-                    "enroll {}: IP {ip} already belongs to enrolled pod {} ({})",
-                    request.uid,
-                    other.request.pod_name(),
-                    other.request.uid
-                );
-            }
-        }
-        request.check_declared(&self.registry.snapshot(), &self.node)?;
-        let slot = (0..mesh_common::limits::MAX_PODS)
-            .find(|slot| pods.values().all(|p| p.slot != *slot))
-            .context("this node already has the maximum number of enrolled pods")?;
-        let pod = match self.start_pod(request.clone(), slot).await {
+        let slot = reservation.slot();
+        let pod = match self.start_pod(request.clone(), slot, prepared).await {
             Ok(pod) => pod,
             Err(e) => {
                 self.datapath.detach_pod(&request.uid);
                 return Err(e);
             }
         };
+        let mut pods = self.pods.lock().await;
+        if reservation.is_cancelled() {
+            self.stop_pod(pod);
+            bail!("{}", cancelled(&request));
+        }
         tracing::info!(uid = %request.uid, pod = %request.pod_name(), slot, "pod enrolled");
         pods.insert(request.uid.clone(), pod);
+        drop(reservation);
         self.save(&pods)
     }
 
-    /// Resumes the pods saved by an earlier run. A pod whose namespace or cgroup is gone has
-    /// been deleted while the agent was down: its leftovers are cleaned up.
+    /// Resumes the pods saved by an earlier run, each checked like a new enrollment. A pod
+    /// whose namespace or cgroup is gone was deleted while the agent was down; one whose
+    /// namespace or cgroup must not be enrolled (the node's own namespace, the cgroup root...:
+    /// an older agent took it) is not attached again. Either way its leftovers are cleaned up.
     pub async fn resume(&self) -> Result<()> {
         let saved = self.state.load()?;
-        let mut pods = self.pods.lock().await;
-        for (uid, saved) in saved {
-            let SavedPod {
-                request,
-                slot,
-                steered_ips,
-            } = saved;
-            if !request.netns.exists() || !request.cgroup.exists() {
-                tracing::info!(%uid, "pod is gone (netns or cgroup missing); cleaning up");
-                self.datapath.detach_pod(&uid);
+        let mut reserved = Vec::new();
+        {
+            let pods = self.pods.lock().await;
+            for (uid, saved) in saved {
+                match self
+                    .enrolling
+                    .reserve(&pods, &saved.request, Some(saved.slot))
+                {
+                    Ok(reservation) => reserved.push((reservation, saved)),
+                    Err(e) => {
+                        tracing::error!(%uid, error = %format!("{e:#}"), "saved pod conflicts with another; not resumed")
+                    }
+                }
+            }
+        }
+        for (reservation, saved) in reserved {
+            self.resume_pod(reservation, saved).await;
+        }
+        let pods = self.pods.lock().await;
+        self.save(&pods)
+    }
+
+    async fn resume_pod(&self, reservation: Reservation<'_>, saved: SavedPod) {
+        let SavedPod {
+            request,
+            slot,
+            steered_ips,
+        } = saved;
+        let uid = &request.uid;
+        let prepared = match prepare(&request, &self.cgroup_root).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                let error = format!("{e:#}");
+                match e.downcast_ref::<Unfit>() {
+                    Some(Unfit::Gone(_)) => {
+                        tracing::info!(%uid, %error, "pod is gone; cleaning up")
+                    }
+                    Some(Unfit::Refused(_)) => tracing::error!(
+                        %uid, %error,
+                        "saved pod must not be enrolled; removing its capture instead of resuming it"
+                    ),
+                    // Its capture stays attached and fails closed; an operator sees it in the
+                    // log and can unenroll.
+                    None => {
+                        tracing::error!(%uid, %error, "resuming pod failed");
+                        return;
+                    }
+                }
+                self.datapath.detach_pod(uid);
                 for ip in request.ips.iter().chain(&steered_ips) {
                     self.datapath.maps.remove_pod_ip(*ip);
                 }
-                continue;
+                return;
             }
-            if let Err(e) = request.check_declared(&self.registry.snapshot(), &self.node) {
-                // Keep serving it: dropping capture would let it bypass the mesh.
-                tracing::warn!(%uid, error = %e, "resumed pod no longer matches the config");
-            }
-            match self.start_pod(request.clone(), slot).await {
-                Ok(pod) => {
-                    tracing::info!(%uid, pod = %request.pod_name(), slot, "pod resumed");
-                    pods.insert(uid, pod);
-                }
-                // Its capture stays attached and fails closed; an operator sees it in the log
-                // and can unenroll.
-                Err(e) => tracing::error!(%uid, error = %format!("{e:#}"), "resuming pod failed"),
-            }
+        };
+        if let Err(e) = request.check_declared(&self.registry.snapshot(), &self.node) {
+            // Keep serving it: dropping capture would let it bypass the mesh.
+            tracing::warn!(%uid, error = %e, "resumed pod no longer matches the config");
         }
-        self.save(&pods)
+        match self.start_pod(request.clone(), slot, prepared).await {
+            Ok(pod) => {
+                let mut pods = self.pods.lock().await;
+                if reservation.is_cancelled() {
+                    self.stop_pod(pod);
+                    tracing::info!(%uid, "pod unenrolled while it was being resumed");
+                } else {
+                    tracing::info!(%uid, pod = %request.pod_name(), slot, "pod resumed");
+                    pods.insert(uid.clone(), pod);
+                }
+            }
+            Err(e) => tracing::error!(%uid, error = %format!("{e:#}"), "resuming pod failed"),
+        }
     }
 
+    /// Unenrolls a pod. One still being enrolled is cancelled: this returns once its
+    /// enrollment has undone its work.
     pub async fn unenroll(&self, uid: &str) -> Result<()> {
         let mut pods = self.pods.lock().await;
         let Some(pod) = pods.remove(uid) else {
-            bail!("unenroll {uid}: no pod with this uid is enrolled");
+            let Some(mut finished) = self.enrolling.cancel(uid) else {
+                bail!("unenroll {uid}: no pod with this uid is enrolled");
+            };
+            drop(pods);
+            // `changed` fails once the enrollment has dropped its reservation.
+            let wait = tokio::time::timeout(2 * PREPARE_TIMEOUT, finished.changed()).await;
+            if wait.is_err() {
+                bail!("unenroll {uid}: the pod is still being enrolled; its enrollment is cancelled and undoes itself when it finishes");
+            }
+            tracing::info!(%uid, "enrollment cancelled by unenroll");
+            return Ok(());
         };
-        // Capture off first, then inbound steering, then the proxy.
+        self.stop_pod(pod);
+        self.save(&pods)
+    }
+
+    /// Takes a pod out of the mesh: capture off first, then inbound steering, then the proxy.
+    fn stop_pod(&self, pod: EnrolledPod) {
+        let uid = &pod.request.uid;
         self.datapath.detach_pod(uid);
         for ip in &pod.steered_ips {
             self.datapath.maps.remove_pod_ip(*ip);
@@ -133,14 +197,30 @@ impl Agent {
         self.local_pods.remove(&pod.steered_ips);
         self.metrics.remove_pod(&pod.request.pod_name());
         tracing::info!(%uid, pod = %pod.request.pod_name(), "pod unenrolled");
-        drop(pod);
-        self.save(&pods)
     }
 
-    async fn start_pod(&self, request: EnrollRequest, slot: u32) -> Result<EnrolledPod> {
+    async fn start_pod(
+        &self,
+        request: EnrollRequest,
+        slot: u32,
+        prepared: PreparedPod,
+    ) -> Result<EnrolledPod> {
         let context = format!("enroll {}", request.uid);
-        require_cgroup2(&request.cgroup).context(context.clone())?;
-        let netns = NetnsSockets::open(&request.netns).context(context.clone())?;
+        let PreparedPod {
+            netns: netns_file,
+            cgroup: cgroup_file,
+            sockets: netns,
+        } = prepared;
+        let targets = (
+            AttachTarget {
+                path: &request.cgroup,
+                file: &cgroup_file,
+            },
+            AttachTarget {
+                path: &request.netns,
+                file: &netns_file,
+            },
+        );
         let listeners = open_listeners(&netns).await.context(context.clone())?;
         let addresses = listeners.addresses();
         let maps = &self.datapath.maps;
@@ -163,7 +243,7 @@ impl Agent {
                 steered_ips.push(ip);
             }
         }
-        let attached = self.announce_and_attach(&request, slot, &steered_ips);
+        let attached = self.announce_and_attach(&request.uid, slot, &steered_ips, targets);
         let attachments = match attached {
             Ok(attachments) => attachments,
             Err(e) => {
@@ -204,15 +284,15 @@ impl Agent {
     /// Tells sk_lookup about the pod's addresses, then attaches its programs.
     fn announce_and_attach(
         &self,
-        request: &EnrollRequest,
+        uid: &str,
         slot: u32,
         ips: &[IpAddr],
+        (cgroup, netns): (AttachTarget, AttachTarget),
     ) -> Result<PodAttachments> {
         for ip in ips {
             self.datapath.maps.add_pod_ip(*ip, slot)?;
         }
-        self.datapath
-            .attach_pod(&request.uid, &request.cgroup, &request.netns)
+        self.datapath.attach_pod(uid, cgroup, netns)
     }
 
     fn save(&self, pods: &std::collections::BTreeMap<String, EnrolledPod>) -> Result<()> {
@@ -272,4 +352,11 @@ async fn open_listeners(netns: &NetnsSockets) -> Result<PodListeners> {
         }
     }
     Ok(listeners)
+}
+
+fn cancelled(request: &EnrollRequest) -> String {
+    format!(
+        "enroll {}: cancelled: the pod was unenrolled while it was being enrolled",
+        request.uid
+    )
 }

@@ -3,8 +3,11 @@
 
 mod enroll;
 mod request;
+mod reserve;
 mod state;
+mod targets;
 
 pub use enroll::EnrolledPod;
 pub use request::EnrollRequest;
+pub use reserve::Reservations;
 pub use state::StateStore;

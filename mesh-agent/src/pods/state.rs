@@ -53,7 +53,20 @@ impl StateStore {
 
     pub fn save(&self, pods: BTreeMap<String, SavedPod>) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(&StateFile { pods })?;
-        crate::sys::fs::write_private_atomically(&self.path, &bytes)
+        off_the_workers(|| crate::sys::fs::write_private_atomically(&self.path, &bytes))
+    }
+}
+
+/// Runs blocking file work (an fsync can take long on a busy disk) telling the runtime first,
+/// so the proxy's tasks move to another worker meanwhile instead of waiting for the disk.
+/// Callers save under the pods lock, which keeps the file in the order of the changes.
+fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
 

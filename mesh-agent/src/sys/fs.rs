@@ -1,9 +1,11 @@
-//! Filesystem checks: is this path on bpffs / cgroup2, where is cgroup v2 mounted.
+//! Filesystem checks: is this path on bpffs / cgroup2, where is cgroup v2 mounted, and opening
+//! a path for a check without opening whatever it is for real.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use nix::sys::statfs::{statfs, BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC};
+use nix::sys::statfs::{fstatfs, statfs, BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC};
 
 /// Finds the cgroup v2 mount: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
 /// on hybrid ones, or wherever /proc/self/mounts says.
@@ -38,6 +40,57 @@ pub fn require_cgroup2(path: &Path) -> Result<()> {
         bail!("{} is not a cgroup v2 directory", path.display());
     }
     Ok(())
+}
+
+/// Opens `path` with `O_PATH`: a handle to the inode that reads nothing, so it cannot block or
+/// have side effects whatever the file is (a FIFO without a writer, a device), yet can be
+/// checked with `fstat`/`fstatfs` before anything opens it for real. Path lookup itself can
+/// still block on a stuck mount: callers run this off the async runtime, with a time bound.
+pub fn open_path_only(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+}
+
+/// Opens the very inode `handle` (from [`open_path_only`]) refers to for reading, through
+/// `/proc/self/fd`, so there is no window where the path could be swapped for another file.
+/// Only call it once the handle was checked to be what the caller expects.
+pub fn reopen_for_reading(handle: &File, directory: bool) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_NONBLOCK | if directory { libc::O_DIRECTORY } else { 0 };
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+}
+
+/// The filesystem `file` is on.
+pub fn filesystem_of(file: &File) -> std::io::Result<nix::sys::statfs::FsType> {
+    Ok(fstatfs(file)?.filesystem_type())
+}
+
+/// What kind of file this is, for error messages ("a FIFO", "a regular file", ...).
+pub fn kind_of(metadata: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = metadata.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "an unusual file"
+    }
 }
 
 /// Makes sure `dir` is on a BPF filesystem, mounting bpffs on its mount point's usual place

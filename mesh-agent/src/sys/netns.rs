@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
@@ -38,16 +38,17 @@ pub struct NetnsSockets {
 const SPARES: usize = 16;
 
 impl NetnsSockets {
-    /// Starts the helper thread for the namespace at `path` (e.g. `/run/netns/pod-a`).
-    pub fn open(path: &Path) -> Result<Self> {
-        let netns = File::open(path)
-            .with_context(|| format!("netns {} cannot be opened", path.display()))?;
+    /// Starts the helper thread in `netns`, an opened network namespace file (checked with
+    /// [`namespace_type`]; `label` names it in errors and the thread's name). Waits for the
+    /// thread without blocking the runtime.
+    pub async fn enter(netns: File, label: &Path) -> Result<Self> {
         let (jobs, incoming) = mpsc::channel::<Job>();
         // The thread reports the namespace cookie once it is inside (or why it could not enter).
-        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<u64>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<io::Result<u64>>();
         let thread_name = format!(
             "netns-{}",
-            path.file_name()
+            label
+                .file_name()
                 .map(|n| n.to_string_lossy())
                 .unwrap_or_default()
         );
@@ -72,13 +73,13 @@ impl NetnsSockets {
             })
             .context("spawning the netns helper thread")?;
         let cookie = ready_rx
-            .recv()
+            .await
             .context("netns helper thread died")?
             .with_context(|| {
                 format!(
                     "{} is not a network namespace we can enter and read SO_NETNS_COOKIE in \
                      (needs Linux 5.14+)",
-                    path.display()
+                    label.display()
                 )
             })?;
         Ok(NetnsSockets {
@@ -145,6 +146,18 @@ impl NetnsSockets {
     pub async fn routable_addresses(&self) -> io::Result<Vec<IpAddr>> {
         self.run(routable_addresses).await?
     }
+}
+
+/// The `CLONE_NEW*` type of the namespace an nsfs file refers to (`NS_GET_NSTYPE`, Linux 4.11+).
+pub fn namespace_type(file: &File) -> io::Result<libc::c_int> {
+    /// `_IO(NSIO, 0x3)` from linux/nsfs.h.
+    const NS_GET_NSTYPE: libc::c_ulong = (0xb7 << 8) | 0x3;
+    // SAFETY: an ioctl without arguments on a descriptor we own for the whole call.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(kind)
 }
 
 fn routable_addresses() -> io::Result<Vec<IpAddr>> {

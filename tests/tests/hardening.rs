@@ -10,3 +10,5 @@ mod enrollment;
 #[allow(dead_code, unused_imports)]
 #[path = "capture/support.rs"]
 mod support;
+#[path = "hardening/tables.rs"]
+mod tables;

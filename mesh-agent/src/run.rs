@@ -24,7 +24,9 @@ use crate::sys::fs::{detect_cgroup2_root, require_cgroup2};
 
 pub async fn run(settings: Settings) -> Result<()> {
     crate::sys::caps::require_agent_capabilities()?;
-    raise_open_file_limit();
+    // Every proxied connection costs two descriptors; the default soft limit (1024) would cap
+    // a node at a few hundred connections.
+    mesh_proto::limits::raise_open_file_limit();
     let cgroup_root = match &settings.cgroup_root {
         Some(root) => {
             require_cgroup2(root).context("--cgroup-root")?;
@@ -143,17 +145,6 @@ fn reload(agent: &Agent, settings: &Settings) {
         ),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "reload rejected; keeping the last good config")
-        }
-    }
-}
-
-/// Every proxied connection costs two descriptors; the default soft limit (1024) would cap a
-/// node at a few hundred connections.
-fn raise_open_file_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            tracing::warn!(error = %e, "could not raise the open file limit");
         }
     }
 }

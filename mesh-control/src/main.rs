@@ -42,6 +42,11 @@ enum Command {
         /// intermediate, never stored.
         #[arg(long, requires = "ca_cert")]
         ca_key: Option<PathBuf>,
+        /// Client connections served at once (each agent holds one); past it, new
+        /// connections are closed at once and a warning is logged. Lowered to fit the
+        /// open-file limit.
+        #[arg(long, default_value_t = mesh_control::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
     },
 }
 
@@ -79,6 +84,7 @@ async fn run(command: Command) -> Result<()> {
             replica,
             ca_cert,
             ca_key,
+            max_connections,
         } => {
             let ca_root = match (ca_cert, ca_key) {
                 (Some(cert), Some(key)) => Some(mesh_control::server::ca::OperatorRoot {
@@ -98,6 +104,7 @@ async fn run(command: Command) -> Result<()> {
                     data_dir,
                     replica,
                     ca_root,
+                    max_connections: max_connections as usize,
                 },
             )
             .await

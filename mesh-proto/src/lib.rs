@@ -1,7 +1,9 @@
 //! The mesh's gRPC API (`proto/mesh.proto`): config distribution between agents and the
-//! control plane, and the admin service `meshctl` uses.
+//! control plane, and the admin service `meshctl` uses; the TLS channel to the control plane;
+//! the limits every listener of the mesh applies (`limits`).
 
 pub mod channel;
+pub mod limits;
 
 /// `package mesh.v1`.
 #[allow(clippy::all, clippy::pedantic)]

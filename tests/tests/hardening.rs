@@ -6,6 +6,8 @@
 
 #[path = "hardening/enrollment.rs"]
 mod enrollment;
+#[path = "hardening/idle_limits.rs"]
+mod idle_limits;
 // The capture suite's building blocks; not every one is used here.
 #[allow(dead_code, unused_imports)]
 #[path = "capture/support.rs"]

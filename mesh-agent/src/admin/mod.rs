@@ -6,8 +6,12 @@
 //! - A unix socket `<state-dir>/agent.sock`, mode 0600 (root only): the same plus the
 //!   mutating `/v1/pods` (enroll) and `DELETE /v1/pods/{uid}` (unenroll), which is what the
 //!   `enroll`, `unenroll` and `status` commands use.
+//!
+//! Both bound their connections (see `listen`): a request head within 10 s (so also at most
+//! 10 s idle between requests), a body within 10 s, at most 128 connections each.
 
 pub mod client;
+mod listen;
 mod server;
 
 pub use server::{serve_http, serve_unix, socket_path};

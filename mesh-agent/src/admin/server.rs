@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,11 @@ use serde_json::json;
 use crate::agent::Agent;
 use crate::pods::EnrollRequest;
 use crate::status::Status;
+
+use super::listen;
+
+/// An enroll request is a few hundred bytes of JSON.
+const MAX_ENROLL_REQUEST: usize = 64 * 1024;
 
 type Shared = State<Arc<Agent>>;
 
@@ -41,7 +47,8 @@ pub async fn serve_http(agent: Arc<Agent>, addr: SocketAddr) -> Result<()> {
         .await
         .with_context(|| format!("binding the admin address {addr}"))?;
     let app = read_only_routes().with_state(agent);
-    Ok(axum::serve(listener, app).await?)
+    listen::serve(listener, format!("admin HTTP {addr}"), app).await;
+    Ok(())
 }
 
 /// Serves every route, including enrollment, on a root-only unix socket.
@@ -54,11 +61,8 @@ pub async fn serve_unix(agent: Arc<Agent>, path: PathBuf) -> Result<tokio::task:
         .route("/v1/pods", post(enroll))
         .route("/v1/pods/{uid}", delete(unenroll))
         .with_state(agent);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin socket stopped");
-        }
-    }))
+    let name = format!("admin socket {}", path.display());
+    Ok(tokio::spawn(listen::serve(listener, name, app)))
 }
 
 async fn ready(State(agent): Shared) -> Response {
@@ -94,7 +98,25 @@ async fn status(State(agent): Shared) -> Json<Status> {
     Json(Status::of(&agent).await)
 }
 
-async fn enroll(State(agent): Shared, body: axum::body::Bytes) -> Response {
+async fn enroll(State(agent): Shared, body: Body) -> Response {
+    let body = match tokio::time::timeout(
+        listen::REQUEST_BODY_TIMEOUT,
+        axum::body::to_bytes(body, MAX_ENROLL_REQUEST),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("bad enroll request: {e}")),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the enroll request body did not arrive within {}s",
+                    listen::REQUEST_BODY_TIMEOUT.as_secs()
+                ),
+            )
+        }
+    };
     let request: EnrollRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad enroll request: {e}")),

@@ -63,6 +63,7 @@ pub struct PodContext {
 pub struct Shared {
     pub connections: Arc<ConnectionTable>,
     pub hbone: hbone::Pool,
+    pub hbone_handshakes: hbone::HandshakeLimit,
 }
 
 impl PodContext {

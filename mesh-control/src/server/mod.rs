@@ -15,8 +15,11 @@ pub use admin::canonical_kind;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use mesh_proto::limits::grpc::CountCallsLayer;
+use mesh_proto::limits::ConnectionLimit;
 use mesh_proto::v1::config_distribution_server::ConfigDistributionServer;
 use mesh_proto::v1::mesh_admin_server::MeshAdminServer;
 use mesh_proto::v1::node_identity_server::NodeIdentityServer;
@@ -31,6 +34,38 @@ pub struct ServeOptions {
     /// An operator-supplied root (`--ca-cert`, `--ca-key`): the CA then signs with an
     /// intermediate under it.
     pub ca_root: Option<ca::OperatorRoot>,
+    /// Connections served at once (`--max-connections`); past it new ones are closed.
+    pub max_connections: usize,
+}
+
+/// `--max-connections` by default: one connection per agent (plus a few short-lived ones
+/// for certificate signing and meshctl), so a replica serves a few thousand nodes.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// Descriptors kept for everything else than client connections (store, etcd, files).
+const RESERVED_FILES: u64 = 256;
+/// HTTP/2 pings on every connection, answered within the timeout or the connection closes:
+/// how a dead agent (power loss, partition) gives its stream and descriptor back.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `requested`, lowered (with a warning) to what the open-file limit allows, so that the
+/// connection limit is reached before descriptors run out.
+fn connection_limit(requested: usize) -> usize {
+    let Some(files) = mesh_proto::limits::raise_open_file_limit() else {
+        return requested;
+    };
+    let allowed = files.saturating_sub(RESERVED_FILES).max(1);
+    if requested as u64 > allowed {
+        tracing::warn!(
+            requested,
+            allowed,
+            open_file_limit = files,
+            "--max-connections is above what the open-file limit allows; using the lower value \
+             (raise `ulimit -n` to serve more)"
+        );
+        return allowed as usize;
+    }
+    requested
 }
 
 /// The mesh-wide settings in effect: the stored MeshConfig, or the defaults.
@@ -115,8 +150,13 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("binding {}", options.listen))?;
+    let limit = ConnectionLimit::new(
+        format!("control plane {}", options.listen),
+        connection_limit(options.max_connections),
+    );
     tracing::info!(
         listen = %options.listen,
+        max_connections = limit.max(),
         store = %store.describe(),
         token_file = %token_file.display(),
         trust_bundle = %bundle_file.display(),
@@ -124,6 +164,9 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
         "control plane serving"
     );
     let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(CountCallsLayer::<tls::PeerInfo>::new())
         .add_service(
             ConfigDistributionServer::new(distribution)
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -134,7 +177,7 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
             admin,
             auth::TokenCheck { token },
         ))
-        .serve_with_incoming_shutdown(server_tls.incoming(listener), async move {
+        .serve_with_incoming_shutdown(server_tls.incoming(listener, limit), async move {
             shutdown_signal().await;
             let _ = stop.send(true);
         });
@@ -155,7 +198,7 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
 }
 
 /// How long a stopping replica waits for open calls to finish.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -8,6 +8,12 @@
 //! Client certificates are optional at the TLS layer (meshctl and joining agents have none);
 //! the verified peer identity reaches every handler as a [`PeerInfo`] request extension, and
 //! the services that need a node decide (see [`node_of`]).
+//!
+//! The listener is open to anyone who can reach it, so every connection is bounded (see
+//! [`mesh_proto::limits`]): at most `--max-connections` at once, counted from the TCP accept;
+//! [`HANDSHAKE_TIMEOUT`] to finish TLS; [`FIRST_CALL_TIMEOUT`] from then to start a call;
+//! [`IDLE_TIMEOUT`] with no call in flight. Agents hold their config stream open for good, so
+//! they are never idle.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,6 +26,8 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use mesh_identity::tls::{server_config, ClientAuth};
 use mesh_identity::{Credential, SpiffeId, TrustBundle};
+use mesh_proto::limits::grpc::HasRequestWatch;
+use mesh_proto::limits::{self, ConnectionLimit, ConnectionPermit, RequestWatch, Watched};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -32,15 +40,30 @@ use super::cache::ConfigCache;
 
 /// Lifetime of a replica's serving certificate (renewed at half life).
 const SERVER_CERT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not finished its TLS handshake by then is dropped: a real client
+/// needs one round trip, a slowloris needs the slot.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// From the end of the handshake to the first call (the HTTP/2 preface and settings come
+/// first): every client of the control plane calls as soon as it connects.
+pub const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no call in flight for this long is closed. meshctl connects per
+/// command; agents keep a stream open; this only reclaims connections a client forgot.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Who is on the other end of a connection.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PeerInfo {
     pub remote: SocketAddr,
     /// The verified SPIFFE ID of the client certificate, if one was presented.
     pub id: Option<SpiffeId>,
+    /// The connection's calls (see [`IDLE_TIMEOUT`]).
+    calls: RequestWatch,
+}
+
+impl HasRequestWatch for PeerInfo {
+    fn request_watch(&self) -> &RequestWatch {
+        &self.calls
+    }
 }
 
 /// The node a request comes from: its verified client certificate must be a node identity.
@@ -71,8 +94,10 @@ pub fn node_peer<T>(request: &Request<T>, what: &str) -> Result<SpiffeId, Status
 
 /// One accepted TLS connection, as tonic serves it.
 pub struct TlsConn {
-    stream: TlsStream<TcpStream>,
+    stream: Watched<TlsStream<TcpStream>>,
     info: PeerInfo,
+    /// Its slot under `--max-connections`, free again when tonic drops the connection.
+    _slot: ConnectionPermit,
 }
 
 impl Connected for TlsConn {
@@ -142,23 +167,18 @@ impl ServerTls {
         Ok(tls)
     }
 
-    /// Accepts TCP connections on `listener` and yields the ones that finish a handshake.
+    /// Accepts TCP connections on `listener` within `limit` and yields the ones that finish
+    /// a handshake.
     pub fn incoming(
         self: &Arc<Self>,
         listener: TcpListener,
+        limit: ConnectionLimit,
     ) -> impl futures::Stream<Item = Result<TlsConn, io::Error>> {
         let (tx, rx) = mpsc::channel::<Result<TlsConn, io::Error>>(64);
         let tls = self.clone();
         tokio::spawn(async move {
             loop {
-                let (tcp, remote) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+                let (tcp, remote, slot) = limits::accept(&listener, &limit).await;
                 if tx.is_closed() {
                     return;
                 }
@@ -169,8 +189,20 @@ impl ServerTls {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let id = mesh_identity::tls::peer_id(stream.get_ref().1);
-                            let info = PeerInfo { remote, id };
-                            let _ = tx.send(Ok(TlsConn { stream, info })).await;
+                            let calls = RequestWatch::new(FIRST_CALL_TIMEOUT, Some(IDLE_TIMEOUT));
+                            let info = PeerInfo {
+                                remote,
+                                id,
+                                calls: calls.clone(),
+                            };
+                            let stream = Watched::new(stream, calls);
+                            let _ = tx
+                                .send(Ok(TlsConn {
+                                    stream,
+                                    info,
+                                    _slot: slot,
+                                }))
+                                .await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%remote, error = %e, "TLS handshake failed")

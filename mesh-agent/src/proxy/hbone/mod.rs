@@ -27,3 +27,23 @@ const SEND_BUFFER: usize = 4 * 1024 * 1024;
 const MAX_RESETS: usize = 10_000;
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// From the end of the handshake to the first CONNECT (the HTTP/2 preface comes first): a
+/// pool opens a connection for a stream it needs at once. After that an idle connection is
+/// the pool's to keep (HTTP/2 pings find dead ones).
+const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// HBONE connections of the whole node in their TLS handshake at once: what clients
+/// without a mesh certificate can hold on the pods' HBONE ports (a handshake lasts a round
+/// trip; each held one costs a descriptor for up to [`HANDSHAKE_TIMEOUT`]).
+const MAX_HANDSHAKES: usize = 1024;
+
+/// The node's [`MAX_HANDSHAKES`] limit, shared by every pod's HBONE listener.
+pub struct HandshakeLimit(mesh_proto::limits::ConnectionLimit);
+
+impl Default for HandshakeLimit {
+    fn default() -> Self {
+        HandshakeLimit(mesh_proto::limits::ConnectionLimit::new(
+            "HBONE handshakes (all pods)",
+            MAX_HANDSHAKES,
+        ))
+    }
+}

@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_api::Snapshot;
 use mesh_common::ports;
 use mesh_identity::SpiffeId;
+use mesh_proto::limits::{RequestWatch, Watched};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -26,6 +27,12 @@ use crate::proxy::PodContext;
 
 pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>) {
     let counters = &context.counters.inbound;
+    // Held through the TLS handshake only: the part any client can reach, before it has
+    // proved a mesh identity.
+    let Some(handshake_slot) = context.shared.hbone_handshakes.0.admit() else {
+        counters.fail(Failure::HboneHandshake);
+        return;
+    };
     let _ = tcp.set_nodelay(true);
     let Some(credential) = context.identities.credential(&context.identity) else {
         tracing::warn!(pod = %context.pod, %client, "HBONE connection before this pod has a certificate");
@@ -50,6 +57,7 @@ pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>
         TlsAcceptor::from(config).accept(tcp),
     )
     .await;
+    drop(handshake_slot);
     let tls = match accepted {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -68,10 +76,16 @@ pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>
         return;
     };
     let peer = Arc::new(peer);
+    let requests = RequestWatch::new(super::FIRST_REQUEST_TIMEOUT, None);
+    let tls = Watched::new(tls, requests.clone());
     let service = hyper::service::service_fn(move |request| {
         let context = context.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(connect(request, context, &peer, client).await) }
+        let in_flight = requests.begin();
+        async move {
+            let _in_flight = in_flight;
+            Ok::<_, Infallible>(connect(request, context, &peer, client).await)
+        }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

@@ -27,6 +27,8 @@ pub struct Agent {
     pub enrolling: crate::pods::Reservations,
     /// The pods' proxy contexts by IP, for same-node delivery.
     pub local_pods: Arc<crate::proxy::LocalPods>,
+    /// Notified when a pod's steered addresses change (`pods::save_on_changes` saves them).
+    pub steering_changed: Arc<tokio::sync::Notify>,
     /// Set once every saved pod has been resumed.
     pub ready: AtomicBool,
     /// Results of this node's health checks, by `namespace/workload`.

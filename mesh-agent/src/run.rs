@@ -70,6 +70,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         pods: Default::default(),
         enrolling: Default::default(),
         local_pods: Default::default(),
+        steering_changed: Default::default(),
         ready: AtomicBool::new(false),
         local_health: Default::default(),
         health_changed: Default::default(),
@@ -92,6 +93,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     let _socket = admin::serve_unix(agent.clone(), admin::socket_path(&settings.state_dir)).await?;
     let http = tokio::spawn(admin::serve_http(agent.clone(), settings.admin_addr));
     agent.resume().await?;
+    // After resume, which saves once every saved pod is back: a save before would forget the
+    // pods not resumed yet.
+    tokio::spawn(crate::pods::save_on_changes(agent.clone()));
     agent.ready.store(true, Ordering::Release);
     tokio::spawn(health::run(
         agent.clone(),

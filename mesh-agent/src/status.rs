@@ -149,7 +149,12 @@ impl Status {
                     uid: p.request.uid.clone(),
                     pod: p.request.pod_name(),
                     service_account: p.request.service_account.clone(),
-                    ips: p.steered_ips.iter().map(|ip| ip.to_string()).collect(),
+                    ips: p
+                        .addresses
+                        .steered()
+                        .iter()
+                        .map(|ip| ip.to_string())
+                        .collect(),
                     netns: p.request.netns.display().to_string(),
                     cgroup: p.request.cgroup.display().to_string(),
                     slot: p.slot,

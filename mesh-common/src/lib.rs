@@ -75,7 +75,11 @@ pub mod stats {
     /// its listener is gone (agent down).
     pub const LOOKUP_FAIL_CLOSED: u32 = 4;
     pub const PEERNAME_REWRITTEN: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Inbound connection refused (SK_DROP) because its destination is an address of an
+    /// enrolled pod's namespace that the agent has not registered: added after enrollment and
+    /// not followed yet (or while the agent is down), link-local, or local only by a route.
+    pub const LOOKUP_UNKNOWN_ADDRESS: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const NAMES: [&str; COUNT as usize] = [
         "connect_captured",
         "connect_direct",
@@ -83,6 +87,7 @@ pub mod stats {
         "lookup_steered",
         "lookup_fail_closed",
         "peername_rewritten",
+        "lookup_unknown_address",
     ];
 }
 

@@ -7,6 +7,12 @@
 //! recognised by the source address, not the ingress device: the kernel reports the pod's
 //! interface as ingress even for local delivery to the pod's own IP.
 //!
+//! The program is attached only to enrolled pods' namespaces, so everything it sees arriving
+//! on a non-loopback interface is for the pod. An address the agent has not registered in
+//! `POD_BY_IP` (added inside the pod after enrollment and not followed yet, added while the
+//! agent is down, link-local, or made local by a route) is refused, never passed to whatever
+//! listens there: steering does not depend on the agent having seen every address.
+//!
 //! Fail closed: if the pod is enrolled but its listener is gone (agent down), the connection is
 //! refused rather than delivered to the app around the mesh. (SK_DROP makes the kernel's
 //! listener lookup fail, so TCP answers the SYN with a RST: the client sees "connection
@@ -49,7 +55,8 @@ pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     let Some(pod) = (unsafe { POD_BY_IP.get(local.addr) }) else {
-        return SK_PASS;
+        count(stats::LOOKUP_UNKNOWN_ADDRESS);
+        return SK_DROP;
     };
     let kind = if local_port == ports::HBONE {
         ListenerKind::Hbone

@@ -4,6 +4,8 @@
 //! Needs root; run with `--test-threads=1` after `cargo xtask build-ebpf && cargo build -p
 //! mesh-agent -p mesh-control`.
 
+#[path = "hardening/addresses.rs"]
+mod addresses;
 #[path = "hardening/enrollment.rs"]
 mod enrollment;
 #[path = "hardening/idle_limits.rs"]

@@ -163,6 +163,47 @@ impl Maps {
         let _ = self.pod_by_ip.lock().remove(&ip_words(normalise_ip(ip)));
     }
 
+    /// Registers `ip` for the pod in `slot` unless another slot already has it (a pod must
+    /// not take over another pod's steering by adding that pod's address to itself). True if
+    /// `ip` is the slot's now.
+    pub fn claim_pod_ip(&self, ip: IpAddr, slot: u32) -> Result<bool> {
+        let key = ip_words(normalise_ip(ip));
+        let mut map = self.pod_by_ip.lock();
+        match map.get(&key, 0) {
+            Ok(held) if held.slot == slot => Ok(true),
+            Ok(_) => Ok(false),
+            Err(_) => map
+                .insert(key, PodSlot { slot, flags: 0 }, 0)
+                .map(|()| true)
+                .with_context(|| format!("registering pod IP {ip} with sk_lookup (map full?)")),
+        }
+    }
+
+    /// Withdraws `ip` if it is registered for `slot` (and leaves another pod's entry alone).
+    pub fn release_pod_ip(&self, ip: IpAddr, slot: u32) {
+        let key = ip_words(normalise_ip(ip));
+        let mut map = self.pod_by_ip.lock();
+        if map.get(&key, 0).is_ok_and(|held| held.slot == slot) {
+            let _ = map.remove(&key);
+        }
+    }
+
+    /// Withdraws every address registered for `slot` except `keep`: entries a previous agent
+    /// left for addresses the pod no longer has.
+    pub fn retain_pod_ips(&self, slot: u32, keep: &[IpAddr]) {
+        let keep: Vec<[u32; 4]> = keep.iter().map(|ip| ip_words(normalise_ip(*ip))).collect();
+        let mut map = self.pod_by_ip.lock();
+        let stale: Vec<[u32; 4]> = map
+            .iter()
+            .flatten()
+            .filter(|(key, held)| held.slot == slot && !keep.contains(key))
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            let _ = map.remove(&key);
+        }
+    }
+
     /// Puts a pod's inbound listener into the SOCKMAP `sk_lookup` steers to.
     pub fn set_listener(
         &self,

@@ -14,6 +14,7 @@ use mesh_common::{ports, ListenerKind};
 use mesh_identity::SpiffeId;
 use tokio::task::JoinHandle;
 
+use super::addresses::SteeredAddresses;
 use super::reserve::Reservation;
 use super::state::SavedPod;
 use super::targets::{prepare, PreparedPod, Unfit, PREPARE_TIMEOUT};
@@ -21,16 +22,16 @@ use super::EnrollRequest;
 use crate::agent::Agent;
 use crate::datapath::{AttachTarget, PodAttachments};
 use crate::proxy::{self, bind_listener, PodContext, PodListeners};
+use crate::sys::netlink::AddressEvents;
 use crate::sys::netns::NetnsSockets;
 
 /// A pod the agent serves.
 pub struct EnrolledPod {
     pub request: EnrollRequest,
     pub slot: u32,
-    /// Every address sk_lookup steers for this pod: the declared IPs plus any other routable
-    /// address found in its namespace, so no address of the pod reaches the app around the
-    /// mesh.
-    pub steered_ips: Vec<IpAddr>,
+    /// Every address sk_lookup steers for this pod: the declared IPs plus every other routable
+    /// address in its namespace, followed as addresses come and go.
+    pub addresses: SteeredAddresses,
     pub attachments: PodAttachments,
     /// (role, address) of each listener, for status.
     pub listeners: Vec<(&'static str, SocketAddr)>,
@@ -191,10 +192,7 @@ impl Agent {
     fn stop_pod(&self, pod: EnrolledPod) {
         let uid = &pod.request.uid;
         self.datapath.detach_pod(uid);
-        for ip in &pod.steered_ips {
-            self.datapath.maps.remove_pod_ip(*ip);
-        }
-        self.local_pods.remove(&pod.steered_ips);
+        pod.addresses.withdraw();
         self.metrics.remove_pod(&pod.request.pod_name());
         tracing::info!(%uid, pod = %pod.request.pod_name(), "pod unenrolled");
     }
@@ -237,6 +235,10 @@ impl Agent {
         let identity =
             SpiffeId::workload(&trust_domain, &request.namespace, &request.service_account)
                 .with_context(|| format!("{context}: the pod's SPIFFE ID"))?;
+        // Subscribed before the addresses are listed, so no change falls in between.
+        let address_events = AddressEvents::subscribe(&netns)
+            .await
+            .with_context(|| format!("{context}: watching the pod's addresses"))?;
         let mut steered_ips = request.ips.clone();
         for ip in netns.routable_addresses().await.context(context.clone())? {
             if !steered_ips.contains(&ip) {
@@ -270,10 +272,18 @@ impl Agent {
         self.identities.acquire(&pod_context.identity);
         self.local_pods.insert(&pod_context);
         let tasks = proxy::serve(pod_context.clone(), listeners);
+        let steered = SteeredAddresses::follow(
+            address_events,
+            pod_context.clone(),
+            slot,
+            request.ips.clone(),
+            steered_ips,
+            self.steering_changed.clone(),
+        );
         Ok(EnrolledPod {
             request,
             slot,
-            steered_ips,
+            addresses: steered,
             attachments,
             listeners: addresses,
             context: pod_context,
@@ -295,7 +305,10 @@ impl Agent {
         self.datapath.attach_pod(uid, cgroup, netns)
     }
 
-    fn save(&self, pods: &std::collections::BTreeMap<String, EnrolledPod>) -> Result<()> {
+    pub(super) fn save(
+        &self,
+        pods: &std::collections::BTreeMap<String, EnrolledPod>,
+    ) -> Result<()> {
         let saved = pods
             .iter()
             .map(|(uid, p)| {
@@ -304,7 +317,7 @@ impl Agent {
                     SavedPod {
                         request: p.request.clone(),
                         slot: p.slot,
-                        steered_ips: p.steered_ips.clone(),
+                        steered_ips: p.addresses.steered(),
                     },
                 )
             })

@@ -90,10 +90,21 @@ impl LocalPods {
         }
     }
 
-    pub fn remove(&self, ips: &[IpAddr]) {
+    /// Lists `ip` for `context`'s pod unless another pod has it. True if it is the pod's now.
+    pub fn claim(&self, ip: IpAddr, context: &Arc<PodContext>) -> bool {
         let mut by_ip = self.by_ip.write();
-        for ip in ips {
-            by_ip.remove(ip);
+        let holder = by_ip.entry(ip).or_insert_with(|| context.clone());
+        Arc::ptr_eq(holder, context)
+    }
+
+    /// Unlists `ip` if it is `context`'s pod's.
+    pub fn release(&self, ip: IpAddr, context: &Arc<PodContext>) {
+        let mut by_ip = self.by_ip.write();
+        if by_ip
+            .get(&ip)
+            .is_some_and(|holder| Arc::ptr_eq(holder, context))
+        {
+            by_ip.remove(&ip);
         }
     }
 

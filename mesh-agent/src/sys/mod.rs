@@ -4,5 +4,6 @@
 pub mod bpf;
 pub mod caps;
 pub mod fs;
+pub mod netlink;
 pub mod netns;
 pub mod sockopt;

@@ -47,9 +47,12 @@ pub mod maps {
     pub const ORIG_DST_BY_COOKIE: &str = "MESH_ORIG_DST_COOKIE";
     /// (netns cookie, app socket address) -> original destination. Read by the proxy on accept.
     pub const ORIG_DST: &str = "MESH_ORIG_DST";
-    /// (netns cookie, proxy's loopback address) -> real client address, so an app accepting a
-    /// connection the proxy delivered sees the true peer in accept()/getpeername().
-    pub const PEER_REWRITE: &str = "MESH_PEER_REWRITE";
+    /// Socket storage on the proxy's delivery sockets: the real client, so an app accepting a
+    /// connection the proxy delivered sees the true peer in accept()/getpeername(). Created
+    /// (with the BTF the kernel requires) and pinned by the agent before it loads the object.
+    pub const PEER_CLIENT: &str = "MESH_PEER_CLIENT";
+    /// Pins of maps earlier versions had and this one does not; removed at load.
+    pub const RETIRED: [&str; 1] = ["MESH_PEER_REWRITE"];
     /// Enrolled pod IP -> its slot, for `sk_lookup`.
     pub const POD_BY_IP: &str = "MESH_POD_BY_IP";
     /// SOCKMAP of the pods' inbound listeners, indexed by [`listener_index`].
@@ -106,7 +109,7 @@ pub struct SockAddr {
     pub family: u16,
 }
 
-/// Key of `ORIG_DST` and `PEER_REWRITE`: a socket address inside one network namespace.
+/// Key of `ORIG_DST`: a socket address inside one network namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ConnKey {

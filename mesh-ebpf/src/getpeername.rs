@@ -3,19 +3,18 @@
 //! - Outbound: a captured socket is really connected to 127.0.0.1:15001; report the address
 //!   the app dialled (looked up by socket cookie).
 //! - Inbound: the proxy delivers connections to the app over the pod's loopback; report the
-//!   real client instead (looked up by the proxy's loopback address, which the proxy records
-//!   before it connects). accept() goes through the same hook, so servers log the real client.
+//!   real client instead, which the proxy stored on its own socket before connecting
+//!   (`delivered`). accept() goes through the same hook, so servers log the real client.
 
 use aya_ebpf::{
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
     EbpfContext,
 };
-use mesh_common::{stats, ConnKey, SockAddr, AF_INET};
+use mesh_common::{stats, SockAddr, AF_INET};
 
 use crate::addr::{self, from_user_port, to_user_port};
-use crate::maps::{count, ORIG_DST_BY_COOKIE, PEER_REWRITE};
+use crate::delivered;
+use crate::maps::{count, ORIG_DST_BY_COOKIE};
 
 const ALLOW: i32 = 1;
 
@@ -60,6 +59,5 @@ fn peer_to_show(ctx: &SockAddrContext, peer: SockAddr) -> Option<SockAddr> {
     if let Some(original) = unsafe { ORIG_DST_BY_COOKIE.get(cookie) } {
         return Some(*original);
     }
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    unsafe { PEER_REWRITE.get(ConnKey::new(netns, peer)) }.copied()
+    delivered::real_client(ctx, peer)
 }

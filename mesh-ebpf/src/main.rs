@@ -4,7 +4,7 @@
 //! - `sock_ops`: records the original destination under the app socket's address once the
 //!   connection to the proxy is established, so the proxy can find it on accept.
 //! - `getpeername`: the app sees the address it dialled, and an app accepting a connection the
-//!   proxy delivered sees the real client.
+//!   proxy delivered sees the real client (found by `delivered` on the proxy's own socket).
 //! - `sk_lookup`: inbound capture of TCP arriving on the pod's interface.
 //!
 //! Shared map definitions live in `maps`; layouts and names in `mesh-common`.
@@ -13,6 +13,7 @@
 
 mod addr;
 mod connect;
+mod delivered;
 mod getpeername;
 mod maps;
 mod sk_lookup;

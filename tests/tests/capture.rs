@@ -12,6 +12,8 @@
 //! - `ipv6`: the same over IPv6, dual-stack workloads and an IPv6 VIP.
 //! - `bad_input`: malformed config and wrong enrollments are clear errors, nothing breaks.
 //! - `reload`: SIGHUP follows endpoint changes, a broken file keeps the last good config.
+//! - `churn`: more short connections than the server pod has ports, within one TIME_WAIT
+//!   period, closed first by either side: none fails, the app sees the real client.
 //!
 //! Needs root; run with `--test-threads=1` after `cargo xtask build-ebpf && cargo build -p
 //! mesh-agent`. Each test has its own bridge (subnets 10.210-10.220.0.0/24), so a failure in
@@ -19,6 +21,8 @@
 
 #[path = "capture/bad_input.rs"]
 mod bad_input;
+#[path = "capture/churn.rs"]
+mod churn;
 #[path = "capture/inbound.rs"]
 mod inbound;
 #[path = "capture/ipv6.rs"]

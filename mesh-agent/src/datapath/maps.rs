@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key;
-use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, SockMap};
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, SkStorage, SockMap};
 use aya::Ebpf;
 use mesh_common::{ip_words, maps as names, stats, ConnKey, ListenerKind, PodSlot, SockAddr};
 use parking_lot::Mutex;
@@ -16,7 +16,7 @@ pub struct Maps {
     capture_v4: Mutex<LpmTrie<MapData, u32, u8>>,
     capture_v6: Mutex<LpmTrie<MapData, [u8; 16], u8>>,
     orig_dst: Mutex<HashMap<MapData, ConnKey, SockAddr>>,
-    peer_rewrite: Mutex<HashMap<MapData, ConnKey, SockAddr>>,
+    peer_client: Mutex<SkStorage<MapData, SockAddr>>,
     pod_by_ip: Mutex<HashMap<MapData, [u32; 4], PodSlot>>,
     listeners: Mutex<SockMap<MapData>>,
     stats: PerCpuArray<MapData, u64>,
@@ -56,7 +56,7 @@ impl Maps {
             capture_v4: Mutex::new(take(ebpf, names::CAPTURE_V4)?),
             capture_v6: Mutex::new(take(ebpf, names::CAPTURE_V6)?),
             orig_dst: Mutex::new(take(ebpf, names::ORIG_DST)?),
-            peer_rewrite: Mutex::new(take(ebpf, names::PEER_REWRITE)?),
+            peer_client: Mutex::new(take(ebpf, names::PEER_CLIENT)?),
             pod_by_ip: Mutex::new(take(ebpf, names::POD_BY_IP)?),
             listeners: Mutex::new(take(ebpf, names::INBOUND_LISTENERS)?),
             stats: take(ebpf, names::STATS)?,
@@ -130,25 +130,15 @@ impl Maps {
         found.to_std()
     }
 
-    /// Makes the app see `client` as the peer of the connection the proxy opens from
-    /// `proxy_local` (inside the pod's namespace).
-    pub fn set_peer_rewrite(
-        &self,
-        netns_cookie: u64,
-        proxy_local: SocketAddr,
-        client: SocketAddr,
-    ) -> Result<()> {
-        let key = ConnKey::new(netns_cookie, SockAddr::from_std(normalise(proxy_local)));
+    /// Makes the app see `client` as the peer of the connection the proxy is about to open
+    /// with `socket` (a delivery socket, not yet connected). The entry lives in the socket's
+    /// own storage and goes away with it.
+    pub fn set_peer_client(&self, socket: &impl AsRawFd, client: SocketAddr) -> Result<()> {
         let value = SockAddr::from_std(normalise(client));
-        self.peer_rewrite
+        self.peer_client
             .lock()
-            .insert(key, value, 0)
-            .context("updating the peer rewrite map")
-    }
-
-    pub fn clear_peer_rewrite(&self, netns_cookie: u64, proxy_local: SocketAddr) {
-        let key = ConnKey::new(netns_cookie, SockAddr::from_std(normalise(proxy_local)));
-        let _ = self.peer_rewrite.lock().remove(&key);
+            .insert(socket, value, 0)
+            .context("storing the real client on the delivery socket")
     }
 
     /// Tells `sk_lookup` that `ip` belongs to the pod in `slot`.
@@ -234,6 +224,24 @@ impl Maps {
                 (*name, total)
             })
             .collect()
+    }
+}
+
+/// Removes the pins of maps that earlier versions had and this one no longer uses, so a
+/// pinned set left by an older agent does not linger (the old programs that used them are
+/// replaced in their links when pods are resumed).
+pub(super) fn remove_retired_pins(map_dir: &std::path::Path) {
+    for name in names::RETIRED {
+        let pin = map_dir.join(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => {
+                tracing::info!(pin = %pin.display(), "removed a map pin an earlier version left")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(pin = %pin.display(), error = %e, "could not remove a retired map pin")
+            }
+        }
     }
 }
 

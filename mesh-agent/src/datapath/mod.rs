@@ -6,6 +6,7 @@
 
 mod attach;
 mod maps;
+mod peer_client;
 
 pub use attach::{AttachTarget, PodAttachments};
 pub use maps::{CaptureSet, KernelStats, Maps};
@@ -40,6 +41,8 @@ impl Datapath {
         let map_dir = bpffs.join("maps");
         std::fs::create_dir_all(&map_dir)
             .with_context(|| format!("creating {}", map_dir.display()))?;
+        maps::remove_retired_pins(&map_dir);
+        peer_client::ensure_pinned(&map_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&map_dir)
             .map_max_entries(mesh_common::maps::CAPTURE_V4, capture_capacity)

@@ -80,21 +80,6 @@ pub fn track(
 /// A connection to the app inside a pod, which the app sees as coming from the real client.
 pub struct Delivered {
     pub stream: TcpStream,
-    _rewrite: Option<PeerRewrite>,
-}
-
-/// Removes the peer rewrite entry when the delivered connection is done.
-struct PeerRewrite {
-    context: Arc<PodContext>,
-    proxy_local: SocketAddr,
-}
-
-impl Drop for PeerRewrite {
-    fn drop(&mut self) {
-        self.context
-            .maps
-            .clear_peer_rewrite(self.context.netns.cookie(), self.proxy_local);
-    }
 }
 
 /// Connects to the app at `destination` from inside the pod of `context`, so that the app's
@@ -102,36 +87,27 @@ impl Drop for PeerRewrite {
 ///
 /// Connecting to the pod's own address from inside the pod goes over the loopback device and is
 /// pod-local traffic, which sk_lookup leaves alone; it reaches apps bound to the pod IP or the
-/// wildcard.
+/// wildcard. The real client is stored on the proxy's socket before it connects (the handshake
+/// over loopback can complete before connect() returns, and the app may accept at once); the
+/// getpeername hook finds that socket from the app's side of the connection. The entry lives
+/// and dies with the socket: nothing to remove afterwards.
 pub async fn deliver(
     context: &Arc<PodContext>,
     destination: SocketAddr,
     client: SocketAddr,
 ) -> std::io::Result<Delivered> {
-    let cookie = context.netns.cookie();
-    let mut rewrite = None;
-    let local = SocketAddr::new(destination.ip(), 0);
     let stream = upstream::connect_from(
         &context.netns,
-        local,
+        destination.ip(),
         destination,
         context.connect_timeout,
-        |bound| {
-            // Registered before connecting, so it is there when the app accepts.
+        |socket| {
             context
                 .maps
-                .set_peer_rewrite(cookie, bound, client)
-                .map_err(std::io::Error::other)?;
-            rewrite = Some(PeerRewrite {
-                context: context.clone(),
-                proxy_local: bound,
-            });
-            Ok(())
+                .set_peer_client(socket, client)
+                .map_err(std::io::Error::other)
         },
     )
     .await?;
-    Ok(Delivered {
-        stream,
-        _rewrite: rewrite,
-    })
+    Ok(Delivered { stream })
 }

@@ -2,7 +2,7 @@
 //! whatever the CNI, and so the proxy can reach the app locally.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -24,24 +24,25 @@ pub async fn connect(
     finish_connect(socket, target, timeout).await
 }
 
-/// Connects to `target` from inside the pod, from an address chosen up front: the caller
-/// learns its own address (`on_bound`) before the peer can accept the connection.
+/// Connects to `target` from inside the pod, from `local_ip`; `prepare` sees the socket before
+/// it connects (so anything it records is there before the peer can accept the connection).
+///
+/// The port is left to connect() (IP_BIND_ADDRESS_NO_PORT): the kernel then picks one whose
+/// 4-tuple is free and may reuse a 4-tuple whose earlier connection is in TIME_WAIT
+/// (`net.ipv4.tcp_tw_reuse`). A port chosen at bind() time is never one held by a TIME_WAIT
+/// socket, so a pod whose connections end with the proxy closing first (the client closed
+/// first) would run out of ports after one port range per TIME_WAIT period (60 s).
 pub async fn connect_from(
     netns: &NetnsSockets,
-    local: SocketAddr,
+    local_ip: IpAddr,
     target: SocketAddr,
     timeout: Duration,
-    on_bound: impl FnOnce(SocketAddr) -> io::Result<()>,
+    prepare: impl FnOnce(&TcpSocket) -> io::Result<()>,
 ) -> io::Result<TcpStream> {
     let socket = tokio_socket(netns.socket(target.is_ipv6()).await?);
-    // The proxy passes the client's FIN on to the app first, so these sockets end in
-    // TIME_WAIT. SO_REUSEADDR lets bind() pick a port held only by TIME_WAIT sockets (connect()
-    // then applies tcp_tw_reuse); without it a churning pod runs out of ports. The port must be
-    // chosen at bind() time (not deferred to connect()) so the peer rewrite is registered
-    // before the app can accept.
-    socket.set_reuseaddr(true)?;
-    socket.bind(local)?;
-    on_bound(socket.local_addr()?)?;
+    set_bind_address_no_port(&socket)?;
+    socket.bind(SocketAddr::new(local_ip, 0))?;
+    prepare(&socket)?;
     finish_connect(socket, target, timeout).await
 }
 
@@ -75,14 +76,24 @@ pub async fn bind_listener(netns: &NetnsSockets, addr: SocketAddr) -> io::Result
 
 /// IPv6 listeners take IPv6 only; IPv4 has its own listener (and SOCKMAP slot).
 fn set_v6only(socket: &TcpSocket) -> io::Result<()> {
+    set_flag(socket, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
+}
+
+/// bind() takes the address only; connect() picks the port. (An IPv4-level option that IPv6
+/// sockets honour too.)
+fn set_bind_address_no_port(socket: &TcpSocket) -> io::Result<()> {
+    set_flag(socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)
+}
+
+fn set_flag(socket: &TcpSocket, level: libc::c_int, option: libc::c_int) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
     // SAFETY: valid fd and option buffer.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_V6ONLY,
+            level,
+            option,
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )

@@ -1,7 +1,10 @@
-//! The two bpf(2) commands aya does not expose for our link types: opening a pinned link and
-//! swapping the program inside it. Swapping is how a restarted (possibly upgraded) agent puts
-//! its freshly loaded programs into the links that kept capture running while it was away,
-//! atomically, with no moment where a pod is not captured.
+//! The bpf(2) commands aya does not expose for what we need:
+//!
+//! - opening a pinned link and swapping the program inside it. Swapping is how a restarted
+//!   (possibly upgraded) agent puts its freshly loaded programs into the links that kept
+//!   capture running while it was away, atomically, with no moment where a pod is not captured.
+//! - loading a BTF blob and creating a map described by it, then pinning the map: socket
+//!   storage maps need BTF, which the eBPF object does not carry.
 
 use std::ffi::CString;
 use std::io;
@@ -9,7 +12,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_BTF_LOAD: libc::c_long = 18;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
 #[repr(C)]
@@ -20,6 +26,49 @@ struct ObjGetAttr {
     file_flags: u32,
     path_fd: i32,
     _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct BtfLoadAttr {
+    btf: u64,
+    btf_log_buf: u64,
+    btf_size: u32,
+    btf_log_size: u32,
+    btf_log_level: u32,
+    btf_log_true_size: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+    map_ifindex: u32,
+    btf_fd: u32,
+    btf_key_type_id: u32,
+    btf_value_type_id: u32,
+    btf_vmlinux_value_type_id: u32,
+    map_extra: u64,
+}
+
+/// A map to create: its kind, sizes and the BTF types (in `btf`) of its key and value.
+pub struct MapSpec<'a> {
+    pub name: &'a str,
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+    pub btf: &'a [u8],
+    pub btf_key_type: u32,
+    pub btf_value_type: u32,
 }
 
 #[repr(C)]
@@ -47,10 +96,14 @@ fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     Ok(rc)
 }
 
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
 /// Opens the BPF object pinned at `path`.
 pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let c_path = c_path(path)?;
     let mut attr = ObjGetAttr {
         pathname: c_path.as_ptr() as u64,
         ..Default::default()
@@ -68,4 +121,56 @@ pub fn link_update(link: BorrowedFd<'_>, new_program: BorrowedFd<'_>) -> io::Res
         ..Default::default()
     };
     bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Creates the map `spec` describes (loading its BTF first) and pins it at `path`. The map
+/// lives on in the pin; the returned descriptor may be dropped.
+pub fn create_pinned_map(spec: &MapSpec, path: &Path) -> io::Result<OwnedFd> {
+    let mut log = vec![0u8; 4096];
+    let mut btf_attr = BtfLoadAttr {
+        btf: spec.btf.as_ptr() as u64,
+        btf_size: spec.btf.len() as u32,
+        btf_log_buf: log.as_mut_ptr() as u64,
+        btf_log_size: log.len() as u32,
+        btf_log_level: 1,
+        ..Default::default()
+    };
+    let btf = bpf(BPF_BTF_LOAD, &mut btf_attr).map_err(|e| {
+        let text = String::from_utf8_lossy(&log);
+        io::Error::new(
+            e.kind(),
+            format!("loading BTF: {e}: {}", text.trim_end_matches('\0').trim()),
+        )
+    })?;
+    // SAFETY: the kernel returned a new fd that we now own.
+    let btf = unsafe { OwnedFd::from_raw_fd(btf as i32) };
+    let mut map_name = [0u8; 16];
+    for (to, from) in map_name.iter_mut().zip(spec.name.bytes().take(15)) {
+        *to = from;
+    }
+    let mut attr = MapCreateAttr {
+        map_type: spec.map_type,
+        key_size: spec.key_size,
+        value_size: spec.value_size,
+        max_entries: spec.max_entries,
+        map_flags: spec.flags,
+        map_name,
+        btf_fd: btf.as_raw_fd() as u32,
+        btf_key_type_id: spec.btf_key_type,
+        btf_value_type_id: spec.btf_value_type,
+        ..Default::default()
+    };
+    let map = bpf(BPF_MAP_CREATE, &mut attr)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating map {}: {e}", spec.name)))?;
+    // SAFETY: the kernel returned a new fd that we now own.
+    let map = unsafe { OwnedFd::from_raw_fd(map as i32) };
+    let c_path = c_path(path)?;
+    let mut pin = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_OBJ_PIN, &mut pin)
+        .map_err(|e| io::Error::new(e.kind(), format!("pinning at {}: {e}", path.display())))?;
+    Ok(map)
 }

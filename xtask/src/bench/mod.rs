@@ -3,8 +3,10 @@
 //! run to run; see DESIGN.md, "Performance targets").
 //!
 //! - `testbed`: the bridge, the pods, the servers and the release agent.
+//! - `same_node`: the same-node scenario as a whole, and its part of the results files.
 //! - `scenario`: running one pod-tool client with proof of the path it took; latency,
 //!   throughput and connection rate.
+//! - `churn`: sustained connection churn, client or server closing first.
 //! - `capture`: eBPF connect4 vs iptables REDIRECT in front of the same proxy.
 //! - `memory`: agent RSS, idle and per idle proxied connection.
 //! - `cross_bed`, `cross_node`, `evidence`: two agents (node-1, node-2) following one control
@@ -13,6 +15,7 @@
 //! - `machine`, `report`: what it ran on, and results.md / results.json.
 
 mod capture;
+mod churn;
 mod cpu;
 mod cross_bed;
 mod cross_node;
@@ -20,10 +23,10 @@ mod evidence;
 mod machine;
 mod memory;
 mod report;
+mod same_node;
 mod scenario;
 mod testbed;
 
-use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -32,10 +35,9 @@ use serde_json::{json, Value};
 
 use crate::cmd::{progress, workspace_root};
 use crate::setup;
-use machine::{Machine, Noise};
+use machine::Machine;
 use report::{Report, Row};
-use scenario::{Bench, Plan, Samples};
-use testbed::Testbed;
+use scenario::Plan;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -55,10 +57,25 @@ pub struct BenchArgs {
     /// Use the release binaries already in target/release instead of building them first.
     #[arg(long)]
     no_build: bool,
+    /// The mesh-agent binary the same-node scenario measures [default:
+    /// target/release/mesh-agent], e.g. an older build for before/after numbers.
+    #[arg(long)]
+    agent: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn agent_or_default(&self) -> PathBuf {
+        self.agent
+            .clone()
+            .unwrap_or_else(|| setup::binary("mesh-agent", true))
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Only {
+    /// One agent, mesh pods against direct pods on one bridge: latency, throughput,
+    /// connection rate and sustained churn, capture, memory.
+    SameNode,
     /// HBONE across two agents (node-1, node-2) against direct.
     CrossNode,
 }
@@ -66,79 +83,26 @@ pub enum Only {
 pub fn run(args: BenchArgs) -> Result<()> {
     setup::require_root("cargo xtask bench")?;
     setup::ensure_packages(&[])?;
-    if let Some(Only::CrossNode) = args.only {
-        return cross_node_only(args);
+    match args.only {
+        Some(Only::CrossNode) => return cross_node_only(args),
+        Some(Only::SameNode) => return same_node_only(args),
+        None => {}
     }
     let iptables = setup::ensure_packages(&[("iptables", "iptables")])
         .map_err(|e| format!("iptables is not installed and installing it failed: {e:#}"));
     if !args.no_build {
         setup::build_all(true)?;
     }
-    let out_dir = args.out.unwrap_or_else(|| workspace_root().join("bench"));
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("bench"));
     let plan = Plan::new(args.quick, args.repeats);
     let mut machine = Machine::describe();
     let started = Instant::now();
 
-    let mut bed = Testbed::start(
-        setup::binary("mesh-agent", true),
-        setup::binary("pod-tool", true),
-    )?;
-    let mut bench = Bench::new(&mut bed, &plan);
-    progress("agent memory, idle");
-    let idle = bench.idle_rss(
-        "idle_rss_enrolled",
-        "agent idle RSS (2 pods enrolled, no traffic yet)",
-        true,
-    );
-    progress("1 KiB request/response latency");
-    let latency = section(bench.latency(), "1 KiB request/response latency");
-    progress("throughput (1 and 4 streams)");
-    let throughput = section(bench.throughput(), "throughput");
-    progress("new connections per second");
-    let connect = section(bench.connect_rate(), "new connections per second");
-    progress("connect latency: eBPF capture vs iptables REDIRECT");
-    let capture = bench.capture(iptables);
-    let idle_after = bench.idle_rss(
-        "idle_rss_after_traffic",
-        "agent idle RSS after the traffic above",
-        false,
-    );
-    // Last: closing thousands of connections leaves memory in the allocator that would
-    // hide what later connections cost.
-    progress(&format!(
-        "agent memory per idle proxied connection ({} x {} held connections)",
-        plan.hold_steps, plan.hold_per_step
-    ));
-    let per_conn = bench.per_connection();
-    let after_hold = bench.idle_rss(
-        "idle_rss_after_hold",
-        "agent RSS after the held connections closed",
-        false,
-    );
-
-    let memory = vec![idle, per_conn, idle_after, after_hold];
-    let rows: Vec<Row> = [latency, throughput, connect, capture, memory]
-        .into_iter()
-        .flatten()
-        .collect();
-    let mut notes = footnotes(&mesh_path(&bench.raw));
-    notes.push(noise_summary(&bench.noise));
-    notes.append(&mut bench.notes);
-    notes.push(format!(
-        "Where the agent's CPU goes (median per unit of work, from /proc/<agent>/task/*/stat; \
-         10 ms tick resolution):\n\n- {}",
-        bench.cpu_lines.join("\n- ")
-    ));
-    notes.push(runs(&bench.samples));
-    notes.push(HOW.to_string());
-    let mut raw = json!({
-        "plan": plan.to_json(),
-        "measurements": Value::Object(std::mem::take(&mut bench.raw)),
-        "noise": bench.noise.iter().map(Noise::to_json).collect::<Vec<_>>(),
-    });
-    drop(bench);
-    progress("cleaning up: agent, pods, bridge, pinned programs");
-    drop(bed);
+    let same = same_node::run(&args.agent_or_default(), &plan, iptables)?;
+    let (rows, mut notes, mut raw) = (same.rows, same.notes, same.raw);
     progress("cross-node: HBONE across two agents");
     let cross = cross_node::run(&release_dir(), &plan);
     if let Err(e) = &cross {
@@ -172,6 +136,40 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     progress(&format!(
         "wrote {} and results.json",
+        out_dir.join("results.md").display()
+    ));
+    Ok(())
+}
+
+/// `cargo xtask bench same-node`: only the same-node scenario; its part of results.md and
+/// results.json is replaced, the other sections stay.
+fn same_node_only(args: BenchArgs) -> Result<()> {
+    let iptables = setup::ensure_packages(&[("iptables", "iptables")])
+        .map_err(|e| format!("iptables is not installed and installing it failed: {e:#}"));
+    if !args.no_build {
+        setup::build_all(true)?;
+    }
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("bench"));
+    let plan = Plan::new(args.quick, args.repeats);
+    let mut machine = Machine::describe();
+    let started = Instant::now();
+    let mut same = same_node::run(&args.agent_or_default(), &plan, iptables)?;
+    if let Some(left) = leftovers() {
+        same.notes
+            .push(format!("Warning: left behind after cleanup: {left}"));
+    }
+    machine.took_seconds = started.elapsed().as_secs_f64();
+    let report = same_node::report(&machine, &same, args.quick);
+    same_node::write_alone(&out_dir, &report)?;
+    println!("\n{}", report::table(&same.rows));
+    for note in &same.notes {
+        println!("{note}\n");
+    }
+    progress(&format!(
+        "updated the same-node part of {} and results.json",
         out_dir.join("results.md").display()
     ));
     Ok(())
@@ -235,122 +233,9 @@ fn release_dir() -> PathBuf {
 }
 
 /// A section's rows, or one row saying why it could not be measured.
-fn section(rows: Result<Vec<Row>>, what: &str) -> Vec<Row> {
+pub(crate) fn section(rows: Result<Vec<Row>>, what: &str) -> Vec<Row> {
     rows.unwrap_or_else(|e| vec![Row::failed(what, format!("{e:#}"))])
 }
-
-/// How the mesh runs went from client to server, from their counters: through sk_lookup and
-/// the server's inbound proxy (two hops), or delivered by the outbound proxy straight into the
-/// server pod (same-node delivery, one hop).
-fn mesh_path(raw: &serde_json::Map<String, Value>) -> String {
-    let runs = raw
-        .get("latency")
-        .and_then(|l| l["mesh"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    let steered = runs
-        .iter()
-        .filter(|r| r["verified"]["sk_lookup_steered"].as_u64().unwrap_or(0) > 0)
-        .count();
-    if runs.is_empty() {
-        "client → connect4 → outbound proxy → server pod (not measured)".into()
-    } else if steered == runs.len() {
-        "client → connect4 → outbound proxy (127.0.0.1:15001 in the client pod) → server pod \
-         IP → sk_lookup → inbound proxy → app over the server pod's loopback: two proxy hops, \
-         four TCP connections in one agent"
-            .into()
-    } else if steered == 0 {
-        "client → connect4 → outbound proxy (127.0.0.1:15001 in the client pod) → delivered \
-         straight to the app over the server pod's loopback (same-node delivery; sk_lookup \
-         not involved): one proxy hop, two TCP connections in one agent"
-            .into()
-    } else {
-        format!(
-            "client → connect4 → outbound proxy → server pod; {steered} of {} runs went \
-             through sk_lookup and the inbound proxy, the others did not",
-            runs.len()
-        )
-    }
-}
-
-fn footnotes(mesh_path: &str) -> Vec<String> {
-    vec![format!(
-        "¹ The design's latency target is for the full mesh path with HBONE mTLS between \
-         nodes (see the cross-node section below). \"mesh\" here is the same-node path, as \
-         the agent's counters showed it in these runs: {mesh_path}. ² The design's ≥ 0.5 \
-         target is for HBONE (cross-node section); this is the same-node L4 path. ³ Baseline column = iptables \
-         REDIRECT, mesh column = eBPF connect4, both in front of the same outbound proxy; the \
-         VIP's endpoint is an unenrolled pod, so only the outbound hop follows and capture is \
-         all that differs. ⁴ Only the inbound hop: an unenrolled client dials the enrolled \
-         server's pod IP (sk_lookup → inbound proxy → app), to split the mesh's cost."
-    )]
-}
-
-fn noise_summary(noise: &[Noise]) -> String {
-    let busy = noise.iter().filter(|n| n.busy()).count();
-    let max_load = noise.iter().map(|n| n.load1).fold(0.0, f64::max);
-    let max_agents = noise.iter().map(|n| n.other_agents).max().unwrap_or(0);
-    let max_pods = noise.iter().map(|n| n.other_pods).max().unwrap_or(0);
-    let max_cc = noise.iter().map(|n| n.compilers).max().unwrap_or(0);
-    if busy == 0 {
-        return format!(
-            "Other work on the machine: none seen (no other mesh agents, test pods or \
-             compilers in {} samples; max 1-min load average {max_load:.2}).",
-            noise.len()
-        );
-    }
-    format!(
-        "**Noise:** other work was running during {busy} of {} measurements (up to \
-         {max_agents} other mesh-agent processes, {max_pods} pods of other test runs, \
-         {max_cc} compiler processes; max 1-min load average {max_load:.2}) on this \
-         {}-core machine. Direct and mesh runs alternate so both see it, but expect more \
-         spread than on an idle machine; see the runs below.",
-        noise.len(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-    )
-}
-
-fn runs(samples: &[Samples]) -> String {
-    let mut out = String::from("Runs (each repetition, in run order; rows show the median):\n");
-    let list = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    for s in samples {
-        let _ = write!(out, "\n- {}:", s.label);
-        if !s.baseline.is_empty() {
-            let _ = write!(out, " {} [{}];", s.baseline_name, list(&s.baseline));
-        }
-        let _ = write!(out, " {} [{}]", s.mesh_name, list(&s.mesh));
-    }
-    out
-}
-
-const HOW: &str = "How each number is measured. Every client is `pod-tool` running inside a pod \
-(its cgroup and network namespace). Pods on one bridge: `client` → `server` are enrolled and the \
-client dials service VIPs (full mesh path ¹); `dclient` → `dserver` are identical pods that are \
-never enrolled and dial the server pod IP (direct: no agent involvement); `dclient` → `server` \
-pod IP is the inbound hop alone ⁴; `client` → a VIP whose endpoint is `dserver` is the outbound \
-hop alone ³. The paths alternate in every repetition (rotating which goes first), rows show \
-the median of the repetitions, and every run starts with the pods' TIME_WAIT sockets removed \
-(`ss -K`) except in the back-to-back row ⁵. Before and after every run the agent's status \
-counters are read and must show the path: the client pod's outbound and the server pod's \
-inbound connection counts and the connect4 captures rise by at least the connections the \
-client made where the path has them and stay unchanged where it has not; inbound-only runs \
-must also be steered by sk_lookup (a direct run changes no counter at all; an iptables run has \
-zero connect4 captures); a run that fails this check fails its row. \
-Latency: `rr`, 1 KiB echo round trips on one connection after a warm-up. Throughput: `stream` \
-to a sink, the clock stops when the sink has read everything. Connections: `connect-rate` \
-(connect, 1-byte echo, close; 2 threads; connect() p50/p99 from the same runs). iptables \
-variant: the client's pinned connect4 link is removed (which detaches it) and `iptables -t nat \
--A OUTPUT -p tcp -d <VIP> --dport 80 -j REDIRECT --to-ports 15001` added in the client pod; \
-the proxy then finds the destination with SO_ORIGINAL_DST; switching back re-enrolls the \
-client. Memory: VmRSS of the agent process; per connection: RSS growth after `pod-tool hold` \
-opened N more idle mesh connections (confirmed by the agent's active-connection gauges on \
-both hops), divided by N, over several steps without closing earlier ones; kernel socket \
-buffers are not in RSS. Agent CPU: utime+stime of the agent's threads across each run.";
 
 /// Harness objects of this process that survived cleanup.
 fn leftovers() -> Option<String> {

@@ -24,7 +24,8 @@ pub struct Plan {
     pub concurrency: usize,
     pub hold_per_step: usize,
     pub hold_steps: usize,
-    /// Back-to-back connect-rate windows with TIME_WAIT sockets kept.
+    /// Back-to-back connect-rate windows (of `connect_secs`) with TIME_WAIT sockets kept, per
+    /// path and closing pattern: the sustained-churn rows.
     pub churn_windows: usize,
 }
 
@@ -54,7 +55,8 @@ impl Plan {
                 concurrency: 2,
                 hold_per_step: 1000,
                 hold_steps: 3,
-                churn_windows: 4,
+                // 6 x 5 s: at least 30 s of sustained churn per path.
+                churn_windows: 6,
             }
         };
         if let Some(n) = repeats {
@@ -513,83 +515,8 @@ impl<'a> Bench<'a> {
             "connect_rate".into(),
             json!({"direct": direct, "mesh": mesh, "inbound_only": inbound}),
         );
-        rows.push(self.churn()?);
+        rows.extend(self.churn()?);
         Ok(rows)
-    }
-
-    /// Back-to-back connect-rate windows that keep the TIME_WAIT sockets of the earlier ones,
-    /// as sustained connection churn would: direct first, then mesh, each from a clean start.
-    fn churn(&mut self) -> Result<Row> {
-        let (secs, concurrency, windows) = (
-            self.plan.connect_secs,
-            self.plan.concurrency,
-            self.plan.churn_windows,
-        );
-        let mut series = Vec::new();
-        for via in [Via::Direct, Via::Mesh] {
-            self.bed.clear_time_wait()?;
-            self.keep_time_wait = true;
-            let (_, addr) = self.bed.echo(via);
-            let args = connect_rate_args(&addr, secs, concurrency);
-            let runs: Result<Vec<Value>> = (0..windows)
-                .map(|_| self.measure(via, expect_for(via), args.clone(), secs, None))
-                .collect();
-            self.keep_time_wait = false;
-            series.push(runs?);
-        }
-        let (mesh, direct) = (
-            series.pop().unwrap_or_default(),
-            series.pop().unwrap_or_default(),
-        );
-        self.note_connect_errors("back-to-back connect-rate", &direct, &mesh);
-        self.record(
-            "new connections/s, back-to-back windows, TIME_WAIT kept",
-            "per_s",
-            &direct,
-            &mesh,
-        );
-        let last = |v: &[Value]| {
-            v.last()
-                .and_then(|v| v["per_s"].as_f64())
-                .unwrap_or(f64::NAN)
-        };
-        let first = |v: &[Value]| {
-            v.first()
-                .and_then(|v| v["per_s"].as_f64())
-                .unwrap_or(f64::NAN)
-        };
-        let server_tw = mesh
-            .last()
-            .and_then(|v| v["time_wait_after"]["server"].as_u64())
-            .unwrap_or(0);
-        if last(&mesh) < 0.5 * first(&mesh) {
-            self.notes.push(format!(
-                "⁵ Under sustained churn the mesh's connection rate fell from {:.0}/s in the \
-                 first {secs} s window to {:.0}/s in window {windows}, while the server pod \
-                 accumulated {server_tw} TIME_WAIT sockets (the direct path went from {:.0}/s \
-                 to {:.0}/s). All other rows start every run with TIME_WAIT sockets removed \
-                 (`ss -K state time-wait` in each pod), so their repetitions are comparable.",
-                first(&mesh),
-                last(&mesh),
-                first(&direct),
-                last(&direct),
-            ));
-        } else {
-            self.notes.push(format!(
-                "⁵ {windows} back-to-back {secs} s windows without removing TIME_WAIT sockets \
-                 (the server pod held {server_tw} at the end). All other rows start every run \
-                 with TIME_WAIT sockets removed (`ss -K state time-wait` in each pod)."
-            ));
-        }
-        self.raw.insert(
-            "connect_rate_churn".into(),
-            json!({"direct": direct, "mesh": mesh}),
-        );
-        Ok(Row::new(
-            format!("new connections per second, window {windows} of {windows} back-to-back ⁵"),
-            "conn/s",
-        )
-        .values(last(&direct), last(&mesh), Compare::Ratio))
     }
 
     pub fn note_connect_errors(&mut self, what: &str, a: &[Value], b: &[Value]) {

@@ -11,7 +11,8 @@
 //!   workload but not enrolled, so nothing steers its inbound traffic). The capture comparison
 //!   uses it: capture is the only thing that differs between its variants.
 //!
-//! Every server pod runs an echo server on :8080 and a sink on :9000.
+//! Every server pod runs an echo server on :8080, a sink on :9000 and a peer server (answers,
+//! then closes first when asked) on :8081.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,9 +29,12 @@ pub const ECHO_VIP: &str = "10.96.0.20";
 pub const SINK_VIP: &str = "10.96.0.21";
 /// Echo on the unenrolled `dserver`: outbound hop only.
 pub const OUT_VIP: &str = "10.96.0.22";
+/// The peer server (`pod-tool peer-serve`) on `server`.
+pub const PEER_VIP: &str = "10.96.0.23";
 pub const VIP_PORT: u16 = 80;
 pub const ECHO_PORT: u16 = 8080;
 pub const SINK_PORT: u16 = 9000;
+pub const PEER_PORT: u16 = 8081;
 pub const CLIENT_UID: &str = "bench-client-uid";
 pub const SERVER_UID: &str = "bench-server-uid";
 /// How the mesh pods appear in `mesh-agent status`.
@@ -78,10 +82,12 @@ impl Testbed {
         for pod in [&server, &dserver] {
             servers.push(start_server(pod, &pod_tool, "echo-serve", ECHO_PORT)?);
             servers.push(start_server(pod, &pod_tool, "sink-serve", SINK_PORT)?);
+            servers.push(start_server(pod, &pod_tool, "peer-serve", PEER_PORT)?);
         }
         let config = [
             service_yaml("echo", &[ECHO_VIP.parse()?], VIP_PORT, ECHO_PORT, "server"),
             service_yaml("sink", &[SINK_VIP.parse()?], VIP_PORT, SINK_PORT, "server"),
+            service_yaml("peer", &[PEER_VIP.parse()?], VIP_PORT, PEER_PORT, "server"),
             workload_yaml("client", CLIENT_UID, &[client.ip()], &[("app", "client")]),
             workload_yaml("server", SERVER_UID, &[server.ip()], &[("app", "server")]),
             service_yaml(
@@ -125,20 +131,26 @@ impl Testbed {
 
     /// The client pod and the echo server address for a path.
     pub fn echo(&self, path: Via) -> (&Pod, String) {
-        match path {
-            Via::Direct => (&self.dclient, format!("{}:{ECHO_PORT}", self.dserver.ip())),
-            Via::Mesh => (&self.client, format!("{ECHO_VIP}:{VIP_PORT}")),
-            Via::InboundOnly => (&self.dclient, format!("{}:{ECHO_PORT}", self.server.ip())),
-            Via::OutboundOnly => (&self.client, format!("{OUT_VIP}:{VIP_PORT}")),
-        }
+        self.endpoint(path, ECHO_VIP, ECHO_PORT)
     }
 
     /// The client pod and the sink address for a path.
     pub fn sink(&self, path: Via) -> (&Pod, String) {
+        self.endpoint(path, SINK_VIP, SINK_PORT)
+    }
+
+    /// The client pod and the peer server address for a path.
+    pub fn peer(&self, path: Via) -> (&Pod, String) {
+        self.endpoint(path, PEER_VIP, PEER_PORT)
+    }
+
+    /// Where a path's client dials the server on `port` (`vip` on the mesh path; the
+    /// outbound-only path always dials [`OUT_VIP`], the echo server on dserver).
+    fn endpoint(&self, path: Via, vip: &str, port: u16) -> (&Pod, String) {
         match path {
-            Via::Direct => (&self.dclient, format!("{}:{SINK_PORT}", self.dserver.ip())),
-            Via::Mesh => (&self.client, format!("{SINK_VIP}:{VIP_PORT}")),
-            Via::InboundOnly => (&self.dclient, format!("{}:{SINK_PORT}", self.server.ip())),
+            Via::Direct => (&self.dclient, format!("{}:{port}", self.dserver.ip())),
+            Via::Mesh => (&self.client, format!("{vip}:{VIP_PORT}")),
+            Via::InboundOnly => (&self.dclient, format!("{}:{port}", self.server.ip())),
             Via::OutboundOnly => (&self.client, format!("{OUT_VIP}:{VIP_PORT}")),
         }
     }

@@ -8,6 +8,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use crate::churn::CloseFirst;
+use crate::tcp::PEER_CLOSE_FIRST;
+
 /// Upper bound for connect and for any single blocking read/write, so a broken data path
 /// fails the run instead of hanging it.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,18 +118,26 @@ fn send_until(mut s: TcpStream, deadline: Instant) -> Result<(u64, Instant)> {
     Ok((bytes, Instant::now()))
 }
 
-/// Open / 1-byte echo / close, repeatedly, from `concurrency` threads for `duration`.
+/// How each connect-rate connection ends.
+#[derive(Clone, Copy)]
+pub struct Closing {
+    /// With RST (SO_LINGER 0), so no TIME_WAIT sockets pile up.
+    pub linger0: bool,
+    pub close_first: CloseFirst,
+}
+
+/// Open / 1-byte exchange / close, repeatedly, from `concurrency` threads for `duration`.
 pub fn connect_rate(
     addr: SocketAddr,
     duration: Duration,
     concurrency: usize,
-    linger0: bool,
+    closing: Closing,
 ) -> Result<()> {
     anyhow::ensure!(concurrency > 0, "--concurrency must be > 0");
     let start = Instant::now();
     let deadline = start + duration;
     let workers: Vec<_> = (0..concurrency)
-        .map(|_| std::thread::spawn(move || connect_loop(addr, deadline, linger0)))
+        .map(|_| std::thread::spawn(move || connect_loop(addr, deadline, closing)))
         .collect();
     let (mut times, mut errors, mut first_error) = (Vec::new(), 0u64, None);
     for w in workers {
@@ -163,14 +174,14 @@ struct ConnectStats {
     first_error: Option<String>,
 }
 
-fn connect_loop(addr: SocketAddr, deadline: Instant, linger0: bool) -> ConnectStats {
+fn connect_loop(addr: SocketAddr, deadline: Instant, closing: Closing) -> ConnectStats {
     let mut st = ConnectStats {
         connect_us: Vec::new(),
         errors: 0,
         first_error: None,
     };
     while Instant::now() < deadline {
-        match one_connection(addr, linger0) {
+        match one_connection(addr, closing) {
             Ok(us) => st.connect_us.push(us),
             Err(e) => {
                 st.errors += 1;
@@ -184,7 +195,7 @@ fn connect_loop(addr: SocketAddr, deadline: Instant, linger0: bool) -> ConnectSt
 }
 
 /// One connection; returns how long connect() took, in microseconds.
-fn one_connection(addr: SocketAddr, linger0: bool) -> Result<f64> {
+fn one_connection(addr: SocketAddr, closing: Closing) -> Result<f64> {
     let t = Instant::now();
     let s =
         TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connect {addr}"))?;
@@ -192,10 +203,22 @@ fn one_connection(addr: SocketAddr, linger0: bool) -> Result<f64> {
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut s = s;
-    s.write_all(&[1]).context("write")?;
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).context("read echo")?;
-    if linger0 {
+    match closing.close_first {
+        CloseFirst::Client => {
+            s.write_all(&[1]).context("write")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).context("read echo")?;
+        }
+        // A peer-serve server answers and closes; we close after reading its FIN.
+        CloseFirst::Server => {
+            s.write_all(&[PEER_CLOSE_FIRST]).context("write")?;
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply)
+                .context("read until the server closes")?;
+            anyhow::ensure!(!reply.is_empty(), "the server closed without answering");
+        }
+    }
+    if closing.linger0 {
         socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
     }
     Ok(us)

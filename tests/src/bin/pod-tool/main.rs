@@ -7,6 +7,7 @@
 //! nothing here panics on a network error.
 
 mod bench;
+mod churn;
 mod hold;
 mod http;
 mod tcp;
@@ -67,6 +68,27 @@ enum Cmd {
         #[arg(long, required = true)]
         listen: Vec<SocketAddr>,
     },
+    /// TCP server answering `peer=<accept() peer> getpeername=<getpeername()>` to the
+    /// client's first byte, then closing first if that byte is `S`, else after the client.
+    PeerServe {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+    },
+    /// Opens and closes connections to a peer-serve server one after another; prints JSON
+    /// with the failures and whether the server saw this client's own address.
+    Churn {
+        #[arg(long)]
+        connect: String,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value_t = 100.0)]
+        per_second: f64,
+        #[arg(long, value_enum)]
+        close_first: churn::CloseFirst,
+        /// Count a connection as wrong unless the server saw exactly this client's address.
+        #[arg(long)]
+        expect_own_address: bool,
+    },
     /// Request/response latency over one connection to an echo server; prints JSON.
     Rr {
         #[arg(long)]
@@ -100,6 +122,10 @@ enum Cmd {
         /// Close with RST (SO_LINGER 0) so no TIME_WAIT sockets pile up.
         #[arg(long)]
         linger0: bool,
+        /// `client` (default): 1-byte echo, then the client closes (an echo server).
+        /// `server`: the server answers and closes first (a peer-serve server).
+        #[arg(long, value_enum, default_value = "client")]
+        close_first: churn::CloseFirst,
     },
     /// Opens N connections to an echo server (one 1-byte round trip each), prints
     /// `{"held": N}` and keeps them open and idle until killed.
@@ -134,6 +160,20 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::HttpServe { listen, name } => tcp::serve(&listen, tcp::Handler::Http(name.into())),
         Cmd::EchoServe { listen } => tcp::serve(&listen, tcp::Handler::Echo),
         Cmd::SinkServe { listen } => tcp::serve(&listen, tcp::Handler::Sink),
+        Cmd::PeerServe { listen } => tcp::serve(&listen, tcp::Handler::Peer),
+        Cmd::Churn {
+            connect,
+            count,
+            per_second,
+            close_first,
+            expect_own_address,
+        } => churn::churn(&churn::Plan {
+            addr: resolve(&connect)?,
+            count,
+            per_second,
+            close_first,
+            expect_own_address,
+        }),
         Cmd::HttpGet {
             url,
             timeout_ms,
@@ -169,7 +209,16 @@ fn run(cmd: Cmd) -> Result<()> {
             seconds,
             concurrency,
             linger0,
-        } => bench::connect_rate(resolve(&connect)?, secs(seconds)?, concurrency, linger0),
+            close_first,
+        } => bench::connect_rate(
+            resolve(&connect)?,
+            secs(seconds)?,
+            concurrency,
+            bench::Closing {
+                linger0,
+                close_first,
+            },
+        ),
         Cmd::Hold {
             connect,
             count,

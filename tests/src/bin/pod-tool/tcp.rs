@@ -1,4 +1,4 @@
-//! The servers: HTTP (hyper), echo and sink, on one tokio runtime, many connections each.
+//! The servers: HTTP (hyper), echo, sink and peer, on one tokio runtime, many connections each.
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -21,7 +21,14 @@ pub enum Handler {
     Http(Arc<str>),
     Echo,
     Sink,
+    /// Answers `peer=<accept() peer> getpeername=<getpeername()>` and then closes first, or
+    /// waits for the client to close, as the client's first byte asks (see [`PEER_CLOSE_FIRST`]).
+    Peer,
 }
+
+/// First byte a client of the peer server sends to have the server close first; any other
+/// byte makes the server wait for the client's close.
+pub const PEER_CLOSE_FIRST: u8 = b'S';
 
 /// Binds every address, prints `listening <addr>` for each, and serves until killed.
 pub fn serve(addrs: &[SocketAddr], handler: Handler) -> Result<()> {
@@ -76,6 +83,7 @@ async fn accept_loop(listener: TcpListener, handler: Handler) {
                 Handler::Http(name) => http(sock, peer, name).await,
                 Handler::Echo => echo(sock).await,
                 Handler::Sink => sink(sock).await,
+                Handler::Peer => peer_report(sock, peer).await,
             }
         });
     }
@@ -112,6 +120,24 @@ async fn echo(mut sock: TcpStream) {
             return;
         }
     }
+}
+
+async fn peer_report(mut sock: TcpStream, accepted: SocketAddr) {
+    let mut mode = [0u8; 1];
+    if sock.read_exact(&mut mode).await.is_err() {
+        return;
+    }
+    let seen = match sock.peer_addr() {
+        Ok(a) => a.to_string(),
+        Err(e) => format!("?({e})"),
+    };
+    let line = format!("peer={accepted} getpeername={seen}\n");
+    if sock.write_all(line.as_bytes()).await.is_err() || mode[0] == PEER_CLOSE_FIRST {
+        return;
+    }
+    // The client closes first: wait for its FIN (or anything else it sends) before closing.
+    let mut rest = [0u8; 64];
+    while let Ok(1..) = sock.read(&mut rest).await {}
 }
 
 async fn sink(mut sock: TcpStream) {

@@ -241,7 +241,10 @@ impl Agent {
             .with_context(|| format!("{context}: watching the pod's addresses"))?;
         let mut steered_ips = request.ips.clone();
         for ip in netns.routable_addresses().await.context(context.clone())? {
-            if !steered_ips.contains(&ip) {
+            // An undeclared address is the pod's only if no other pod holds it: a pod must not
+            // take over another's steering. (A map error leaves it refused; the address
+            // follower retries and logs it.)
+            if !steered_ips.contains(&ip) && maps.claim_pod_ip(ip, slot).unwrap_or(false) {
                 steered_ips.push(ip);
             }
         }

@@ -23,16 +23,33 @@ struct WebAndOutsider {
     _server: PodProcess,
     web: Pod,
     outsider: Pod,
+    /// Pods from [`start_with`](Self::start_with): declared, not enrolled.
+    declared: Vec<Pod>,
     _bridge: Bridge,
 }
 
 impl WebAndOutsider {
     fn start(bridge_index: u8, extra_config: &str) -> WebAndOutsider {
+        Self::start_with(bridge_index, extra_config, &[])
+    }
+
+    /// Also creates a pod per `(name, host octet)`, declared as Workload `name` (uid
+    /// `<name>-uid`) but left for the test to enroll.
+    fn start_with(bridge_index: u8, extra_config: &str, others: &[(&str, u8)]) -> WebAndOutsider {
         let bridge = Bridge::new(bridge_index).unwrap();
         let web = Pod::new(&bridge, "web", 3).unwrap();
         let outsider = Pod::new(&bridge, "outsider", 4).unwrap();
+        let declared: Vec<Pod> = others
+            .iter()
+            .map(|(name, octet)| Pod::new(&bridge, name, *octet).unwrap())
+            .collect();
         let server = http_server(&web, "web");
-        let config = workload_yaml("web", "web-uid", &[web.ip()], &[("app", "web")]) + extra_config;
+        let mut config =
+            workload_yaml("web", "web-uid", &[web.ip()], &[("app", "web")]) + extra_config;
+        for pod in &declared {
+            let name = pod.short_name();
+            config += &workload_yaml(name, &format!("{name}-uid"), &[pod.ip()], &[("app", name)]);
+        }
         let node = MeshNode::start(&config).unwrap();
         node.enroll(&web, "web-uid", "web").unwrap();
         WebAndOutsider {
@@ -40,6 +57,7 @@ impl WebAndOutsider {
             _server: server,
             web,
             outsider,
+            declared,
             _bridge: bridge,
         }
     }
@@ -69,10 +87,10 @@ impl WebAndOutsider {
         }
     }
 
-    /// The addresses the agent steers for web, from its status.
-    fn steered(&self) -> Vec<IpAddr> {
+    /// The addresses the agent steers for `pod` (e.g. `default/web`), from its status.
+    fn steered_for(&self, pod: &str) -> Vec<IpAddr> {
         let status = Status::of(&self.node);
-        let ips = &status.pod_entry("default/web").expect("web in status")["ips"];
+        let ips = &status.pod_entry(pod).expect("pod in status")["ips"];
         ips.as_array()
             .unwrap()
             .iter()
@@ -87,7 +105,7 @@ impl WebAndOutsider {
         expected.sort();
         let mut last = Vec::new();
         let followed = wait_until(T, || {
-            last = self.steered();
+            last = self.steered_for("default/web");
             last.sort();
             last == expected
         });
@@ -288,4 +306,53 @@ fn link_local_addresses_are_refused() {
         after.kernel("lookup_unknown_address") - before.kernel("lookup_unknown_address"),
         1
     );
+}
+
+/// A pod that has another enrolled pod's addresses does not take over their steering, neither
+/// when it is enrolled with one nor when it adds one later: connections to web's addresses
+/// still reach web, through web's proxy.
+#[test]
+fn another_pods_address_is_not_taken_over() {
+    require_root();
+    let mesh = WebAndOutsider::start_with(50, "", &[("intruder", 5)]);
+    let intruder = &mesh.declared[0];
+    let add = |address: &str, device: &str| {
+        let mut args = vec!["addr", "add", address, "dev", device];
+        if address.contains(':') {
+            args.push("nodad");
+        }
+        intruder.run("ip", args, T).unwrap();
+    };
+    // On intruder's loopback device, and intruder answers ARP only for its eth0 addresses: the
+    // bridge keeps delivering web's traffic to web.
+    let arp_ignore = "echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore";
+    intruder.run("sh", ["-c", arp_ignore], T).unwrap();
+    add(&format!("{}/32", mesh.web.ip()), "lo");
+    mesh.node
+        .enroll(intruder, "intruder-uid", "intruder")
+        .unwrap();
+    add(&format!("{}/128", mesh.web.ip6()), "lo");
+    // A marker added after it: once the agent steers the marker, it has seen web's address too.
+    let marker = host(intruder.ip(), 77);
+    add(&format!("{marker}/24"), "eth0");
+    let mut steered = Vec::new();
+    let synced = wait_until(T, || {
+        steered = mesh.steered_for("default/intruder");
+        steered.contains(&marker)
+    });
+    assert!(synced, "intruder's steered addresses stay {steered:?}");
+    assert!(
+        !steered.contains(&mesh.web.ip()) && !steered.contains(&mesh.web.ip6()),
+        "intruder took over web's addresses: {steered:?}"
+    );
+    mesh.wait_steered(&[]);
+
+    let before = Status::of(&mesh.node);
+    for ip in [mesh.web.ip(), mesh.web.ip6()] {
+        let r = get(&mesh.outsider, &url(ip, APP_PORT));
+        assert_eq!(r.name, "web", "{r:?}");
+    }
+    let after = Status::of(&mesh.node);
+    let inbound = |s: &Status| s.pod("default/web", "inbound", "connections");
+    assert_eq!(inbound(&after), inbound(&before) + 2);
 }

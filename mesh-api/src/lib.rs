@@ -57,7 +57,7 @@ pub use route::{
 pub use service::{
     HealthCheck, LbPolicy, LoadBalancer, Protocol, Service, ServicePort, ServiceSpec,
 };
-pub use snapshot::{AuthzDecision, AuthzReason, Snapshot};
+pub use snapshot::{AuthzDecision, AuthzReason, Change, ConfigIndex, Snapshot, Verdict};
 pub use workload::{Workload, WorkloadSpec, DEFAULT_SERVICE_ACCOUNT};
 
 #[cfg(test)]

@@ -37,6 +37,14 @@ async fn concurrent_writers_lose_nothing() {
     check_concurrent_writers(Arc::new(store), 8, 25).await;
 }
 
+/// More writes than one group commit takes (512) still commit as one transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_is_one_transaction() {
+    let dir = temp();
+    let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+    check_apply(Arc::new(store), 1500).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn creates_parent_dirs_with_private_file_and_describes_itself() {
     let dir = temp();

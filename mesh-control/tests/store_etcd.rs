@@ -23,7 +23,9 @@ async fn semantics_single_member() {
     assert_eq!(store.describe(), format!("etcd://{}", cluster.endpoint(0)));
     check_semantics(&store).await;
     check_watch_resume(&store).await;
-    check_concurrent_writers(Arc::new(store), 8, 25).await;
+    let store = Arc::new(store);
+    check_apply(store.clone(), 100).await;
+    check_concurrent_writers(store, 8, 25).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,8 +6,8 @@
 //! with `quick`) through `MeshAdmin.Apply`, then `cp-load measure`: the full config to a freshly
 //! connected agent, and 20 single changes (update a service's port, add a workload, delete it)
 //! timed from just before the admin call to the push's arrival at each of 100 connected
-//! agents (simulated, in one process, one gRPC channel each). The raw output of both tools
-//! goes to `bench/control-plane.json`.
+//! agents (simulated, in one process, one gRPC channel each); then the same changes to 1,000
+//! agents. The raw output of both tools goes to `bench/control-plane.json`.
 //!
 //! Everything runs on this machine: the load tool's 100 agents share the two cores with the
 //! control plane (and etcd), so the latencies include their scheduling.
@@ -25,6 +25,9 @@ use crate::cmd::{exec, progress, workspace_root};
 
 /// Simulated agents receiving every change.
 const AGENTS: usize = 100;
+/// The scale row: as many agents, in the same one load process (the full config is not
+/// timed again, `--full-samples 1`).
+const MANY_AGENTS: usize = 1000;
 /// Measured changes per store.
 const CHANGES: usize = 20;
 /// Resources per Apply while populating. Every Apply validates the whole config, so fewer,
@@ -182,10 +185,22 @@ fn measure_store(bin_dir: &Path, store: Store, services: usize, workloads: usize
         "--server-pid".into(),
         pid.to_string(),
     ])?;
+    let measure_many = cp_load(&[
+        "measure".into(),
+        "--agents".into(),
+        MANY_AGENTS.to_string(),
+        "--changes".into(),
+        CHANGES.to_string(),
+        "--full-samples".into(),
+        "1".into(),
+        "--server-pid".into(),
+        pid.to_string(),
+    ])?;
     let result = json!({
         "store": store.name(),
         "populate": populate,
         "measure": measure,
+        "measure_many_agents": measure_many,
         "rss_kib_after_populate": rss_populated,
         "rss_kib_end": rss_kib(pid),
     });
@@ -246,7 +261,14 @@ fn rows(
         ),
         row(
             stores,
-            "dry-run Apply of one resource (the whole-config validation every change pays)".into(),
+            format!("one config change reaching {MANY_AGENTS} agents, p99 ({scale})"),
+            "/measure_many_agents/change/latency/p99_ms",
+            ms,
+            None,
+        ),
+        row(
+            stores,
+            "dry-run Apply of one resource (checked against the current config's indexes)".into(),
             "/measure/dry_run_apply_ms/0",
             ms,
             None,

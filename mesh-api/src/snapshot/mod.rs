@@ -4,6 +4,9 @@
 //! This file holds construction and the service/workload indexes; `traffic.rs` adds routes,
 //! `security.rs` authorization and peer authentication, `mesh.rs` the mesh config.
 
+mod incremental;
+#[cfg(test)]
+mod incremental_tests;
 mod mesh;
 mod security;
 mod traffic;
@@ -22,6 +25,7 @@ use crate::route::Route;
 use crate::service::Service;
 use crate::workload::Workload;
 
+pub use incremental::{Change, ConfigIndex, Verdict};
 pub use security::{AuthzDecision, AuthzReason};
 
 /// Resources are kept in `(namespace, name)` order so listings and dumps are stable; the

@@ -16,14 +16,7 @@ impl Snapshot {
             let ns = route.metadata.namespace.as_str();
             let host_name = route.spec.service.as_str();
             let host = self.service(ns, host_name);
-            match host {
-                None => issues.push(issue(
-                    route,
-                    "spec.service",
-                    format!("no Service {ns}/{host_name}"),
-                )),
-                Some(host) => check_http_ports(route, host, issues),
-            }
+            check_route_host(route, host, issues);
             match hosts
                 .entry(ns.to_owned())
                 .or_default()
@@ -41,47 +34,7 @@ impl Snapshot {
                     e.insert(i);
                 }
             }
-            for (r, rule) in route.spec.rules.iter().enumerate() {
-                for (b, backend) in rule.backends.iter().enumerate() {
-                    let field = format!("spec.rules[{r}].backends[{b}]");
-                    let Some(target) = self.service(ns, &backend.service) else {
-                        issues.push(issue(
-                            route,
-                            &format!("{field}.service"),
-                            format!("no Service {ns}/{}", backend.service),
-                        ));
-                        continue;
-                    };
-                    let missing = match (backend.port, host) {
-                        (Some(port), _) => (target.port(port).is_none()).then_some(port),
-                        // The client's port is used: every host port this rule can see must
-                        // exist on the backend too.
-                        (None, Some(host)) => host
-                            .spec
-                            .ports
-                            .iter()
-                            .filter(|p| !rule.is_http() || p.protocol.is_http())
-                            .map(|p| p.port)
-                            .find(|&p| target.port(p).is_none()),
-                        (None, None) => None,
-                    };
-                    if let Some(port) = missing {
-                        let (at, why) = if backend.port.is_some() {
-                            (format!("{field}.port"), String::new())
-                        } else {
-                            (
-                                format!("{field}.service"),
-                                format!(", which Service {ns}/{host_name} has; set {field}.port"),
-                            )
-                        };
-                        issues.push(issue(
-                            route,
-                            &at,
-                            format!("Service {} has no port {port}{why}", target.metadata.key()),
-                        ));
-                    }
-                }
-            }
+            check_route_backends(route, host, |ns, name| self.service(ns, name), issues);
         }
         self.route_hosts = hosts;
     }
@@ -99,6 +52,73 @@ impl Snapshot {
     /// All routes in `(namespace, name)` order.
     pub fn routes(&self) -> impl ExactSizeIterator<Item = &Route> + DoubleEndedIterator {
         self.routes.iter()
+    }
+}
+
+/// The route's host service exists in its namespace, with an HTTP port if a rule matches on
+/// HTTP. `host` is that service as looked up.
+pub(super) fn check_route_host(route: &Route, host: Option<&Service>, issues: &mut Vec<Issue>) {
+    let ns = route.metadata.namespace.as_str();
+    match host {
+        None => issues.push(issue(
+            route,
+            "spec.service",
+            format!("no Service {ns}/{}", route.spec.service),
+        )),
+        Some(host) => check_http_ports(route, host, issues),
+    }
+}
+
+/// Every backend service a route names exists in its namespace (`service` looks one up by
+/// namespace and name) and has the port traffic would reach it on.
+pub(super) fn check_route_backends<'a>(
+    route: &Route,
+    host: Option<&Service>,
+    service: impl Fn(&str, &str) -> Option<&'a Service>,
+    issues: &mut Vec<Issue>,
+) {
+    let ns = route.metadata.namespace.as_str();
+    let host_name = route.spec.service.as_str();
+    for (r, rule) in route.spec.rules.iter().enumerate() {
+        for (b, backend) in rule.backends.iter().enumerate() {
+            let field = format!("spec.rules[{r}].backends[{b}]");
+            let Some(target) = service(ns, &backend.service) else {
+                issues.push(issue(
+                    route,
+                    &format!("{field}.service"),
+                    format!("no Service {ns}/{}", backend.service),
+                ));
+                continue;
+            };
+            let missing = match (backend.port, host) {
+                (Some(port), _) => (target.port(port).is_none()).then_some(port),
+                // The client's port is used: every host port this rule can see must
+                // exist on the backend too.
+                (None, Some(host)) => host
+                    .spec
+                    .ports
+                    .iter()
+                    .filter(|p| !rule.is_http() || p.protocol.is_http())
+                    .map(|p| p.port)
+                    .find(|&p| target.port(p).is_none()),
+                (None, None) => None,
+            };
+            if let Some(port) = missing {
+                let (at, why) = if backend.port.is_some() {
+                    (format!("{field}.port"), String::new())
+                } else {
+                    (
+                        format!("{field}.service"),
+                        format!(", which Service {ns}/{host_name} has; set {field}.port"),
+                    )
+                };
+                issues.push(issue(
+                    route,
+                    &at,
+                    format!("Service {} has no port {port}{why}", target.metadata.key()),
+                ));
+            }
+        }
     }
 }
 

@@ -2,14 +2,15 @@
 //! operations of the original design on top of them.
 //!
 //! Every change is validated twice: the resource on its own (mesh-api), and the whole config
-//! as it would be after the change (a `Snapshot`), so nothing that agents would have to reject
-//! ever reaches the store. A rejected change stores nothing.
+//! as it would be after the change (`change_check`: against the current config's indexes, or
+//! as a full `Snapshot`), so nothing that agents would have to reject ever reaches the store.
+//! A rejected change stores nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use mesh_api::{Resource, Snapshot};
 use mesh_proto::v1::mesh_admin_server::MeshAdmin;
 use mesh_proto::v1::{self as pb, watch_event};
@@ -31,9 +32,6 @@ pub struct Admin {
     pub ca: Arc<super::ca::Ca>,
 }
 
-/// Store writes of one apply in flight at once.
-const WRITE_PIPELINE: usize = 128;
-
 fn store_error(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("store: {e}"))
 }
@@ -51,31 +49,7 @@ impl Admin {
         dry_run: bool,
     ) -> Result<pb::ApplyResponse, Status> {
         let _guard = self.apply_lock.lock().await;
-        // The config after the change: the cached resources (by store key) not changed, and
-        // the new versions (the last one of a key given twice). Cloned straight into the
-        // snapshot: at 60k resources every extra pass over them costs tens of milliseconds.
-        let changed: HashMap<&str, Option<&Resource>> = changes
-            .iter()
-            .map(|(key, resource)| (key.as_str(), resource.as_ref()))
-            .collect();
-        let current = self.cache.keyed_resources();
-        let config = current
-            .iter()
-            .filter(|(key, _)| !changed.contains_key(key.as_str()))
-            .map(|(_, r)| (**r).clone())
-            .chain(changed.values().flatten().map(|r| (*r).clone()));
-        let validated = match Snapshot::from_resources(config) {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                let prefix = if source.is_empty() {
-                    String::new()
-                } else {
-                    format!("{source}: ")
-                };
-                return Err(Status::invalid_argument(format!("{prefix}{e}")));
-            }
-        };
-        drop(changed);
+        let checked = super::change_check::check_changes(&self.cache, &changes, source)?;
         let mut response = pb::ApplyResponse::default();
         // (key, new JSON; `None` = delete), in request order.
         let mut writes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
@@ -103,7 +77,7 @@ impl Admin {
             });
         }
         // A key given twice: only its last value is written (what writing both in order
-        // would leave), so the pipelined writes below never race on one key.
+        // would leave; etcd refuses a Txn naming a key twice).
         let mut seen = HashSet::new();
         let mut writes: Vec<_> = writes
             .into_iter()
@@ -111,21 +85,12 @@ impl Admin {
             .filter(|(key, _)| seen.insert(key.clone()))
             .collect();
         writes.reverse();
-        // Pipelined, submitted in request order: the embedded store commits whatever is
-        // queued in one transaction and etcd batches proposals, so a large apply costs a few
-        // commits instead of one per resource (~3 ms each).
-        let store = &self.store;
-        let revisions: Vec<Option<u64>> = futures::stream::iter(writes)
-            .map(|(key, value)| async move {
-                match value {
-                    Some(json) => store.put(&key, json).await.map(Some),
-                    None => store.delete(&key).await,
-                }
-            })
-            .buffered(WRITE_PIPELINE)
-            .try_collect()
-            .await
-            .map_err(store_error)?;
+        // All or nothing: one redb transaction, or one etcd Txn (see `Store::apply`).
+        let revisions = if writes.is_empty() {
+            Vec::new()
+        } else {
+            self.store.apply(writes).await.map_err(store_error)?
+        };
         let last = revisions.into_iter().flatten().max().unwrap_or(0);
         if last > 0 {
             self.cache.wait_for(last).await;
@@ -133,7 +98,13 @@ impl Admin {
         // Freed only now, once the change is on its way to the agents: freeing a whole-config
         // snapshot costs a sixth of building it. (Not on another thread: glibc frees memory of
         // another thread's arena much more slowly.)
-        drop((validated, current));
+        if checked.was_full() && !dry_run {
+            drop(checked);
+            // Re-validate the new config off the latency path, so the next change can be
+            // checked against its indexes.
+            let cache = self.cache.clone();
+            tokio::task::spawn_blocking(move || cache.validate_current());
+        }
         response.version = self.cache.version();
         Ok(response)
     }

@@ -4,6 +4,7 @@ mod admin;
 pub mod auth;
 pub mod ca;
 pub mod cache;
+mod change_check;
 mod distribution;
 pub mod identity;
 mod metrics;

@@ -9,7 +9,9 @@
 //!
 //! Writes go to one writer thread, which commits them in durable redb write transactions:
 //! whatever is queued when a commit starts goes into that transaction (group commit), each
-//! write with its own revision, so concurrent writers share the fsync. A caller gets its
+//! write with its own revision, so concurrent writers share the fsync. The writes of one
+//! `apply` are queued as one request and never split across transactions, so they commit
+//! together or not at all. A caller gets its
 //! revision only after the commit. The writer then broadcasts the events to live watchers, in
 //! revision order.
 //!
@@ -201,12 +203,15 @@ impl EmbeddedStore {
     }
 
     async fn write(&self, key: &str, op: Op) -> StoreResult<Option<Revision>> {
+        let revisions = self.write_all(vec![(key.to_owned(), op)]).await?;
+        Ok(revisions.into_iter().next().flatten())
+    }
+
+    /// Writes `ops` in one transaction (all or none); per op its revision, `None` when it
+    /// changed nothing.
+    async fn write_all(&self, ops: Vec<(String, Op)>) -> StoreResult<Vec<Option<Revision>>> {
         let (reply, result) = oneshot::channel();
-        let request = WriteRequest {
-            key: key.to_owned(),
-            op,
-            reply,
-        };
+        let request = WriteRequest { ops, reply };
         let stopped = || StoreError::Unavailable("embedded store writer stopped".into());
         self.inner
             .writes
@@ -224,10 +229,10 @@ enum Op {
     Delete,
 }
 
+/// Writes that commit together or not at all (one `put`, or a whole `apply`).
 struct WriteRequest {
-    key: String,
-    op: Op,
-    reply: oneshot::Sender<StoreResult<Option<Revision>>>,
+    ops: Vec<(String, Op)>,
+    reply: oneshot::Sender<StoreResult<Vec<Option<Revision>>>>,
 }
 
 fn meta_get(meta: &impl ReadableTable<&'static str, u64>, name: &str) -> StoreResult<u64> {
@@ -250,24 +255,43 @@ struct Writer {
 impl Writer {
     fn run(self, queue: mpsc::Receiver<WriteRequest>) {
         while let Ok(first) = queue.recv() {
+            // Requests are never split: each one's writes land in one transaction.
+            let mut ops_queued = first.ops.len();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while ops_queued < MAX_BATCH {
                 match queue.try_recv() {
-                    Ok(request) => batch.push(request),
+                    Ok(request) => {
+                        ops_queued += request.ops.len();
+                        batch.push(request);
+                    }
                     Err(_) => break,
                 }
             }
-            let (ops, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|r| ((r.key, r.op), r.reply)).unzip();
+            let mut sizes = Vec::with_capacity(batch.len());
+            let mut ops = Vec::with_capacity(ops_queued);
+            let mut replies = Vec::with_capacity(batch.len());
+            for request in batch {
+                sizes.push(request.ops.len());
+                ops.extend(request.ops);
+                replies.push(request.reply);
+            }
             match self.commit(ops) {
                 Ok(events) => {
-                    for (event, reply) in events.into_iter().zip(replies) {
-                        let revision = event.as_ref().map(Event::revision);
-                        if let Some(event) = event {
-                            // No receivers is fine.
-                            let _ = self.events.send(Arc::new(event));
-                        }
-                        let _ = reply.send(Ok(revision));
+                    let mut events = events.into_iter();
+                    for (size, reply) in sizes.into_iter().zip(replies) {
+                        let revisions = events
+                            .by_ref()
+                            .take(size)
+                            .map(|event| {
+                                let revision = event.as_ref().map(Event::revision);
+                                if let Some(event) = event {
+                                    // No receivers is fine.
+                                    let _ = self.events.send(Arc::new(event));
+                                }
+                                revision
+                            })
+                            .collect();
+                        let _ = reply.send(Ok(revisions));
                     }
                 }
                 Err(e) => {
@@ -449,6 +473,17 @@ impl Store for EmbeddedStore {
 
     async fn delete(&self, key: &str) -> StoreResult<Option<Revision>> {
         self.write(key, Op::Delete).await
+    }
+
+    async fn apply(
+        &self,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> StoreResult<Vec<Option<Revision>>> {
+        let ops = writes
+            .into_iter()
+            .map(|(key, value)| (key, value.map_or(Op::Delete, Op::Put)))
+            .collect();
+        self.write_all(ops).await
     }
 
     async fn watch(

@@ -160,6 +160,9 @@ fn map_err(e: etcd_client::Error) -> StoreError {
 /// A retried write may have been applied by an earlier attempt whose answer was lost: a put is
 /// then applied twice (same value, the later revision is returned), a delete reports `None`;
 /// `create` checks for its own value (see there).
+/// The most writes one apply sends as one Txn: etcd's default `--max-txn-ops`.
+const MAX_TXN_OPS: usize = 128;
+
 async fn request<T, F, Fut>(what: &str, mut f: F) -> StoreResult<T>
 where
     F: FnMut(u32) -> Fut,
@@ -296,6 +299,51 @@ impl Store for EtcdStore {
         } else {
             Ok(None)
         }
+    }
+
+    async fn apply(
+        &self,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> StoreResult<Vec<Option<Revision>>> {
+        if writes.len() > MAX_TXN_OPS {
+            // More than etcd takes in one Txn (its --max-txn-ops, 128 by default): written
+            // one by one, pipelined, as an apply of a large file has always been on etcd.
+            return futures::future::try_join_all(writes.into_iter().map(
+                |(key, value)| async move {
+                    match value {
+                        Some(value) => self.put(&key, value).await.map(Some),
+                        None => self.delete(&key).await,
+                    }
+                },
+            ))
+            .await;
+        }
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|(key, value)| {
+                let key = self.full_key(key);
+                match value {
+                    Some(value) => TxnOp::put(key, value.clone(), None),
+                    None => TxnOp::delete(key, None),
+                }
+            })
+            .collect();
+        let kv = self.kv();
+        let txn = Txn::new().and_then(ops);
+        let resp = request("txn", |_| {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await?;
+        let revision = header_revision(resp.header())?;
+        Ok(resp
+            .op_responses()
+            .iter()
+            .map(|op| match op {
+                TxnOpResponse::Delete(d) if d.deleted() == 0 => None,
+                _ => Some(revision),
+            })
+            .collect())
     }
 
     async fn watch(

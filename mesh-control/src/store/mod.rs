@@ -77,6 +77,13 @@ pub trait Store: Send + Sync + 'static {
     async fn create(&self, key: &str, value: Vec<u8>) -> StoreResult<Option<Revision>>;
     /// Deletes `key`; `None` if it did not exist.
     async fn delete(&self, key: &str) -> StoreResult<Option<Revision>>;
+    /// Writes every `(key, value)` (`None` = delete) together: all of them or none. Per
+    /// write, in order, its revision, `None` for a delete of a missing key. Each write still
+    /// gets its own revision on the embedded store; etcd gives them one (one `Txn`).
+    async fn apply(
+        &self,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> StoreResult<Vec<Option<Revision>>>;
     /// Every change under `prefix` with revision > `after`, in revision order, then live
     /// changes as they happen, with no gaps and no duplicates. Each batch holds the events of
     /// exactly one revision (one write).

@@ -272,3 +272,54 @@ pub async fn check_concurrent_writers(store: Arc<dyn Store>, writers: usize, eac
     let (listed, _) = store.list("/conc/").await.unwrap();
     assert_eq!(listed.len(), total);
 }
+
+/// `apply`: every write lands (a delete of a missing key reports `None`), under one prefix
+/// watchers see them all, and a large apply is not interleaved with a concurrent write (one
+/// transaction on the embedded store, one Txn on etcd; an etcd apply over its Txn limit is
+/// written one by one, so keep `large` under 128 there).
+pub async fn check_apply(store: Arc<dyn Store>, large: usize) {
+    let before = store.put("/apply/old", b"old".to_vec()).await.unwrap();
+    let mut watch = store.watch("/apply/", before).await.unwrap();
+    let revisions = store
+        .apply(vec![
+            ("/apply/a".into(), Some(b"a".to_vec())),
+            ("/apply/old".into(), None),
+            ("/apply/missing".into(), None),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        revisions[0].is_some() && revisions[1].is_some(),
+        "{revisions:?}"
+    );
+    assert_eq!(revisions[2], None, "deleting a missing key changes nothing");
+    assert_eq!(store.get("/apply/a").await.unwrap().unwrap().value, b"a");
+    assert_eq!(store.get("/apply/old").await.unwrap(), None);
+    let events = next_events(&mut watch, 2).await;
+    assert_eq!(events[0].key(), "/apply/a");
+    assert_eq!(events[1].key(), "/apply/old");
+
+    let writes = (0..large)
+        .map(|i| (format!("/apply/many/{i:04}"), Some(vec![b'x'])))
+        .collect();
+    let (many, single) = tokio::join!(
+        {
+            let store = store.clone();
+            async move { store.apply(writes).await.unwrap() }
+        },
+        async {
+            tokio::task::yield_now().await;
+            store.put("/apply/concurrent", b"c".to_vec()).await.unwrap()
+        }
+    );
+    let many: Vec<Revision> = many.into_iter().map(Option::unwrap).collect();
+    let (first, last) = (many[0], many[many.len() - 1]);
+    assert!(
+        single < first || single > last,
+        "a concurrent put at revision {single} landed inside the apply ({first}..={last})"
+    );
+    assert!(
+        many.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1),
+        "one apply's revisions are one or consecutive: {many:?}"
+    );
+}

@@ -24,6 +24,7 @@ mod authz;
 mod cidr;
 mod error;
 mod key;
+pub mod limits;
 mod load;
 mod mesh_config;
 mod meta;
@@ -35,6 +36,7 @@ mod snapshot;
 pub mod table;
 mod validate;
 mod workload;
+mod yaml_events;
 
 pub use authz::{
     AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzRule, Operation, Peer, Source,
@@ -42,7 +44,7 @@ pub use authz::{
 pub use cidr::{Cidr, CidrError};
 pub use error::{ConfigError, Issue};
 pub use key::{ResourceKey, STORAGE_PREFIX};
-pub use load::{load_file, load_str};
+pub use load::{load_file, load_reader, load_str};
 pub use mesh_config::{
     DefaultPolicy, HealthCheckSettings, MeshConfig, MeshConfigSpec, DEFAULT_CERT_TTL_SECONDS,
     DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, MAX_CERT_TTL_SECONDS, MESH_CONFIG_NAME,

@@ -1,20 +1,25 @@
 //! Reading multi-document YAML files into resources, for `--local-config` and `meshctl apply`.
 
+use std::io::Read;
 use std::path::Path;
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use crate::error::{ConfigError, Issue};
+use crate::limits;
 use crate::resource::{decode, Resource};
 
 /// Reads and parses `path`, naming it in every message. See [`load_str`].
 pub fn load_file(path: &Path) -> Result<Vec<Resource>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = limits::read_file(path)?;
     load_str(&path.display().to_string(), &text)
+}
+
+/// Reads `reader` (stdin, say) to its end and parses it. See [`load_str`].
+pub fn load_reader(source_name: &str, reader: impl Read) -> Result<Vec<Resource>, ConfigError> {
+    let text = limits::read_bounded(source_name, reader)?;
+    load_str(source_name, &text)
 }
 
 /// Parses every `---`-separated document in `text` (skipping empty ones) and runs the
@@ -24,7 +29,10 @@ pub fn load_file(path: &Path) -> Result<Vec<Resource>, ConfigError> {
 ///
 /// Reports every problem in every document, not just the first; `source_name` (usually the
 /// file name) prefixes each message.
+///
+/// Text past the [`limits`] (size, nesting, alias expansion) is refused before it is parsed.
 pub fn load_str(source_name: &str, text: &str) -> Result<Vec<Resource>, ConfigError> {
+    limits::check_yaml(source_name, text)?;
     let mut resources = Vec::new();
     let mut issues = Vec::new();
     for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {

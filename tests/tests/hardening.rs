@@ -16,3 +16,5 @@ mod idle_limits;
 mod support;
 #[path = "hardening/tables.rs"]
 mod tables;
+#[path = "hardening/yaml_limits.rs"]
+mod yaml_limits;

@@ -2,6 +2,7 @@
 
 mod fuzz;
 mod json;
+mod limits;
 mod load;
 mod policy;
 mod routes;

@@ -1,6 +1,5 @@
 //! `meshctl`: manage the mesh through the control plane.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -596,19 +595,17 @@ async fn rules(client: &mut AdminClient, command: RulesCommand) -> Result<()> {
     Ok(())
 }
 
-/// Reads and validates a YAML file locally (errors name the file), as JSON documents.
+/// Reads and validates a YAML (or JSON) file, or stdin for `-`, locally (errors name the
+/// file; the size, nesting and alias limits of `mesh_api::limits` apply), as JSON documents.
 fn read_resources(file: &str) -> Result<(String, Vec<pb::Resource>)> {
-    let (source, text) = if file == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading stdin")?;
-        ("<stdin>".to_owned(), text)
+    let (source, resources) = if file == "-" {
+        let source = "<stdin>".to_owned();
+        let resources = mesh_api::load_reader(&source, std::io::stdin().lock());
+        (source, resources)
     } else {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
-        (file.to_owned(), text)
+        (file.to_owned(), mesh_api::load_file(file.as_ref()))
     };
-    let resources = mesh_api::load_str(&source, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let resources = resources.map_err(|e| anyhow::anyhow!("{e}"))?;
     let json = resources
         .iter()
         .map(|r| serde_json::to_vec(r).map(|json| pb::Resource { json }))

@@ -12,7 +12,7 @@ use crate::cli::{RunArgs, DEFAULT_STATE_DIR};
 /// The settings file (`--config`). Same names as the flags, camelCase.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct SettingsFile {
+pub struct SettingsFile {
     local_config: Option<PathBuf>,
     control_plane: Option<Vec<String>>,
     join_token: Option<String>,
@@ -108,8 +108,16 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> Result<SettingsFile> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml_ng::from_str(&text)
-        .with_context(|| format!("{}: invalid agent settings", path.display()))
+    let text = mesh_api::limits::read_file(path)?;
+    SettingsFile::parse(&path.display().to_string(), &text)
+}
+
+impl SettingsFile {
+    /// Parses settings text, `source` naming it in errors. Within the limits of resource
+    /// files (size, nesting, aliases): a settings file is YAML too, and the same 200 KB of
+    /// nested brackets would cost the same minutes.
+    pub fn parse(source: &str, text: &str) -> Result<SettingsFile> {
+        mesh_api::limits::check_yaml(source, text)?;
+        serde_yaml_ng::from_str(text).with_context(|| format!("{source}: invalid agent settings"))
+    }
 }

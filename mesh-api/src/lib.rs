@@ -23,6 +23,9 @@
 mod authz;
 mod cidr;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod key;
 pub mod limits;
 mod load;

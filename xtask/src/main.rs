@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask build-ebpf | demo | test | bench`.
+//! Project automation: `cargo xtask build-ebpf | demo | test | fuzz | bench`.
 //!
 //! Every command installs what it needs and is missing, so a fresh machine needs only the two
 //! commands of the README.
@@ -8,6 +8,7 @@ mod bench_control;
 mod build_ebpf;
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -33,6 +34,12 @@ enum Command {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Build the fuzz targets in fuzz/ (installs cargo-fuzz when missing) and run each briefly.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+    },
     /// Measure the mesh against direct connections; writes bench/results.md.
     Bench(bench::BenchArgs),
 }
@@ -42,6 +49,7 @@ fn main() -> Result<()> {
         Command::BuildEbpf => build_ebpf::build().map(|_| ()),
         Command::Demo => demo::run(),
         Command::Test { filter } => test::run(filter),
+        Command::Fuzz { seconds } => fuzz::run(seconds),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -85,3 +85,84 @@ fn proved_valid(cache: &ConfigCache, key: &str, resource: Option<&Resource>) -> 
     };
     verdict == Verdict::Valid
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::keys;
+    use crate::server::cache::resource_ref;
+    use crate::store::{EmbeddedStore, SharedStore};
+
+    fn resource(yaml: &str) -> Resource {
+        mesh_api::load_str("test.yaml", yaml).unwrap().remove(0)
+    }
+
+    fn key(r: &Resource) -> String {
+        keys::resource_of_ref(&resource_ref(r))
+    }
+
+    async fn put(store: &SharedStore, at: &str, r: &Resource) -> u64 {
+        store.put(at, serde_json::to_vec(r).unwrap()).await.unwrap()
+    }
+
+    /// Through the real cache, fed by the store's watch: a one-resource change is judged from
+    /// the indexes once the stored config is validated, a conflict still gets the full
+    /// check's message, and a store the control plane did not write consistently is never
+    /// judged from the indexes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_cache_indexes_decide_one_resource_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let web = resource(
+            "apiVersion: mesh/v1\nkind: Service\nmetadata: {name: web, namespace: a}\n\
+             spec: {vips: [10.96.0.1], ports: [{name: http, port: 80, protocol: http}], selector: {app: web}}\n",
+        );
+        let route = resource(
+            "apiVersion: mesh/v1\nkind: Route\nmetadata: {name: web, namespace: a}\n\
+             spec: {service: web, rules: [{backends: [{service: web}]}]}\n",
+        );
+        put(&store, &key(&web), &web).await;
+        put(&store, &key(&route), &route).await;
+        let cache = ConfigCache::start(store.clone()).await.unwrap();
+
+        let workload = |name: &str, ip: &str| {
+            resource(&format!(
+                "apiVersion: mesh/v1\nkind: Workload\nmetadata: {{name: {name}, namespace: a}}\n\
+                 spec: {{uid: {name}, ips: [{ip}], node: n1}}\n"
+            ))
+        };
+        let w1 = workload("w1", "10.0.0.1");
+        let checked = check_changes(&cache, &[(key(&w1), Some(w1.clone()))], "").unwrap();
+        assert!(!checked.was_full());
+
+        let on_vip = workload("w2", "10.96.0.1");
+        let err = check_changes(&cache, &[(key(&on_vip), Some(on_vip))], "f.yaml")
+            .err()
+            .expect("rejected");
+        assert!(
+            err.message().starts_with("f.yaml: ")
+                && err
+                    .message()
+                    .contains("10.96.0.1 is also an IP of Workload a/w2"),
+            "{}",
+            err.message()
+        );
+        let err = check_changes(&cache, &[(key(&web), None)], "")
+            .err()
+            .expect("rejected");
+        assert!(
+            err.message().contains("no Service a/web"),
+            "{}",
+            err.message()
+        );
+
+        // w1 stored under another workload's key: the index cannot mirror that.
+        let revision = put(&store, &keys::resource("Workload", "a", "elsewhere"), &w1).await;
+        cache.wait_for(revision).await;
+        let w3 = workload("w3", "10.0.0.3");
+        let checked = check_changes(&cache, &[(key(&w3), Some(w3))], "").unwrap();
+        assert!(checked.was_full());
+    }
+}

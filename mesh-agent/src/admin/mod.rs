@@ -10,8 +10,10 @@
 //! Both bound their connections (see `listen`): a request head within 10 s (so also at most
 //! 10 s idle between requests), a body within 10 s, at most 128 connections each.
 
+mod api;
 pub mod client;
-mod listen;
+pub mod listen;
 mod server;
 
-pub use server::{serve_http, serve_unix, socket_path};
+pub use api::AdminApi;
+pub use server::{serve_http, serve_unix, socket_path, socket_routes};

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -17,25 +16,33 @@ use serde_json::json;
 
 use crate::agent::Agent;
 use crate::pods::EnrollRequest;
-use crate::status::Status;
 
+use super::api::AdminApi;
 use super::listen;
 
 /// An enroll request is a few hundred bytes of JSON.
 const MAX_ENROLL_REQUEST: usize = 64 * 1024;
 
-type Shared = State<Arc<Agent>>;
+type Shared<A> = State<Arc<A>>;
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("agent.sock")
 }
 
-fn read_only_routes() -> Router<Arc<Agent>> {
+/// What the loopback HTTP address serves.
+pub fn read_only_routes<A: AdminApi>() -> Router<Arc<A>> {
     Router::new()
-        .route("/healthz/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/config_dump", get(config_dump))
-        .route("/status", get(status))
+        .route("/healthz/ready", get(ready::<A>))
+        .route("/metrics", get(metrics::<A>))
+        .route("/config_dump", get(config_dump::<A>))
+        .route("/status", get(status::<A>))
+}
+
+/// What the root-only unix socket serves: the read-only routes and enrollment.
+pub fn socket_routes<A: AdminApi>() -> Router<Arc<A>> {
+    read_only_routes()
+        .route("/v1/pods", post(enroll::<A>))
+        .route("/v1/pods/{uid}", delete(unenroll::<A>))
 }
 
 /// Serves the read-only routes on a loopback TCP address.
@@ -46,7 +53,7 @@ pub async fn serve_http(agent: Arc<Agent>, addr: SocketAddr) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the admin address {addr}"))?;
-    let app = read_only_routes().with_state(agent);
+    let app = read_only_routes::<Agent>().with_state(agent);
     listen::serve(listener, format!("admin HTTP {addr}"), app).await;
     Ok(())
 }
@@ -57,24 +64,21 @@ pub async fn serve_unix(agent: Arc<Agent>, path: PathBuf) -> Result<tokio::task:
     let listener = tokio::net::UnixListener::bind(&path)
         .with_context(|| format!("binding the admin socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let app = read_only_routes()
-        .route("/v1/pods", post(enroll))
-        .route("/v1/pods/{uid}", delete(unenroll))
-        .with_state(agent);
+    let app = socket_routes::<Agent>().with_state(agent);
     let name = format!("admin socket {}", path.display());
     Ok(tokio::spawn(listen::serve(listener, name, app)))
 }
 
-async fn ready(State(agent): Shared) -> Response {
-    if agent.ready.load(Ordering::Acquire) {
+async fn ready<A: AdminApi>(State(agent): Shared<A>) -> Response {
+    if agent.ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "resuming pods\n").into_response()
     }
 }
 
-async fn metrics(State(agent): Shared) -> Response {
-    let text = agent.metrics.encode(&agent.datapath.maps.kernel_stats());
+async fn metrics<A: AdminApi>(State(agent): Shared<A>) -> Response {
+    let text = agent.metrics();
     (
         [(
             "content-type",
@@ -85,20 +89,15 @@ async fn metrics(State(agent): Shared) -> Response {
         .into_response()
 }
 
-async fn config_dump(State(agent): Shared) -> Response {
-    let snapshot = agent.registry.snapshot();
-    Json(json!({
-        "source": agent.registry.source(),
-        "resources": snapshot.resources(),
-    }))
-    .into_response()
+async fn config_dump<A: AdminApi>(State(agent): Shared<A>) -> Response {
+    Json(agent.config_dump()).into_response()
 }
 
-async fn status(State(agent): Shared) -> Json<Status> {
-    Json(Status::of(&agent).await)
+async fn status<A: AdminApi>(State(agent): Shared<A>) -> Json<A::Status> {
+    Json(agent.status().await)
 }
 
-async fn enroll(State(agent): Shared, body: Body) -> Response {
+async fn enroll<A: AdminApi>(State(agent): Shared<A>, body: Body) -> Response {
     let body = match tokio::time::timeout(
         listen::REQUEST_BODY_TIMEOUT,
         axum::body::to_bytes(body, MAX_ENROLL_REQUEST),
@@ -122,7 +121,7 @@ async fn enroll(State(agent): Shared, body: Body) -> Response {
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad enroll request: {e}")),
     };
     // A task of its own: a client that hangs up must not cut an enrollment off half-way.
-    let enrolled = tokio::spawn(async move { agent.enroll(request).await }).await;
+    let enrolled = tokio::spawn(agent.enroll(request)).await;
     match enrolled {
         Ok(Ok(())) => (StatusCode::CREATED, Json(json!({"enrolled": true}))).into_response(),
         Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
@@ -133,7 +132,7 @@ async fn enroll(State(agent): Shared, body: Body) -> Response {
     }
 }
 
-async fn unenroll(State(agent): Shared, UrlPath(uid): UrlPath<String>) -> Response {
+async fn unenroll<A: AdminApi>(State(agent): Shared<A>, UrlPath(uid): UrlPath<String>) -> Response {
     match agent.unenroll(&uid).await {
         Ok(()) => Json(json!({"unenrolled": true})).into_response(),
         Err(e) => error(StatusCode::NOT_FOUND, format!("{e:#}")),

@@ -61,6 +61,13 @@ impl Kind for Workload {
         // The uid ends up in state-file names and CLI arguments, so keep it to a safe charset.
         if spec.uid.is_empty() {
             c.fail("spec.uid", "must not be empty");
+        } else if spec.uid.chars().all(|c| c == '.') {
+            // "." and ".." would name the agent's own directories where the uid is a path
+            // component (bpffs pins, state), pointing a pod's cleanup at them.
+            c.fail(
+                "spec.uid",
+                format!("{:?} must not consist of dots only", spec.uid),
+            );
         } else if spec.uid.len() > MAX_UID_LEN || !spec.uid.chars().all(is_uid_char) {
             c.fail(
                 "spec.uid",

@@ -171,6 +171,15 @@ fn workload_fields_are_checked() {
             "Workload default/reviews-1: spec.node: \"node 1\" must not contain whitespace",
         ]
     );
+
+    for uid in [".", ".."] {
+        assert_eq!(
+            problems(workload("reviews-1", uid, "10.244.1.5", "reviews")),
+            [format!(
+                "Workload default/reviews-1: spec.uid: {uid:?} must not consist of dots only"
+            )]
+        );
+    }
 }
 
 #[test]

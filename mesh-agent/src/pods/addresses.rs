@@ -10,11 +10,19 @@
 //! update a connection to the new address is refused, never delivered around the mesh.
 //!
 //! A (re)started follower re-reads the full list first, so changes made while the agent was
-//! down are caught, and sweeps entries a previous agent left for addresses that are gone.
+//! down are caught, and sweeps entries a previous agent left for addresses that are gone
+//! (retried until a listing succeeds).
+//!
+//! One pod must not be able to exhaust the node-wide map or the agent: at most
+//! [`MAX_UNDECLARED`] addresses beyond the declared ones are steered (the rest stay refused,
+//! failing closed), re-reads are at least [`MIN_SYNC_INTERVAL`] apart, and state saves at least
+//! [`MIN_SAVE_INTERVAL`] apart. IPv4-mapped IPv6 addresses are never claimed: the map stores
+//! them as the IPv4 address, which may be another pod's.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -45,10 +53,21 @@ struct Steering {
     steered: Vec<IpAddr>,
     /// Set by `withdraw`: a sync still under way must not register anything any more.
     withdrawn: bool,
+    /// When the "over the cap" warning was last logged.
+    last_cap_warning: Option<Instant>,
 }
 
 /// How long to wait before re-reading after the notice socket failed (it should not).
 const RETRY: Duration = Duration::from_secs(1);
+/// Addresses beyond the declared ones steered to one pod at most: the map is node-wide.
+pub const MAX_UNDECLARED: usize = 16;
+/// The shortest time between two re-reads of a pod's addresses; notices that come meanwhile
+/// cost one re-read together.
+const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(150);
+/// The shortest time between two saves of the agent's state for address changes.
+const MIN_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest time between two "over the cap" warnings for one pod.
+const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 impl SteeredAddresses {
     /// Starts following the pod's addresses. `steered` is what is registered already (the
@@ -69,6 +88,7 @@ impl SteeredAddresses {
             steering: Mutex::new(Steering {
                 steered,
                 withdrawn: false,
+                last_cap_warning: None,
             }),
             changed,
         });
@@ -101,10 +121,14 @@ impl Drop for SteeredAddresses {
 }
 
 async fn follow(pod: Arc<PodAddresses>, mut events: AddressEvents) {
-    let mut first = true;
+    // Until one listing succeeds, entries a previous agent left may still be in the map.
+    let mut sweep_stale = true;
     loop {
-        pod.sync(first).await;
-        first = false;
+        if pod.sync(sweep_stale).await {
+            sweep_stale = false;
+        }
+        // Rate limit: notices arriving during the pause are consumed together below.
+        tokio::time::sleep(MIN_SYNC_INTERVAL).await;
         if let Err(e) = events.changed().await {
             tracing::warn!(pod = %pod.context.pod, error = %e, "reading address change notices failed; re-reading the addresses");
             tokio::time::sleep(RETRY).await;
@@ -112,30 +136,62 @@ async fn follow(pod: Arc<PodAddresses>, mut events: AddressEvents) {
     }
 }
 
+/// The undeclared addresses to try to steer, in order of preference: those steered already
+/// first (so going over the cap never moves steering between addresses), then new ones.
+/// Declared, duplicate and IPv4-mapped IPv6 addresses are left out.
+fn candidates(declared: &[IpAddr], steered: &[IpAddr], found: &[IpAddr]) -> Vec<IpAddr> {
+    let declared: HashSet<IpAddr> = declared.iter().copied().collect();
+    let steered_now: HashSet<IpAddr> = steered.iter().copied().collect();
+    let mut seen = HashSet::new();
+    let usable: Vec<IpAddr> = found
+        .iter()
+        .copied()
+        .filter(|ip| !declared.contains(ip) && !is_ipv4_mapped(*ip) && seen.insert(*ip))
+        .collect();
+    let (mut kept, new): (Vec<IpAddr>, Vec<IpAddr>) =
+        usable.into_iter().partition(|ip| steered_now.contains(ip));
+    kept.extend(new);
+    kept
+}
+
+/// `::ffff:a.b.c.d`: the kernel lets a pod add one, but the map would store it as `a.b.c.d`.
+fn is_ipv4_mapped(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
 impl PodAddresses {
-    /// Makes the steered addresses the declared ones plus every routable address the pod has.
-    async fn sync(&self, sweep_stale: bool) {
+    /// Makes the steered addresses the declared ones plus the routable addresses the pod has,
+    /// up to [`MAX_UNDECLARED`] of those. False if the addresses could not be listed.
+    async fn sync(&self, sweep_stale: bool) -> bool {
         let context = &self.context;
         let found = match context.netns.routable_addresses().await {
             Ok(found) => found,
             Err(e) => {
                 // Unlisted addresses stay refused by sk_lookup; the next notice retries.
                 tracing::warn!(pod = %context.pod, error = %e, "listing the pod's addresses failed");
-                return;
+                return false;
             }
         };
         let mut steering = self.steering.lock();
         if steering.withdrawn {
-            return;
+            return true;
         }
+        self.restore_declared(&found);
         let mut wanted = self.declared.clone();
-        for ip in found {
-            if !wanted.contains(&ip) && self.claim(ip) {
+        let mut refused = 0;
+        for ip in candidates(&self.declared, &steering.steered, &found) {
+            if wanted.len() - self.declared.len() >= MAX_UNDECLARED {
+                refused += 1;
+            } else if self.claim(ip) {
                 wanted.push(ip);
             }
         }
+        if refused > 0 && self.cap_warning_due(&mut steering) {
+            tracing::warn!(pod = %context.pod, cap = MAX_UNDECLARED, refused, "the pod has more undeclared addresses than the cap; the rest stay unsteered (refused)");
+        }
+        let wanted_set: HashSet<IpAddr> = wanted.iter().copied().collect();
         for ip in &steering.steered {
-            if !wanted.contains(ip) {
+            if !wanted_set.contains(ip) {
                 context.maps.release_pod_ip(*ip, self.slot);
                 context.local_pods.release(*ip, context);
             }
@@ -148,6 +204,36 @@ impl PodAddresses {
             steering.steered = wanted;
             self.changed.notify_one();
         }
+        true
+    }
+
+    /// Puts back the entry of each declared IP the pod has if something else removed it; an
+    /// entry pointing at another pod is left alone (never stolen) and reported.
+    fn restore_declared(&self, found: &[IpAddr]) {
+        let context = &self.context;
+        for ip in self.declared.iter().filter(|ip| found.contains(ip)) {
+            match context.maps.claim_pod_ip(*ip, self.slot) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(pod = %context.pod, %ip, "a declared IP of the pod is registered for another pod; left as it is")
+                }
+                Err(e) => {
+                    tracing::error!(pod = %context.pod, error = %format!("{e:#}"), "restoring a declared IP's steering failed")
+                }
+            }
+        }
+    }
+
+    /// Whether to log the "over the cap" warning now (at most once per interval per pod).
+    fn cap_warning_due(&self, steering: &mut Steering) -> bool {
+        let now = Instant::now();
+        let due = steering
+            .last_cap_warning
+            .is_none_or(|last| now.duration_since(last) >= CAP_WARNING_INTERVAL);
+        if due {
+            steering.last_cap_warning = Some(now);
+        }
+        due
     }
 
     /// Registers an address the pod has for steering, unless it belongs to another pod of this
@@ -175,13 +261,55 @@ impl PodAddresses {
 }
 
 /// Saves the agent's state whenever a pod's steered addresses change, so a restarted agent
-/// knows what to withdraw for a pod deleted meanwhile.
+/// knows what to withdraw for a pod deleted meanwhile. At most once per [`MIN_SAVE_INTERVAL`]:
+/// a change notified during the pause leaves a permit, so the latest state is saved after it.
 pub async fn save_on_changes(agent: Arc<crate::agent::Agent>) {
     loop {
         agent.steering_changed.notified().await;
-        let pods = agent.pods.lock().await;
-        if let Err(e) = agent.save(&pods) {
-            tracing::warn!(error = %format!("{e:#}"), "saving the pods' state failed");
+        {
+            let pods = agent.pods.lock().await;
+            if let Err(e) = agent.save(&pods) {
+                tracing::warn!(error = %format!("{e:#}"), "saving the pods' state failed");
+            }
         }
+        tokio::time::sleep(MIN_SAVE_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn candidates_leave_out_declared_duplicate_and_mapped_addresses() {
+        let declared = [ip("10.0.0.5")];
+        let found = [
+            ip("10.0.0.5"),
+            ip("::ffff:10.0.0.6"),
+            ip("fd00::5"),
+            ip("fd00::5"),
+        ];
+        assert_eq!(candidates(&declared, &[], &found), [ip("fd00::5")]);
+    }
+
+    #[test]
+    fn candidates_prefer_addresses_steered_already() {
+        let found: Vec<IpAddr> = (1..=40).map(|i| ip(&format!("fd00::{i}"))).collect();
+        let steered = [ip("10.0.0.5"), ip("fd00::39"), ip("fd00::40")];
+        let order = candidates(&[ip("10.0.0.5")], &steered, &found);
+        assert_eq!(order.len(), 40);
+        assert_eq!(order[..2], [ip("fd00::39"), ip("fd00::40")]);
+        assert_eq!(order[2], ip("fd00::1"));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_recognised() {
+        assert!(is_ipv4_mapped(ip("::ffff:10.0.0.5")));
+        assert!(!is_ipv4_mapped(ip("fd00::5")));
+        assert!(!is_ipv4_mapped(ip("10.0.0.5")));
     }
 }

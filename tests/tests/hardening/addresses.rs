@@ -356,3 +356,84 @@ fn another_pods_address_is_not_taken_over() {
     let inbound = |s: &Status| s.pod("default/web", "inbound", "connections");
     assert_eq!(inbound(&after), inbound(&before) + 2);
 }
+
+/// The agent's cap on addresses steered to one pod beyond its declared IPs
+/// (`MAX_UNDECLARED` in `mesh-agent/src/pods/addresses.rs`).
+const MAX_UNDECLARED: usize = 16;
+
+/// A pod that adds many addresses cannot fill the node-wide map: at most the cap beyond its
+/// declared IPs are steered (web's own IPv6 address counts), the rest stay refused by the
+/// kernel (never answered around the mesh), and the agent keeps answering quickly.
+#[test]
+fn a_pod_adding_many_addresses_gets_at_most_the_cap_steered() {
+    require_root();
+    let mesh = WebAndOutsider::start(55, "");
+    let added: Vec<IpAddr> = (100..140).map(|last| host(mesh.web.ip(), last)).collect();
+    let script: String = added
+        .iter()
+        .map(|ip| format!("ip addr add {ip}/24 dev eth0\n"))
+        .collect();
+    mesh.web.run("sh", ["-c", &script], T).unwrap();
+
+    let own = [mesh.web.ip(), mesh.web.ip6()];
+    let mut steered = Vec::new();
+    let capped = wait_until(T, || {
+        steered = mesh.steered_for("default/web");
+        steered.len() == 1 + MAX_UNDECLARED
+    });
+    assert!(capped, "web's steered addresses: {steered:?}");
+    // Settled at the cap, not on the way past it.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let steered = mesh.steered_for("default/web");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "status took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(steered.len(), 1 + MAX_UNDECLARED, "{steered:?}");
+    assert!(
+        own.iter().all(|ip| steered.contains(ip)),
+        "web's own addresses must stay steered: {steered:?}"
+    );
+
+    let through = *steered.iter().find(|ip| added.contains(ip)).unwrap();
+    assert_eq!(get(&mesh.outsider, &url(through, APP_PORT)).name, "web");
+
+    let refused = *added.iter().find(|ip| !steered.contains(ip)).unwrap();
+    let before = Status::of(&mesh.node);
+    let accepted_in_web = passive_opens(&mesh.web);
+    let error = match try_get(&mesh.outsider, &url(refused, APP_PORT), 2000) {
+        Ok(body) => panic!("{refused} (over the cap) answered: {body}"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("refused"), "{error}");
+    assert_eq!(passive_opens(&mesh.web), accepted_in_web);
+    let after = Status::of(&mesh.node);
+    assert_eq!(
+        after.kernel("lookup_unknown_address") - before.kernel("lookup_unknown_address"),
+        1
+    );
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), which the kernel lets a pod add, is not
+/// claimed: the map would store it as `a.b.c.d`, here the outsider's address, steering that
+/// to web. An ordinary address added with it is followed, so the agent did re-read.
+#[test]
+fn ipv4_mapped_addresses_are_not_claimed() {
+    require_root();
+    let mesh = WebAndOutsider::start(45, "");
+    let IpAddr::V4(outsider) = mesh.outsider.ip() else {
+        panic!("the outsider's first address is IPv4");
+    };
+    let mapped = format!("{}/128", outsider.to_ipv6_mapped());
+    mesh.web
+        .run("ip", ["addr", "add", &mapped, "dev", "eth0", "nodad"], T)
+        .unwrap();
+    let marker = host(mesh.web.ip(), 99);
+    let with_prefix = format!("{marker}/24");
+    mesh.web
+        .run("ip", ["addr", "add", &with_prefix, "dev", "eth0"], T)
+        .unwrap();
+    mesh.wait_steered(&[marker]);
+}

@@ -25,6 +25,10 @@ pub struct Agent {
     /// Pods being enrolled or resumed: their uid, slot and IPs, taken without holding `pods`
     /// across the slow part of enrollment.
     pub enrolling: crate::pods::Reservations,
+    /// Saved pods not (yet) serving: those a resume has not reached yet, and those whose resume
+    /// failed for a passing reason (their capture stays attached and fails closed). Kept in
+    /// every save so neither is forgotten, and unenroll can still take them out.
+    pub unresumed: parking_lot::Mutex<BTreeMap<String, crate::pods::SavedPod>>,
     /// The pods' proxy contexts by IP, for same-node delivery.
     pub local_pods: Arc<crate::proxy::LocalPods>,
     /// Notified when a pod's steered addresses change (`pods::save_on_changes` saves them).

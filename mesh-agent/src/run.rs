@@ -69,6 +69,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         connect_timeout: settings.connect_timeout,
         pods: Default::default(),
         enrolling: Default::default(),
+        unresumed: Default::default(),
         local_pods: Default::default(),
         steering_changed: Default::default(),
         ready: AtomicBool::new(false),

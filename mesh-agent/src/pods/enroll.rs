@@ -5,6 +5,7 @@
 //! moment where the pod's traffic is steered to a listener that does not exist yet, nor a
 //! moment where capture is on and the proxy is not.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -60,7 +61,8 @@ impl Agent {
     pub async fn enroll(&self, request: EnrollRequest) -> Result<()> {
         let reservation = {
             let pods = self.pods.lock().await;
-            let reservation = self.enrolling.reserve(&pods, &request, None)?;
+            let unresumed = self.unresumed.lock().clone();
+            let reservation = self.enrolling.reserve(&pods, &unresumed, &request, None)?;
             request.check_declared(&self.registry.snapshot(), &self.node)?;
             reservation
         };
@@ -91,22 +93,30 @@ impl Agent {
     /// whose namespace or cgroup is gone was deleted while the agent was down; one whose
     /// namespace or cgroup must not be enrolled (the node's own namespace, the cgroup root...:
     /// an older agent took it) is not attached again. Either way its leftovers are cleaned up.
+    ///
+    /// Every saved pod stays in `unresumed` (and so in every save, including those of
+    /// enrollments made meanwhile: the admin socket is served during resume) until it serves
+    /// again or is cleaned up; one whose resume fails for a passing reason stays there for good,
+    /// its capture attached and failing closed, until it is unenrolled.
     pub async fn resume(&self) -> Result<()> {
         let saved = self.state.load()?;
         let mut reserved = Vec::new();
         {
             let pods = self.pods.lock().await;
-            for (uid, saved) in saved {
-                match self
-                    .enrolling
-                    .reserve(&pods, &saved.request, Some(saved.slot))
-                {
-                    Ok(reservation) => reserved.push((reservation, saved)),
+            for (uid, saved) in &saved {
+                match self.enrolling.reserve(
+                    &pods,
+                    &BTreeMap::new(),
+                    &saved.request,
+                    Some(saved.slot),
+                ) {
+                    Ok(reservation) => reserved.push((reservation, saved.clone())),
                     Err(e) => {
-                        tracing::error!(%uid, error = %format!("{e:#}"), "saved pod conflicts with another; not resumed")
+                        tracing::error!(%uid, error = %format!("{e:#}"), "saved pod conflicts with another; not resumed (unenroll it to remove its capture)")
                     }
                 }
             }
+            *self.unresumed.lock() = saved;
         }
         for (reservation, saved) in reserved {
             self.resume_pod(reservation, saved).await;
@@ -116,54 +126,84 @@ impl Agent {
     }
 
     async fn resume_pod(&self, reservation: Reservation<'_>, saved: SavedPod) {
-        let SavedPod {
-            request,
-            slot,
-            steered_ips,
-        } = saved;
-        let uid = &request.uid;
-        let prepared = match prepare(&request, &self.cgroup_root).await {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                let error = format!("{e:#}");
-                match e.downcast_ref::<Unfit>() {
-                    Some(Unfit::Gone(_)) => {
-                        tracing::info!(%uid, %error, "pod is gone; cleaning up")
-                    }
-                    Some(Unfit::Refused(_)) => tracing::error!(
-                        %uid, %error,
-                        "saved pod must not be enrolled; removing its capture instead of resuming it"
-                    ),
-                    // Its capture stays attached and fails closed; an operator sees it in the
-                    // log and can unenroll.
-                    None => {
-                        tracing::error!(%uid, %error, "resuming pod failed");
-                        return;
-                    }
-                }
-                self.datapath.detach_pod(uid);
-                for ip in request.ips.iter().chain(&steered_ips) {
-                    self.datapath.maps.remove_pod_ip(*ip);
-                }
-                return;
-            }
+        let uid = saved.request.uid.clone();
+        let resumed = if reservation.is_cancelled() {
+            // Unenrolled before its turn came: nothing to resume.
+            Err(None)
+        } else {
+            self.try_resume(&saved).await.map_err(Some)
         };
+        let mut pods = self.pods.lock().await;
+        let cancelled = reservation.is_cancelled();
+        match resumed {
+            Ok(pod) if cancelled => {
+                self.stop_pod(pod);
+                tracing::info!(%uid, "pod unenrolled while it was being resumed");
+            }
+            Ok(pod) => {
+                tracing::info!(%uid, pod = %saved.request.pod_name(), slot = saved.slot, "pod resumed");
+                pods.insert(uid.clone(), pod);
+            }
+            Err(error) => {
+                let gone_or_refused = match &error {
+                    Some(e) => {
+                        let error = format!("{e:#}");
+                        match e.downcast_ref::<Unfit>() {
+                            Some(Unfit::Gone(_)) => {
+                                tracing::info!(%uid, %error, "pod is gone; cleaning up");
+                                true
+                            }
+                            Some(Unfit::Refused(_)) => {
+                                tracing::error!(
+                                    %uid, %error,
+                                    "saved pod must not be enrolled; removing its capture instead of resuming it"
+                                );
+                                true
+                            }
+                            None => {
+                                tracing::error!(%uid, %error, "resuming pod failed; its capture stays attached and fails closed until it is unenrolled");
+                                false
+                            }
+                        }
+                    }
+                    None => true,
+                };
+                if !(gone_or_refused || cancelled) {
+                    // Stays in `unresumed`: saved, and unenroll can take it out. The
+                    // reservation goes under the lock, so an unenroll either cancelled it
+                    // (seen above) or finds the pod in `unresumed`.
+                    drop(reservation);
+                    return;
+                }
+                self.remove_leftovers(&saved);
+                if cancelled {
+                    tracing::info!(%uid, "pod unenrolled while it was being resumed");
+                }
+            }
+        }
+        self.unresumed.lock().remove(&uid);
+        // Under the pods lock, so a waiting unenroll sees the outcome as soon as it is woken.
+        drop(reservation);
+    }
+
+    /// Opens a saved pod's namespace and cgroup and starts serving it again.
+    async fn try_resume(&self, saved: &SavedPod) -> Result<EnrolledPod> {
+        let request = &saved.request;
+        let prepared = prepare(request, &self.cgroup_root).await?;
         if let Err(e) = request.check_declared(&self.registry.snapshot(), &self.node) {
             // Keep serving it: dropping capture would let it bypass the mesh.
-            tracing::warn!(%uid, error = %e, "resumed pod no longer matches the config");
+            tracing::warn!(uid = %request.uid, error = %e, "resumed pod no longer matches the config");
         }
-        match self.start_pod(request.clone(), slot, prepared).await {
-            Ok(pod) => {
-                let mut pods = self.pods.lock().await;
-                if reservation.is_cancelled() {
-                    self.stop_pod(pod);
-                    tracing::info!(%uid, "pod unenrolled while it was being resumed");
-                } else {
-                    tracing::info!(%uid, pod = %request.pod_name(), slot, "pod resumed");
-                    pods.insert(uid.clone(), pod);
-                }
-            }
-            Err(e) => tracing::error!(%uid, error = %format!("{e:#}"), "resuming pod failed"),
+        self.start_pod(request.clone(), saved.slot, prepared).await
+    }
+
+    /// Takes out what a saved pod that is not serving left in the kernel: its capture and the
+    /// sk_lookup entries still pointing at its slot (an entry another pod holds now is left
+    /// alone: an undeclared address was never reserved for this pod).
+    fn remove_leftovers(&self, saved: &SavedPod) {
+        self.datapath.detach_pod(&saved.request.uid);
+        for ip in saved.request.ips.iter().chain(&saved.steered_ips) {
+            self.datapath.maps.release_pod_ip(*ip, saved.slot);
         }
     }
 
@@ -173,7 +213,12 @@ impl Agent {
         let mut pods = self.pods.lock().await;
         let Some(pod) = pods.remove(uid) else {
             let Some(mut finished) = self.enrolling.cancel(uid) else {
-                bail!("unenroll {uid}: no pod with this uid is enrolled");
+                let Some(failed) = self.unresumed.lock().remove(uid) else {
+                    bail!("unenroll {uid}: no pod with this uid is enrolled");
+                };
+                self.remove_leftovers(&failed);
+                tracing::info!(%uid, "pod whose resume had failed unenrolled");
+                return self.save(&pods);
             };
             drop(pods);
             // `changed` fails once the enrollment has dropped its reservation.
@@ -252,8 +297,9 @@ impl Agent {
         let attachments = match attached {
             Ok(attachments) => attachments,
             Err(e) => {
+                // Slot-checked: an address held by another pod is not this pod's to withdraw.
                 for ip in &steered_ips {
-                    maps.remove_pod_ip(*ip);
+                    maps.release_pod_ip(*ip, slot);
                 }
                 return Err(e.context(context));
             }
@@ -308,11 +354,9 @@ impl Agent {
         self.datapath.attach_pod(uid, cgroup, netns)
     }
 
-    pub(super) fn save(
-        &self,
-        pods: &std::collections::BTreeMap<String, EnrolledPod>,
-    ) -> Result<()> {
-        let saved = pods
+    /// Saves the enrolled pods and the saved ones not serving (see `unresumed`).
+    pub(super) fn save(&self, pods: &BTreeMap<String, EnrolledPod>) -> Result<()> {
+        let enrolled = pods
             .iter()
             .map(|(uid, p)| {
                 (
@@ -325,7 +369,8 @@ impl Agent {
                 )
             })
             .collect();
-        self.state.save(saved)
+        self.state
+            .save(with_unresumed(enrolled, &self.unresumed.lock()))
     }
 }
 
@@ -375,4 +420,53 @@ fn cancelled(request: &EnrollRequest) -> String {
         "enroll {}: cancelled: the pod was unenrolled while it was being enrolled",
         request.uid
     )
+}
+
+/// What the state file holds: the enrolled pods, and the saved pods not serving (an enrolled
+/// pod's entry wins: it is the newer one).
+fn with_unresumed(
+    mut enrolled: BTreeMap<String, SavedPod>,
+    unresumed: &BTreeMap<String, SavedPod>,
+) -> BTreeMap<String, SavedPod> {
+    for (uid, saved) in unresumed {
+        enrolled.entry(uid.clone()).or_insert_with(|| saved.clone());
+    }
+    enrolled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(uid: &str, slot: u32) -> (String, SavedPod) {
+        let request = EnrollRequest {
+            uid: uid.into(),
+            name: uid.into(),
+            namespace: "default".into(),
+            service_account: "default".into(),
+            netns: "/run/netns/x".into(),
+            cgroup: "/sys/fs/cgroup/x".into(),
+            ips: vec![format!("10.0.0.{}", slot + 1).parse().unwrap()],
+        };
+        (
+            uid.into(),
+            SavedPod {
+                request,
+                slot,
+                steered_ips: Vec::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_save_during_resume_or_after_failed_resumes_keeps_the_pods_not_serving() {
+        // Pod a is resumed (and its entry newer), b failed or is not reached yet; c was
+        // enrolled meanwhile.
+        let enrolled = BTreeMap::from([saved("a", 7), saved("c", 2)]);
+        let unresumed = BTreeMap::from([saved("a", 0), saved("b", 1)]);
+        let state = with_unresumed(enrolled, &unresumed);
+        assert_eq!(state.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(state["a"].slot, 7, "the enrolled entry wins");
+        assert_eq!(state["b"].slot, 1);
+    }
 }

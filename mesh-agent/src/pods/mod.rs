@@ -12,4 +12,4 @@ pub use addresses::save_on_changes;
 pub use enroll::EnrolledPod;
 pub use request::EnrollRequest;
 pub use reserve::Reservations;
-pub use state::StateStore;
+pub use state::{SavedPod, StateStore};

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::state::SavedPod;
 use super::{EnrollRequest, EnrolledPod};
 
 #[derive(Default)]
@@ -36,10 +37,13 @@ pub struct Reservation<'a> {
 
 impl Reservations {
     /// Reserves the request's uid and IPs, and `slot` (or the first free one), against the
-    /// enrolled pods and the other reservations. Call it holding the pods lock, `enrolled`.
+    /// enrolled pods, the saved pods not serving (`unresumed`: their capture may still be
+    /// attached, so their slot must not go to another pod) and the other reservations. Call it
+    /// holding the pods lock, `enrolled`.
     pub fn reserve<'a>(
         &'a self,
         enrolled: &BTreeMap<String, EnrolledPod>,
+        unresumed: &BTreeMap<String, SavedPod>,
         request: &EnrollRequest,
         slot: Option<u32>,
     ) -> Result<Reservation<'a>> {
@@ -51,6 +55,9 @@ impl Reservations {
         if reserved.contains_key(uid) {
             bail!("enroll {uid}: a pod with this uid is being enrolled right now");
         }
+        if unresumed.contains_key(uid) {
+            bail!("enroll {uid}: a pod with this uid was saved by an earlier run and is not serving (its resume failed or is under way); unenroll it first");
+        }
         for ip in &request.ips {
             if let Some(other) = enrolled.values().find(|p| p.request.ips.contains(ip)) {
                 bail!(
@@ -59,12 +66,17 @@ impl Reservations {
                     other.request.uid
                 );
             }
+            if let Some((other, _)) = unresumed.iter().find(|(_, p)| p.request.ips.contains(ip)) {
+                bail!("enroll {uid}: IP {ip} already belongs to pod {other}, saved by an earlier run and not serving (its resume failed or is under way)");
+            }
             if let Some((other, _)) = reserved.iter().find(|(_, r)| r.ips.contains(ip)) {
                 bail!("enroll {uid}: IP {ip} already belongs to pod {other}, being enrolled right now");
             }
         }
         let taken = |slot: u32| {
-            enrolled.values().any(|p| p.slot == slot) || reserved.values().any(|r| r.slot == slot)
+            enrolled.values().any(|p| p.slot == slot)
+                || unresumed.values().any(|p| p.slot == slot)
+                || reserved.values().any(|r| r.slot == slot)
         };
         let slot = match slot {
             Some(slot) if taken(slot) => bail!("enroll {uid}: slot {slot} is already taken"),
@@ -141,30 +153,39 @@ mod tests {
         let reservations = Reservations::default();
         let none = BTreeMap::new();
         let a = reservations
-            .reserve(&none, &request("a", "10.0.0.1"), None)
+            .reserve(&none, &BTreeMap::new(), &request("a", "10.0.0.1"), None)
             .unwrap();
         let err = |r: Result<Reservation>| format!("{:#}", r.err().expect("a conflict"));
-        assert!(
-            err(reservations.reserve(&none, &request("a", "10.0.0.9"), None))
-                .contains("being enrolled right now")
-        );
-        assert!(
-            err(reservations.reserve(&none, &request("b", "10.0.0.1"), None))
-                .contains("IP 10.0.0.1 already belongs to pod a")
-        );
-        assert!(
-            err(reservations.reserve(&none, &request("b", "10.0.0.2"), Some(a.slot())))
-                .contains("slot 0 is already taken")
-        );
+        assert!(err(reservations.reserve(
+            &none,
+            &BTreeMap::new(),
+            &request("a", "10.0.0.9"),
+            None
+        ))
+        .contains("being enrolled right now"));
+        assert!(err(reservations.reserve(
+            &none,
+            &BTreeMap::new(),
+            &request("b", "10.0.0.1"),
+            None
+        ))
+        .contains("IP 10.0.0.1 already belongs to pod a"));
+        assert!(err(reservations.reserve(
+            &none,
+            &BTreeMap::new(),
+            &request("b", "10.0.0.2"),
+            Some(a.slot())
+        ))
+        .contains("slot 0 is already taken"));
         let b = reservations
-            .reserve(&none, &request("b", "10.0.0.2"), None)
+            .reserve(&none, &BTreeMap::new(), &request("b", "10.0.0.2"), None)
             .unwrap();
         assert_ne!(a.slot(), b.slot());
         // Released on drop: the uid, IP and slot are free again.
         let slot = a.slot();
         drop(a);
         let again = reservations
-            .reserve(&none, &request("a", "10.0.0.1"), None)
+            .reserve(&none, &BTreeMap::new(), &request("a", "10.0.0.1"), None)
             .unwrap();
         assert_eq!(again.slot(), slot);
     }
@@ -174,7 +195,12 @@ mod tests {
         let reservations = Reservations::default();
         assert!(reservations.cancel("a").is_none());
         let a = reservations
-            .reserve(&BTreeMap::new(), &request("a", "10.0.0.1"), None)
+            .reserve(
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                &request("a", "10.0.0.1"),
+                None,
+            )
             .unwrap();
         assert!(!a.is_cancelled());
         let finished = reservations.cancel("a").unwrap();
@@ -182,5 +208,31 @@ mod tests {
         assert!(finished.has_changed().is_ok(), "still under way");
         drop(a);
         assert!(finished.has_changed().is_err(), "ended");
+    }
+
+    #[test]
+    fn a_pod_whose_resume_failed_keeps_its_uid_ip_and_slot() {
+        let reservations = Reservations::default();
+        let failed = SavedPod {
+            request: request("a", "10.0.0.1"),
+            slot: 0,
+            steered_ips: Vec::new(),
+        };
+        let unresumed = BTreeMap::from([("a".to_string(), failed)]);
+        let none = BTreeMap::new();
+        let err = |r: Result<Reservation>| format!("{:#}", r.err().expect("a conflict"));
+        assert!(
+            err(reservations.reserve(&none, &unresumed, &request("a", "10.0.0.9"), None))
+                .contains("saved by an earlier run and is not serving")
+        );
+        assert!(
+            err(reservations.reserve(&none, &unresumed, &request("b", "10.0.0.1"), None))
+                .contains("IP 10.0.0.1 already belongs to pod a")
+        );
+        // Its capture may still be attached: its slot must not serve another pod.
+        let b = reservations
+            .reserve(&none, &unresumed, &request("b", "10.0.0.2"), None)
+            .unwrap();
+        assert_ne!(b.slot(), 0);
     }
 }

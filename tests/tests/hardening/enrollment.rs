@@ -214,6 +214,55 @@ fn a_saved_enrollment_that_is_now_refused_is_cleaned_up_on_restart() {
     mesh.assert_vip_works();
 }
 
+/// A saved pod whose resume fails for a passing reason (here its proxy port 15001 is taken
+/// in its namespace) stays in the state file with its capture attached (failing closed), and
+/// unenroll still takes it out: links unpinned, state entry gone. It used to be dropped from
+/// the state by the resume's save, and unenroll answered "no pod with this uid".
+#[test]
+fn a_pod_whose_resume_failed_stays_saved_and_can_be_unenrolled() {
+    require_root();
+    let mut mesh = ClientWeb::with_declared(43, &[("extra", 4)]);
+    let extra = &mesh.declared[0];
+    mesh.node.enroll(extra, "extra-uid", "extra").unwrap();
+    mesh.node.stop_agent().unwrap();
+    // Bound in the pod's namespace while no agent runs: the resumed pod's listener can't bind.
+    let squatter = extra
+        .in_netns(|| TcpListener::bind("127.0.0.1:15001"))
+        .unwrap()
+        .unwrap();
+    let state = mesh.node.state_dir().join("pods.json");
+    let pins = mesh.node.bpffs().join("pods").join("extra-uid");
+
+    mesh.node.start_agent().unwrap();
+    assert_eq!(
+        Status::of(&mesh.node).pod_names(),
+        ["default/client", "default/web"]
+    );
+    let log = mesh.node.agent().unwrap().log();
+    assert!(log.contains("resuming pod failed"), "{log}");
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        saved.contains("extra-uid"),
+        "the failed pod was forgotten: {saved}"
+    );
+    assert!(
+        pins.exists(),
+        "the failed pod's capture must stay on (fail closed)"
+    );
+
+    mesh.node.unenroll("extra-uid").unwrap();
+    assert!(
+        !pins.exists(),
+        "unenroll left the failed pod's links pinned"
+    );
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(!saved.contains("extra-uid"), "{saved}");
+    // Its uid, IP and slot are free again.
+    drop(squatter);
+    mesh.node.enroll(extra, "extra-uid", "extra").unwrap();
+    mesh.assert_vip_works();
+}
+
 /// A FIFO without a writer as `--netns` (or `--cgroup`) is refused at once; while that enroll
 /// is in flight the pods keep passing traffic, `status` and `/healthz/ready` answer, and
 /// another pod can be unenrolled.

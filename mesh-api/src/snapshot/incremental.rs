@@ -85,6 +85,13 @@ impl ConfigIndex {
         }
     }
 
+    /// Makes this index's generations continue after `previous`'s: a re-list builds a new
+    /// index, and a full check started on the old one (at a generation the new one could
+    /// otherwise also reach, as both count from 0) must not validate the new set.
+    pub fn continue_after(&mut self, previous: &ConfigIndex) {
+        self.generation += previous.generation + 1;
+    }
+
     /// Adds or replaces a resource. The set stays validated only if the change was provably
     /// valid.
     pub fn put(&mut self, resource: Arc<Resource>) {

@@ -321,3 +321,17 @@ fn an_unvalidated_config_always_needs_the_full_check() {
     index.mark_validated(generation);
     assert!(!index.is_validated());
 }
+
+/// A re-list replaces the index; a full check of the old index's set, finishing after that,
+/// must not validate the new one (both counted generations from 0).
+#[test]
+fn a_full_check_of_the_replaced_index_does_not_count() {
+    let mut old = ConfigIndex::default();
+    old.put(Arc::new(workload_named("web-1", "u1", "10.0.0.1")));
+    let checked = old.generation();
+    let mut relisted = ConfigIndex::default();
+    relisted.put(Arc::new(workload_named("web-2", "u2", "10.0.0.1")));
+    relisted.continue_after(&old);
+    relisted.mark_validated(checked);
+    assert!(!relisted.is_validated());
+}

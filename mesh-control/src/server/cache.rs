@@ -102,7 +102,12 @@ impl ConfigCache {
         state.version = config_version;
         state.history_start = config_version;
         let version = state.version;
-        *self.state.write() = state;
+        {
+            let mut current = self.state.write();
+            // A full check of the old set still running must not validate this one.
+            state.index.continue_after(&current.index);
+            *current = state;
+        }
         self.version.send_replace(version);
         // The watch continues from the listing's revision.
         Ok(revision)

@@ -48,6 +48,12 @@ const RESERVED_FILES: u64 = 256;
 /// how a dead agent (power loss, partition) gives its stream and descriptor back.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// From a call's request headers to its response headers. A unary call's handler runs only
+/// once its whole request body has arrived, so without this bound a client that sends the
+/// headers of a call (Join needs no certificate) and never its body holds the call in flight,
+/// and the connection open, for good. tonic bounds only the time to the response headers:
+/// a streaming response (config stream, admin watch) goes on as long as it likes.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `requested`, lowered (with a warning) to what the open-file limit allows, so that the
 /// connection limit is reached before descriptors run out.
@@ -167,6 +173,7 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .timeout(CALL_TIMEOUT)
         .layer(CountCallsLayer::<tls::PeerInfo>::new())
         .add_service(
             ConfigDistributionServer::new(distribution)

@@ -9,11 +9,14 @@
 //! - [`RequestWatch`] and [`Watched`]: a connection with no request in flight for too long is
 //!   closed: none started within a bound of connecting (the HTTP/2 preface counts for
 //!   nothing on its own), or, where an idle limit is set, none since the last one ended.
+//! - [`PerSourceLimit`]: at most N of them from one source IP, under a shared limit.
 //! - [`grpc`]: counts a tonic server's calls into the connection's [`RequestWatch`].
 
 pub mod grpc;
+mod per_source;
 mod quiet;
 
+pub use per_source::{PerSourceLimit, SourcePermit};
 pub use quiet::{RequestGuard, RequestWatch, Watched};
 
 use std::future::Future;

@@ -257,6 +257,54 @@ fn control_plane_closes_connections_that_never_call_and_keeps_busy_ones() {
     });
 }
 
+/// A call whose request body never comes: the headers of a Join (which needs no client
+/// certificate) and nothing more. The control plane answers it with an error after its call
+/// bound, so the call is no longer in flight and cannot hold the connection (and its slot)
+/// for good; before, no answer ever came.
+#[test]
+fn control_plane_ends_a_call_whose_body_never_arrives() {
+    require_root();
+    let cp = ControlPlane::start_embedded().expect("starting mesh-control");
+    let bundle = TrustBundle::from_pem(&std::fs::read_to_string(cp.ca_file()).unwrap()).unwrap();
+    let addr = cp.listen();
+    runtime().block_on(async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = TlsConnector::from(control_plane_tls(&bundle))
+            .connect(ServerName::from(addr.ip()), tcp)
+            .await
+            .expect("TLS handshake");
+        let (mut requests, connection) = h2::client::handshake(tls).await.expect("HTTP/2");
+        tokio::spawn(connection);
+        let join = http::Request::post(format!("https://{addr}/mesh.v1.NodeIdentity/Join"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        // The body stays open (no END_STREAM) and empty; `_body` keeps it so.
+        let (answer, _body) = requests
+            .send_request(join, false)
+            .expect("sending the headers");
+        let since = Instant::now();
+        let answer = tokio::time::timeout(GIVE_UP, answer)
+            .await
+            .unwrap_or_else(|_| panic!("no answer to a bodiless call after {GIVE_UP:?}"))
+            .expect("the answer");
+        let waited = since.elapsed();
+        let status = answer
+            .headers()
+            .get("grpc-status")
+            .map(|s| s.to_str().unwrap().to_owned());
+        assert!(
+            status.as_deref().is_some_and(|s| s != "0"),
+            "expected a gRPC error, got {answer:?}"
+        );
+        assert!(
+            (NOT_BEFORE..=NOT_AFTER).contains(&waited),
+            "answered after {waited:?}, expected {NOT_BEFORE:?}..{NOT_AFTER:?} (bound {BOUND:?})"
+        );
+    });
+}
+
 /// Pod `b`'s HBONE port, from pod `h` outside the mesh with a certificate of the mesh's CA
 /// (so it gets past the handshake): a connection that never starts TLS, one that stops after
 /// the handshake, and a real HTTP/2 client that never sends a CONNECT are closed after 10 s
@@ -303,6 +351,55 @@ fn hbone_closes_connections_that_never_send_a_request() {
         }
         expect_closed_by_the_bound(probes).await;
     });
+}
+
+/// One source cannot hold the node's HBONE handshakes: pod `h` opens more silent
+/// connections to pod `b`'s HBONE port than the node has handshake slots (1024), and a
+/// client with a mesh certificate in pod `g` (another IP) still completes its handshake
+/// meanwhile. Before, `h`'s connections took every slot and `g` was refused.
+#[test]
+fn hbone_handshake_slots_are_limited_per_source() {
+    require_root();
+    mesh_proto::limits::raise_open_file_limit();
+    let mesh = TwoNodes::builder()
+        .pod(PodDef::mesh("b", 0, "web"))
+        .pod(PodDef::plain("h"))
+        .pod(PodDef::plain("g"))
+        .start()
+        .expect("starting two nodes");
+    let (credential, bundle): (Credential, TrustBundle) = hbone::issue(&mesh.cp, "prober");
+    let b = mesh.pod("b");
+    let b_id = SpiffeId::parse(&b.spiffe_id()).unwrap();
+    let tls = with_h2(client_config(Some(&credential), &bundle, Expect::Exactly(b_id)).unwrap());
+    let hbone = b.addr(HBONE_PORT);
+    let flood: Vec<std::net::TcpStream> = mesh
+        .pod("h")
+        .pod
+        .in_netns(|| {
+            (0..1100)
+                .map(|_| std::net::TcpStream::connect_timeout(&hbone, Duration::from_secs(3)))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .unwrap()
+        .expect("flooding from h");
+    // Let the agent accept them all (and so take every slot it gives to `h`).
+    std::thread::sleep(Duration::from_millis(500));
+    let legit = mesh
+        .pod("g")
+        .pod
+        .in_netns(|| std::net::TcpStream::connect_timeout(&hbone, Duration::from_secs(3)))
+        .unwrap()
+        .expect("connecting from g");
+    legit.set_nonblocking(true).unwrap();
+    runtime().block_on(async {
+        let tcp = TcpStream::from_std(legit).unwrap();
+        let handshake = TlsConnector::from(tls).connect(ServerName::from(hbone.ip()), tcp);
+        tokio::time::timeout(Duration::from_secs(2), handshake)
+            .await
+            .expect("the handshake from g timed out")
+            .expect("the handshake from g while h floods");
+    });
+    drop(flood);
 }
 
 /// A Service as the admin API takes it (JSON).

@@ -31,19 +31,49 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// pool opens a connection for a stream it needs at once. After that an idle connection is
 /// the pool's to keep (HTTP/2 pings find dead ones).
 const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a new connection may stay silent before the first bytes of its ClientHello:
+/// a real client sends it at once; a silent one holds a handshake slot only this long.
+const FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// HBONE connections of the whole node in their TLS handshake at once: what clients
 /// without a mesh certificate can hold on the pods' HBONE ports (a handshake lasts a round
 /// trip; each held one costs a descriptor for up to [`HANDSHAKE_TIMEOUT`]).
 const MAX_HANDSHAKES: usize = 1024;
+/// Of those, at most this many from one source IP, so one client cannot hold them all and
+/// cut the node's mesh traffic. A peer node opens few: its HBONE connections are pooled.
+const MAX_HANDSHAKES_PER_SOURCE: usize = 32;
 
-/// The node's [`MAX_HANDSHAKES`] limit, shared by every pod's HBONE listener.
-pub struct HandshakeLimit(mesh_proto::limits::ConnectionLimit);
+/// The node's handshake limits, shared by every pod's HBONE listener.
+pub struct HandshakeLimit {
+    all: mesh_proto::limits::ConnectionLimit,
+    per_source: mesh_proto::limits::PerSourceLimit,
+}
+
+/// A connection's place in both limits, held through its handshake.
+pub struct HandshakeSlot {
+    _all: mesh_proto::limits::ConnectionPermit,
+    _source: mesh_proto::limits::SourcePermit,
+}
+
+impl HandshakeLimit {
+    /// Slots for one more handshake from `source`, or `None` past either limit.
+    pub fn admit(&self, source: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let source = self.per_source.admit(source)?;
+        let all = self.all.admit()?;
+        Some(HandshakeSlot {
+            _all: all,
+            _source: source,
+        })
+    }
+}
 
 impl Default for HandshakeLimit {
     fn default() -> Self {
-        HandshakeLimit(mesh_proto::limits::ConnectionLimit::new(
-            "HBONE handshakes (all pods)",
-            MAX_HANDSHAKES,
-        ))
+        HandshakeLimit {
+            all: mesh_proto::limits::ConnectionLimit::new(
+                "HBONE handshakes (all pods)",
+                MAX_HANDSHAKES,
+            ),
+            per_source: mesh_proto::limits::PerSourceLimit::new(MAX_HANDSHAKES_PER_SOURCE),
+        }
     }
 }

@@ -29,11 +29,20 @@ pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>
     let counters = &context.counters.inbound;
     // Held through the TLS handshake only: the part any client can reach, before it has
     // proved a mesh identity.
-    let Some(handshake_slot) = context.shared.hbone_handshakes.0.admit() else {
+    let Some(handshake_slot) = context.shared.hbone_handshakes.admit(client.ip()) else {
         counters.fail(Failure::HboneHandshake);
         return;
     };
     let _ = tcp.set_nodelay(true);
+    // A silent connection gives its slot back after a short wait, not the whole handshake
+    // bound: real clients send their ClientHello at once.
+    match tokio::time::timeout(super::FIRST_BYTE_TIMEOUT, tcp.peek(&mut [0u8; 1])).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => {
+            counters.fail(Failure::HboneHandshake);
+            return;
+        }
+    }
     let Some(credential) = context.identities.credential(&context.identity) else {
         tracing::warn!(pod = %context.pod, %client, "HBONE connection before this pod has a certificate");
         counters.fail(Failure::NoCertificate);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use mesh_proto::limits::grpc::CountCallsLayer;
+use mesh_proto::limits::grpc::{CountCallsLayer, ResponseDeadline};
 use mesh_proto::limits::ConnectionLimit;
 use mesh_proto::v1::config_distribution_server::ConfigDistributionServer;
 use mesh_proto::v1::mesh_admin_server::MeshAdminServer;
@@ -48,11 +48,11 @@ const RESERVED_FILES: u64 = 256;
 /// how a dead agent (power loss, partition) gives its stream and descriptor back.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// From a call's request headers to its response headers. A unary call's handler runs only
-/// once its whole request body has arrived, so without this bound a client that sends the
+/// From a call's request headers to its response headers, for the services that answer
+/// clients without the admin token (`ResponseDeadline`): without it a client that sends the
 /// headers of a call (Join needs no certificate) and never its body holds the call in flight,
-/// and the connection open, for good. tonic bounds only the time to the response headers:
-/// a streaming response (config stream, admin watch) goes on as long as it likes.
+/// and the connection open, for good. A streaming response (the config stream) goes on as
+/// long as it likes once it has started.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `requested`, lowered (with a warning) to what the open-file limit allows, so that the
@@ -173,14 +173,17 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .timeout(CALL_TIMEOUT)
         .layer(CountCallsLayer::<tls::PeerInfo>::new())
-        .add_service(
+        .add_service(ResponseDeadline::new(
             ConfigDistributionServer::new(distribution)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(NodeIdentityServer::new(identity))
+            CALL_TIMEOUT,
+        ))
+        .add_service(ResponseDeadline::new(
+            NodeIdentityServer::new(identity),
+            CALL_TIMEOUT,
+        ))
         .add_service(MeshAdminServer::with_interceptor(
             admin,
             auth::TokenCheck { token },

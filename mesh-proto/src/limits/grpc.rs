@@ -122,3 +122,61 @@ impl<B: Body + Unpin> Body for CallBody<B> {
         self.body.size_hint()
     }
 }
+
+/// One gRPC service whose calls must produce their response headers within a bound.
+///
+/// A unary handler runs only once the whole request body has arrived, so a client that sends
+/// a call's headers and never its body would hold the call in flight (and its connection
+/// open) for good. Services that answer unauthenticated clients (joining, certificate
+/// signing, the config stream before its hello) are wrapped in this; the admin service is
+/// not: its token is checked on the headers, and an admin's large apply must never be cut
+/// half-way by a timer. Only the time to the response headers is bounded: a streaming
+/// response goes on as long as it likes.
+#[derive(Clone)]
+pub struct ResponseDeadline<S> {
+    inner: S,
+    limit: std::time::Duration,
+}
+
+impl<S> ResponseDeadline<S> {
+    pub fn new(inner: S, limit: std::time::Duration) -> Self {
+        ResponseDeadline { inner, limit }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for ResponseDeadline<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for ResponseDeadline<S>
+where
+    S: Service<
+        http::Request<B>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let response = self.inner.call(request);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, response).await {
+                Ok(response) => response,
+                Err(_) => Ok(tonic::Status::cancelled(format!(
+                    "no response within {} s: the request did not arrive in time",
+                    limit.as_secs()
+                ))
+                .into_http()),
+            }
+        })
+    }
+}

@@ -439,15 +439,7 @@ mod tests {
     use super::*;
 
     fn saved(uid: &str, slot: u32) -> (String, SavedPod) {
-        let request = EnrollRequest {
-            uid: uid.into(),
-            name: uid.into(),
-            namespace: "default".into(),
-            service_account: "default".into(),
-            netns: "/run/netns/x".into(),
-            cgroup: "/sys/fs/cgroup/x".into(),
-            ips: vec![format!("10.0.0.{}", slot + 1).parse().unwrap()],
-        };
+        let request = EnrollRequest::for_test(uid, &format!("10.0.0.{}", slot + 1));
         (
             uid.into(),
             SavedPod {

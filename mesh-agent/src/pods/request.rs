@@ -82,6 +82,22 @@ impl EnrollRequest {
 }
 
 #[cfg(test)]
+impl EnrollRequest {
+    /// Pod `uid` (named the same, in `default`) with one IP: the request unit tests start from.
+    pub(crate) fn for_test(uid: &str, ip: &str) -> Self {
+        EnrollRequest {
+            uid: uid.into(),
+            name: uid.into(),
+            namespace: "default".into(),
+            service_account: "default".into(),
+            netns: "/run/netns/x".into(),
+            cgroup: "/sys/fs/cgroup/x".into(),
+            ips: vec![ip.parse().unwrap()],
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

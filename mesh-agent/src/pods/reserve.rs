@@ -137,15 +137,7 @@ mod tests {
     use super::*;
 
     fn request(uid: &str, ip: &str) -> EnrollRequest {
-        EnrollRequest {
-            uid: uid.into(),
-            name: uid.into(),
-            namespace: "default".into(),
-            service_account: "default".into(),
-            netns: "/run/netns/x".into(),
-            cgroup: "/sys/fs/cgroup/x".into(),
-            ips: vec![ip.parse().unwrap()],
-        }
+        EnrollRequest::for_test(uid, ip)
     }
 
     #[test]

@@ -80,15 +80,7 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         assert!(store.load().unwrap().is_empty());
         let mut pods = BTreeMap::new();
-        let request = EnrollRequest {
-            uid: "u1".into(),
-            name: "a".into(),
-            namespace: "default".into(),
-            service_account: "default".into(),
-            netns: "/run/netns/a".into(),
-            cgroup: "/sys/fs/cgroup/a".into(),
-            ips: vec!["10.0.0.1".parse().unwrap()],
-        };
+        let request = EnrollRequest::for_test("u1", "10.0.0.1");
         pods.insert(
             "u1".to_string(),
             SavedPod {

@@ -298,15 +298,7 @@ mod tests {
 
     #[test]
     fn a_namespace_without_the_pods_ips_is_refused_naming_what_it_holds() {
-        let request = EnrollRequest {
-            uid: "u1".into(),
-            name: "a".into(),
-            namespace: "default".into(),
-            service_account: "default".into(),
-            netns: "/run/netns/a".into(),
-            cgroup: "/sys/fs/cgroup/a".into(),
-            ips: vec!["10.0.0.1".parse().unwrap()],
-        };
+        let request = EnrollRequest::for_test("u1", "10.0.0.1");
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         let e = check_holds_pod_ip(&request, &[other])
             .unwrap_err()

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::cmd::{progress, workspace_root};
 use crate::setup;
@@ -196,21 +196,14 @@ fn cross_node_only(args: BenchArgs) -> Result<()> {
     let rows = cross_node::json_rows(&cross);
     let raw = cross.map(|c| c.raw).unwrap_or_default();
 
-    std::fs::create_dir_all(&out_dir)?;
-    let (md_path, json_path) = (out_dir.join("results.md"), out_dir.join("results.json"));
-    match (
-        std::fs::read_to_string(&md_path),
-        std::fs::read_to_string(&json_path),
-    ) {
-        (Ok(md), Ok(js)) => {
-            let mut js: Value = serde_json::from_str(&js)
-                .with_context(|| format!("{} is not JSON", json_path.display()))?;
+    let md_path = out_dir.join("results.md");
+    match report::earlier_results(&out_dir)? {
+        Some((md, mut js)) => {
             cross_node::splice::json(&mut js, rows, &section, raw);
-            std::fs::write(&md_path, cross_node::splice::markdown(&md, &section))?;
-            std::fs::write(&json_path, serde_json::to_string_pretty(&js)? + "\n")?;
+            report::write_results(&out_dir, &cross_node::splice::markdown(&md, &section), &js)?;
         }
         // No earlier full run: a results file with only this section.
-        _ => Report {
+        None => Report {
             machine: &machine,
             rows: &[],
             notes: std::slice::from_ref(&section),

@@ -256,13 +256,34 @@ impl Report<'_> {
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let md = dir.join("results.md");
-        std::fs::write(&md, self.markdown())
-            .with_context(|| format!("writing {}", md.display()))?;
-        let js = dir.join("results.json");
-        std::fs::write(&js, serde_json::to_string_pretty(&self.json())? + "\n")
-            .with_context(|| format!("writing {}", js.display()))?;
-        Ok(())
+        write_results(dir, &self.markdown(), &self.json())
     }
+}
+
+/// results.md and results.json of an earlier run in `dir`, when both are there: a partial run
+/// (`bench same-node`, `bench cross-node`) replaces its own part of them and keeps the rest.
+pub fn earlier_results(dir: &Path) -> Result<Option<(String, Value)>> {
+    let (md_path, json_path) = (dir.join("results.md"), dir.join("results.json"));
+    match (
+        std::fs::read_to_string(&md_path),
+        std::fs::read_to_string(&json_path),
+    ) {
+        (Ok(md), Ok(js)) => {
+            let js = serde_json::from_str(&js)
+                .with_context(|| format!("{} is not JSON", json_path.display()))?;
+            Ok(Some((md, js)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Writes results.md and results.json into `dir`.
+pub fn write_results(dir: &Path, md: &str, js: &Value) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let md_path = dir.join("results.md");
+    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    let json_path = dir.join("results.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(js)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    Ok(())
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::cross_node;
@@ -146,21 +146,12 @@ pub mod splice {
 /// `cargo xtask bench same-node`: the same-node part of results.md / results.json replaced,
 /// the rest kept (or a file with only this part when there is none yet).
 pub fn write_alone(out_dir: &Path, report: &Report) -> Result<()> {
-    std::fs::create_dir_all(out_dir)?;
-    let (md_path, json_path) = (out_dir.join("results.md"), out_dir.join("results.json"));
-    match (
-        std::fs::read_to_string(&md_path),
-        std::fs::read_to_string(&json_path),
-    ) {
-        (Ok(md), Ok(js)) => {
-            let mut js: Value = serde_json::from_str(&js)
-                .with_context(|| format!("{} is not JSON", json_path.display()))?;
+    match super::report::earlier_results(out_dir)? {
+        Some((md, mut js)) => {
             splice::json(&mut js, report);
-            std::fs::write(&md_path, splice::markdown(&md, report))?;
-            std::fs::write(&json_path, serde_json::to_string_pretty(&js)? + "\n")?;
-            Ok(())
+            super::report::write_results(out_dir, &splice::markdown(&md, report), &js)
         }
-        _ => report.write(out_dir),
+        None => report.write(out_dir),
     }
 }
 

@@ -88,16 +88,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Only::SameNode) => return same_node_only(args),
         None => {}
     }
-    let iptables = setup::ensure_packages(&[("iptables", "iptables")])
-        .map_err(|e| format!("iptables is not installed and installing it failed: {e:#}"));
-    if !args.no_build {
-        setup::build_all(true)?;
-    }
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| workspace_root().join("bench"));
-    let plan = Plan::new(args.quick, args.repeats);
+    let (iptables, out_dir, plan) = same_node_setup(&args)?;
     let mut machine = Machine::describe();
     let started = Instant::now();
 
@@ -141,9 +132,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench same-node`: only the same-node scenario; its part of results.md and
-/// results.json is replaced, the other sections stay.
-fn same_node_only(args: BenchArgs) -> Result<()> {
+/// What every run with the same-node scenario needs first: iptables (for the capture
+/// comparison; without it only that row fails), the release build, where results go, and the plan.
+fn same_node_setup(args: &BenchArgs) -> Result<(Result<(), String>, PathBuf, Plan)> {
     let iptables = setup::ensure_packages(&[("iptables", "iptables")])
         .map_err(|e| format!("iptables is not installed and installing it failed: {e:#}"));
     if !args.no_build {
@@ -153,7 +144,13 @@ fn same_node_only(args: BenchArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| workspace_root().join("bench"));
-    let plan = Plan::new(args.quick, args.repeats);
+    Ok((iptables, out_dir, Plan::new(args.quick, args.repeats)))
+}
+
+/// `cargo xtask bench same-node`: only the same-node scenario; its part of results.md and
+/// results.json is replaced, the other sections stay.
+fn same_node_only(args: BenchArgs) -> Result<()> {
+    let (iptables, out_dir, plan) = same_node_setup(&args)?;
     let mut machine = Machine::describe();
     let started = Instant::now();
     let mut same = same_node::run(&args.agent_or_default(), &plan, iptables)?;

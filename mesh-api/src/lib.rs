@@ -31,7 +31,9 @@ pub mod limits;
 mod load;
 mod mesh_config;
 mod meta;
+mod observability;
 mod peer_auth;
+mod percent;
 mod resource;
 mod route;
 mod service;
@@ -54,13 +56,17 @@ pub use mesh_config::{
     MIN_CERT_TTL_SECONDS,
 };
 pub use meta::{Labels, ObjectKey, ObjectMeta, DEFAULT_NAMESPACE};
+pub use observability::{AccessLog, AccessLogFormat, Observability, Tracing, ACCESS_LOG_STDOUT};
 pub use peer_auth::{MtlsMode, PeerAuthentication, PeerAuthenticationSpec};
+pub use percent::Percent;
 pub use resource::{Resource, API_VERSION};
 pub use route::{
-    Backend, Retries, Route, RouteMatch, RouteRule, RouteSpec, MAX_RETRY_ATTEMPTS, MAX_WEIGHT,
+    parse_query, Backend, CompiledRoute, Fault, FaultAbort, FaultDelay, HeaderOps, HeaderRules,
+    PathMatch, RequestAttributes, Retries, RetryOn, Route, RouteMatch, RouteRule, RouteSpec,
+    StringMatch, MAX_FAULT_DELAY_MS, MAX_RETRY_ATTEMPTS, MAX_TIMEOUT_MS, MAX_WEIGHT,
 };
 pub use service::{
-    HealthCheck, LbPolicy, LoadBalancer, Protocol, Service, ServicePort, ServiceSpec,
+    HealthCheck, LbPolicy, LoadBalancer, Protocol, Service, ServicePort, ServiceSpec, Subset,
 };
 pub use snapshot::{AuthzDecision, AuthzReason, Change, ConfigIndex, Snapshot, Verdict};
 pub use workload::{Workload, WorkloadSpec, DEFAULT_SERVICE_ACCOUNT};

@@ -6,8 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::meta::ObjectMeta;
+use crate::observability::{check_observability, Observability};
 use crate::peer_auth::MtlsMode;
 use crate::resource::Kind;
+use crate::route::{check_timeout, MAX_RETRY_ATTEMPTS, MAX_TIMEOUT_MS};
 use crate::validate::{check_cluster_meta, check_positive, is_dns1123_label, Checker};
 use crate::workload::Workload;
 
@@ -59,6 +61,13 @@ pub struct MeshConfigSpec {
     /// Lifetime of node certificates (an agent's own identity toward the control plane), in
     /// seconds; renewed at half life. Between 10 s and 90 days.
     pub node_cert_ttl_seconds: u64,
+    /// Bound on a whole HTTP request (all tries) where no Route sets `timeoutMs`: 1 ms to
+    /// 1 day. `null` (the default): no bound.
+    pub request_timeout_ms: Option<u64>,
+    /// Retries of a failed HTTP request where no Route sets `retries` (on the default
+    /// `retryOn` failures), 0..=10. Default 0.
+    pub default_retry_attempts: u32,
+    pub observability: Observability,
 }
 
 /// `ALLOW` or `DENY`.
@@ -96,6 +105,9 @@ impl Default for MeshConfigSpec {
             health_check: HealthCheckSettings::default(),
             workload_cert_ttl_seconds: DEFAULT_CERT_TTL_SECONDS,
             node_cert_ttl_seconds: DEFAULT_CERT_TTL_SECONDS,
+            request_timeout_ms: None,
+            default_retry_attempts: 0,
+            observability: Observability::default(),
         }
     }
 }
@@ -209,6 +221,19 @@ impl Kind for MeshConfig {
             spec.workload_cert_ttl_seconds,
         );
         check_cert_ttl(c, "spec.nodeCertTtlSeconds", spec.node_cert_ttl_seconds);
+        if let Some(t) = spec.request_timeout_ms {
+            check_timeout(c, "spec.requestTimeoutMs", t, MAX_TIMEOUT_MS);
+        }
+        if spec.default_retry_attempts > MAX_RETRY_ATTEMPTS {
+            c.fail(
+                "spec.defaultRetryAttempts",
+                format!(
+                    "must be at most {MAX_RETRY_ATTEMPTS}, got {}",
+                    spec.default_retry_attempts
+                ),
+            );
+        }
+        check_observability(c, &spec.observability);
     }
 }
 

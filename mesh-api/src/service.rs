@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::meta::{Labels, ObjectMeta};
 use crate::resource::Kind;
 use crate::validate::{
-    check_http_path, check_ip, check_labels, check_meta, is_dns1123_label, selector_matches,
-    Checker,
+    check_http_path, check_ip, check_labels, check_meta, check_name, is_dns1123_label,
+    selector_matches, Checker,
 };
 use crate::workload::Workload;
 
@@ -34,6 +34,29 @@ pub struct ServiceSpec {
     /// How agents probe this service's endpoints. Omitted: a TCP connect to the target port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Named groups of this service's endpoints, picked by extra labels, that Route backends
+    /// can send traffic to (`subset: v2`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<Subset>,
+}
+
+/// `spec.subsets[]` of a Service: the endpoints that also carry `labels`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    /// A DNS-1123 label, unique within the service.
+    pub name: String,
+    /// Not empty: a subset of every endpoint is the service itself.
+    pub labels: Labels,
+}
+
+impl Subset {
+    /// Whether `workload` carries every label of this subset. Only the subset's labels are
+    /// checked: ask this of the service's endpoints (e.g. `Snapshot::endpoints`), or use
+    /// [`crate::Snapshot::subset_endpoints`].
+    pub fn selects(&self, workload: &Workload) -> bool {
+        !self.labels.is_empty() && selector_matches(&self.labels, &workload.spec.labels)
+    }
 }
 
 /// `spec.healthCheck` of a Service. Interval, timeout and thresholds are mesh-wide, in
@@ -67,7 +90,9 @@ impl ServicePort {
     }
 }
 
-/// How the proxy treats the bytes: `tcp` is opaque L4; the others enable L7 handling.
+/// How the proxy treats the bytes: `tcp` is opaque L4; `http`, `http2` and `grpc` are
+/// handled per request; `auto` looks at the client's first bytes (bounded wait) and handles
+/// HTTP/1 or an HTTP/2 preface per request, anything else as `tcp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -76,12 +101,19 @@ pub enum Protocol {
     Http,
     Http2,
     Grpc,
+    Auto,
 }
 
 impl Protocol {
-    /// Whether the proxy parses HTTP on this port (so HTTP route matches can apply).
+    /// Whether the port is definitely HTTP: `http`, `http2` or `grpc`.
     pub fn is_http(self) -> bool {
-        !matches!(self, Protocol::Tcp)
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// Whether traffic on the port may be HTTP, so HTTP route matches can apply to it: the
+    /// HTTP protocols and `auto`.
+    pub fn may_be_http(self) -> bool {
+        self.is_http() || self == Protocol::Auto
     }
 }
 
@@ -105,6 +137,11 @@ pub enum LbPolicy {
 }
 
 impl Service {
+    /// The subset named `name`, if the service has one.
+    pub fn subset(&self, name: &str) -> Option<&Subset> {
+        self.spec.subsets.iter().find(|s| s.name == name)
+    }
+
     /// The service port a captured connection's original destination port maps to.
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
         self.spec.ports.iter().find(|p| p.port == port)
@@ -198,5 +235,31 @@ impl Kind for Service {
         if let Some(hc) = &spec.health_check {
             check_http_path(c, "spec.healthCheck.httpPath", &hc.http_path);
         }
+        check_subsets(c, &spec.subsets);
+    }
+}
+
+fn check_subsets(c: &mut Checker<'_>, subsets: &[Subset]) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, subset) in subsets.iter().enumerate() {
+        let field = format!("spec.subsets[{i}]");
+        check_name(c, &format!("{field}.name"), &subset.name);
+        if let Some(j) = seen.insert(&subset.name, i) {
+            c.fail(
+                format!("{field}.name"),
+                format!(
+                    "duplicate subset name {:?} (also spec.subsets[{j}])",
+                    subset.name
+                ),
+            );
+        }
+        let labels = format!("{field}.labels");
+        if subset.labels.is_empty() {
+            c.fail(
+                &labels,
+                "must not be empty (they pick the subset's endpoints among the service's)",
+            );
+        }
+        check_labels(c, &labels, &subset.labels);
     }
 }

@@ -205,7 +205,8 @@ pub(crate) fn check_http_path(c: &mut Checker<'_>, field: &str, path: &str) {
     }
 }
 
-fn check_name(c: &mut Checker<'_>, field: &str, name: &str) {
+/// A name that must be a DNS-1123 label: resources, and names inside them (rules, subsets).
+pub(crate) fn check_name(c: &mut Checker<'_>, field: &str, name: &str) {
     if name.is_empty() {
         c.fail(field, "must not be empty");
     } else if !is_dns1123_label(name) {

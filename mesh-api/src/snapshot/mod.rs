@@ -283,6 +283,19 @@ impl Snapshot {
         }
     }
 
+    /// The endpoints of `service` in its subset `subset` (empty if it has no such subset), in
+    /// `(namespace, name)` order.
+    pub fn subset_endpoints(&self, service: &Service, subset: &str) -> Vec<&Workload> {
+        match service.subset(subset) {
+            Some(subset) => {
+                let mut endpoints = self.endpoints(service);
+                endpoints.retain(|w| subset.selects(w));
+                endpoints
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// Every VIP and every workload IP as a host prefix (/32 or /128), sorted and without
     /// duplicates: the destinations the kernel's capture map must send to the proxy.
     pub fn capture_prefixes(&self) -> Vec<(IpAddr, u8)> {

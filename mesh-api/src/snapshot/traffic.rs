@@ -8,8 +8,9 @@ use crate::route::Route;
 use crate::service::Service;
 
 impl Snapshot {
-    /// Checks every service (and port) a route names exists in its namespace, that each host
-    /// service has at most one route, and that HTTP matches sit on services with HTTP ports.
+    /// Checks every service (and port, and subset) a route names exists in its namespace,
+    /// that each host service has at most one route, and that HTTP matches sit on services
+    /// with HTTP (or `auto`) ports.
     pub(super) fn index_routes(&mut self, issues: &mut Vec<Issue>) {
         let mut hosts = std::mem::take(&mut self.route_hosts);
         for (i, route) in self.routes.iter().enumerate() {
@@ -70,7 +71,7 @@ pub(super) fn check_route_host(route: &Route, host: Option<&Service>, issues: &m
 }
 
 /// Every backend service a route names exists in its namespace (`service` looks one up by
-/// namespace and name) and has the port traffic would reach it on.
+/// namespace and name) and has the port traffic would reach it on, and the subset named.
 pub(super) fn check_route_backends<'a>(
     route: &Route,
     host: Option<&Service>,
@@ -90,6 +91,15 @@ pub(super) fn check_route_backends<'a>(
                 ));
                 continue;
             };
+            if let Some(subset) = &backend.subset {
+                if target.subset(subset).is_none() {
+                    issues.push(issue(
+                        route,
+                        &format!("{field}.subset"),
+                        no_subset(target, subset),
+                    ));
+                }
+            }
             let missing = match (backend.port, host) {
                 (Some(port), _) => (target.port(port).is_none()).then_some(port),
                 // The client's port is used: every host port this rule can see must
@@ -98,7 +108,7 @@ pub(super) fn check_route_backends<'a>(
                     .spec
                     .ports
                     .iter()
-                    .filter(|p| !rule.is_http() || p.protocol.is_http())
+                    .filter(|p| !rule.is_http() || p.protocol.may_be_http())
                     .map(|p| p.port)
                     .find(|&p| target.port(p).is_none()),
                 (None, None) => None,
@@ -122,9 +132,28 @@ pub(super) fn check_route_backends<'a>(
     }
 }
 
-/// A rule with HTTP conditions can only ever match on an HTTP port of its host service.
+fn no_subset(service: &Service, subset: &str) -> String {
+    let names: Vec<&str> = service
+        .spec
+        .subsets
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let has = if names.is_empty() {
+        "it has none".to_owned()
+    } else {
+        format!("it has {}", names.join(", "))
+    };
+    format!(
+        "Service {} has no subset {subset:?} ({has})",
+        service.metadata.key()
+    )
+}
+
+/// A rule with HTTP conditions can only ever match on an HTTP (or `auto`) port of its host
+/// service.
 fn check_http_ports(route: &Route, host: &Service, issues: &mut Vec<Issue>) {
-    if host.spec.ports.iter().any(|p| p.protocol.is_http()) {
+    if host.spec.ports.iter().any(|p| p.protocol.may_be_http()) {
         return;
     }
     if let Some(r) = route.spec.rules.iter().position(|r| r.is_http()) {
@@ -132,7 +161,7 @@ fn check_http_ports(route: &Route, host: &Service, issues: &mut Vec<Issue>) {
             route,
             &format!("spec.rules[{r}].match"),
             format!(
-                "HTTP match, but Service {} has no http, http2 or grpc port",
+                "HTTP match, but Service {} has no http, http2, grpc or auto port",
                 host.metadata.key()
             ),
         ));

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 
 use super::{FIXTURE, MESH_FIXTURE};
-use crate::fuzzing::{exercise, query};
+use crate::fuzzing::{exercise, query, FuzzRequest};
 use crate::{load_str, Cidr, Resource, Snapshot};
 
 #[test]
@@ -40,7 +40,10 @@ fn the_fixtures_exercise_every_lookup() {
     // `exercise` only queries what loads; make sure the fixtures themselves do.
     for fixture in [FIXTURE, MESH_FIXTURE] {
         let snap = Snapshot::from_resources(load_str("f.yaml", fixture).unwrap()).unwrap();
-        query(&snap);
+        query(
+            &snap,
+            &FuzzRequest::from_text("GET /api/v2?q=1\nx-canary: true"),
+        );
         exercise(fixture);
     }
 }

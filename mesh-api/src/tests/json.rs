@@ -48,7 +48,7 @@ fn from_json_reports_like_the_loader() {
         json_err(
             r#"{"apiVersion":"mesh/v1","kind":"Route","metadata":{"name":"r","namespace":"prod"},"spec":{"service":"a","rules":[{"backends":[{"service":"b","wieght":2}]}]}}"#
         ),
-        ["Route prod/r: spec.rules[0].backends[0].wieght: unknown field `wieght`, expected one of `service`, `weight`, `port`"]
+        ["Route prod/r: spec.rules[0].backends[0].wieght: unknown field `wieght`, expected one of `service`, `subset`, `weight`, `port`"]
     );
     // Per-resource validation runs too.
     assert_eq!(

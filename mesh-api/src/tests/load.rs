@@ -87,7 +87,7 @@ fn loads_a_file_with_every_kind() {
     assert_eq!(route.spec.rules.len(), 3);
     assert_eq!(route.spec.rules[2].backends[0].weight, 90);
     assert_eq!(route.spec.timeout_ms, Some(3000));
-    assert_eq!(route.spec.retries, Some(Retries { attempts: 2 }));
+    assert_eq!(route.spec.retries, Some(Retries::new(2)));
     let Resource::AuthorizationPolicy(deny) = &resources[11] else {
         panic!("not a policy")
     };
@@ -109,7 +109,7 @@ fn serialises_cluster_scoped_metadata_without_a_namespace() {
     let yaml = serde_yaml_ng::to_string(&Resource::from(MeshConfig::default())).unwrap();
     assert_eq!(
         yaml,
-        "apiVersion: mesh/v1\nkind: MeshConfig\nmetadata:\n  name: mesh\nspec:\n  trustDomain: cluster.local\n  rootNamespace: mesh-system\n  defaultMtlsMode: PERMISSIVE\n  defaultPolicy: ALLOW\n  connectTimeoutMs: 5000\n  idleTimeoutMs: 3600000\n  healthCheck:\n    intervalMs: 2000\n    timeoutMs: 1000\n    unhealthyThreshold: 2\n    healthyThreshold: 1\n  workloadCertTtlSeconds: 86400\n  nodeCertTtlSeconds: 86400\n"
+        "apiVersion: mesh/v1\nkind: MeshConfig\nmetadata:\n  name: mesh\nspec:\n  trustDomain: cluster.local\n  rootNamespace: mesh-system\n  defaultMtlsMode: PERMISSIVE\n  defaultPolicy: ALLOW\n  connectTimeoutMs: 5000\n  idleTimeoutMs: 3600000\n  healthCheck:\n    intervalMs: 2000\n    timeoutMs: 1000\n    unhealthyThreshold: 2\n    healthyThreshold: 1\n  workloadCertTtlSeconds: 86400\n  nodeCertTtlSeconds: 86400\n  requestTimeoutMs: null\n  defaultRetryAttempts: 0\n  observability:\n    metrics: true\n    accessLog:\n      enabled: false\n      format: json\n      path: stdout\n    tracing:\n      enabled: false\n      samplingPercent: 1\n"
     );
 }
 
@@ -233,7 +233,7 @@ fn error_for_bad_enum_ip_and_missing_field() {
     );
     assert_eq!(
         load_err(&text),
-        ["config.yaml: Service default/reviews: spec.ports[0].protocol: unknown variant `udp`, expected one of `tcp`, `http`, `http2`, `grpc`"]
+        ["config.yaml: Service default/reviews: spec.ports[0].protocol: unknown variant `udp`, expected one of `tcp`, `http`, `http2`, `grpc`, `auto`"]
     );
     let text = svc_doc("  vips: [\"10.96.0.300\"]\n  ports: [{port: 80}]\n  selector: {app: r}\n");
     assert_eq!(

@@ -66,6 +66,7 @@ pub(crate) fn service(name: &str, vip: &str, app: &str) -> Service {
             selector: [("app".to_owned(), app.to_owned())].into(),
             load_balancer: Default::default(),
             health_check: None,
+            subsets: Vec::new(),
         },
     }
 }

@@ -506,7 +506,7 @@ fn mesh_config_values_are_checked() {
     );
     assert_eq!(
         load_err(&doc("MeshConfig", "{name: mesh}", "  trustdomain: x\n")),
-        ["config.yaml: MeshConfig mesh: spec.trustdomain: unknown field `trustdomain`, expected one of `trustDomain`, `rootNamespace`, `defaultMtlsMode`, `defaultPolicy`, `connectTimeoutMs`, `idleTimeoutMs`, `healthCheck`, `workloadCertTtlSeconds`, `nodeCertTtlSeconds`"]
+        ["config.yaml: MeshConfig mesh: spec.trustdomain: unknown field `trustdomain`, expected one of `trustDomain`, `rootNamespace`, `defaultMtlsMode`, `defaultPolicy`, `connectTimeoutMs`, `idleTimeoutMs`, `healthCheck`, `workloadCertTtlSeconds`, `nodeCertTtlSeconds`, `requestTimeoutMs`, `defaultRetryAttempts`, `observability`"]
     );
     assert!(
         load_err("apiVersion: mesh/v1\nkind: MeshConfig\nmetadata: {name: mesh, uid: x}\n")[0]

@@ -1,6 +1,7 @@
 //! Route: validation, cross-checks against services, and rule selection.
 
 use super::{doc, load_err, problems, service, snapshot, snapshot_err};
+use crate::fuzzing::FuzzRequest;
 use crate::*;
 
 fn route(spec: &str) -> String {
@@ -67,12 +68,12 @@ fn defaults_and_helpers() {
     assert!(rules[0].is_http());
     assert!(!rules[1].is_http());
 
-    let canary = |name: &str| (name == "x-canary").then_some("true");
-    let none = |_: &str| None;
-    assert_eq!(r.http_rule("/api/x", canary), Some(&rules[0]));
-    assert_eq!(r.http_rule("/apis", canary), Some(&rules[0]));
-    assert_eq!(r.http_rule("/api/x", none), Some(&rules[1]));
-    assert_eq!(r.http_rule("/", canary), Some(&rules[1]));
+    let compiled = CompiledRoute::new(&r);
+    let rule = |text: &str| compiled.http_rule(&FuzzRequest::from_text(text));
+    assert_eq!(rule("GET /api/x\nx-canary: true"), Some(0));
+    assert_eq!(rule("GET /apis\nX-Canary: true"), Some(0));
+    assert_eq!(rule("GET /api/x"), Some(1));
+    assert_eq!(rule("GET /\nx-canary: true"), Some(1));
     assert_eq!(r.tcp_rule(), Some(&rules[1]));
 }
 
@@ -89,7 +90,10 @@ fn an_empty_match_is_not_http() {
     );
     assert!(!r.needs_http());
     assert_eq!(r.tcp_rule(), Some(&r.spec.rules[0]));
-    assert!(r.spec.rules[0].matches("/anything", |_| None));
+    assert_eq!(
+        CompiledRoute::new(&r).http_rule(&FuzzRequest::from_text("PUT /anything")),
+        Some(0)
+    );
 }
 
 #[test]
@@ -157,9 +161,15 @@ fn rules_after_a_catch_all_are_unreachable() {
 fn unknown_fields_and_types_have_paths() {
     assert_eq!(
         load_err(&route(
+            "  service: reviews\n  rules:\n  - match: {paht: /x}\n    backends: [{service: reviews}]\n"
+        )),
+        ["config.yaml: Route default/canary: spec.rules[0].match.paht: unknown field `paht`, expected one of `method`, `path`, `pathPrefix`, `headers`, `queryParams`"]
+    );
+    assert_eq!(
+        load_err(&route(
             "  service: reviews\n  rules:\n  - match: {path: /x}\n    backends: [{service: reviews}]\n"
         )),
-        ["config.yaml: Route default/canary: spec.rules[0].match.path: unknown field `path`, expected `pathPrefix` or `headers`"]
+        ["config.yaml: Route default/canary: spec.rules[0].match.path: write {exact: /x} or {prefix: /x} (or pathPrefix: /x)"]
     );
     assert_eq!(
         load_err(&route(
@@ -237,7 +247,7 @@ fn http_matches_need_an_http_port() {
     ));
     assert_eq!(
         snapshot_err(&text),
-        ["Route default/canary: spec.rules[0].match: HTTP match, but Service default/plain has no http, http2 or grpc port"]
+        ["Route default/canary: spec.rules[0].match: HTTP match, but Service default/plain has no http, http2, grpc or auto port"]
     );
 }
 
@@ -262,16 +272,12 @@ fn built_in_code_validates_too() {
         metadata: ObjectMeta::new("default", "r"),
         spec: RouteSpec {
             service: "reviews".into(),
-            rules: vec![RouteRule {
-                r#match: None,
-                backends: vec![Backend {
-                    service: "reviews".into(),
-                    weight: 0,
-                    port: None,
-                }],
-            }],
+            rules: vec![RouteRule::new(vec![Backend {
+                weight: 0,
+                ..Backend::new("reviews")
+            }])],
             timeout_ms: Some(1),
-            retries: Some(Retries { attempts: 10 }),
+            retries: Some(Retries::new(10)),
         },
     };
     assert_eq!(

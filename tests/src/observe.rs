@@ -1,6 +1,6 @@
 //! The app every end-to-end suite runs in its pods (`pod-tool http-serve`, reached with
-//! `pod-tool http-get`) and what tests read back: its answers and readings of
-//! `mesh-agent status -o json`.
+//! `pod-tool http-get`; the other pod-tool servers and JSON-printing clients) and what tests
+//! read back: its answers and readings of `mesh-agent status -o json`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,29 +17,55 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// Starts `pod-tool http-serve --name <name>` in `pod` on `0.0.0.0:<port>` and `[::]:<port>`
 /// and waits until both listeners are bound.
 pub fn http_server(pod: &Pod, name: &str, port: u16) -> PodProcess {
+    dual_stack_server(pod, "http-serve", port, &["--name", name])
+}
+
+/// `pod-tool grpc-serve --name <name>` (service `podtool.Echo`) on `0.0.0.0:<port>` and
+/// `[::]:<port>`, once both are bound.
+pub fn grpc_server(pod: &Pod, name: &str, port: u16) -> PodProcess {
+    dual_stack_server(pod, "grpc-serve", port, &["--name", name])
+}
+
+/// `pod-tool banner-serve` (writes `<banner>\n` first, then echoes) on both families.
+pub fn banner_server(pod: &Pod, banner: &str, port: u16) -> PodProcess {
+    dual_stack_server(pod, "banner-serve", port, &["--banner", banner])
+}
+
+fn dual_stack_server(pod: &Pod, command: &str, port: u16, args: &[&str]) -> PodProcess {
     let (v4, v6) = (format!("0.0.0.0:{port}"), format!("[::]:{port}"));
-    let args = [
-        "http-serve",
-        "--listen",
-        &v4,
-        "--listen",
-        &v6,
-        "--name",
-        name,
-    ];
+    let listen = [command, "--listen", &v4, "--listen", &v6];
+    start_server(pod, &[&listen[..], args].concat())
+}
+
+/// Starts any pod-tool server (`args` start with its command) and waits until it printed
+/// `listening` once per `--listen`.
+pub fn start_server(pod: &Pod, args: &[&str]) -> PodProcess {
     let mut server = pod
         .spawn(cargo_bin("pod-tool"), args)
-        .expect("spawning http-serve");
+        .unwrap_or_else(|e| panic!("spawning pod-tool {args:?}: {e:#}"));
+    let want = args.iter().filter(|a| **a == "--listen").count();
     wait_until(PATIENCE, || {
-        server.stdout().matches("listening").count() >= 2 || !server.is_running()
+        server.stdout().matches("listening").count() >= want || !server.is_running()
     });
     assert!(
         server.is_running(),
-        "http-serve in {} died: {}",
+        "pod-tool {} in {} died: {}",
+        args[0],
         pod.name(),
         server.stderr()
     );
     server
+}
+
+/// Runs a pod-tool client that prints one JSON object (`http-load`, `grpc-call`, `ws-echo`,
+/// ...) inside `pod` and parses it; panics with the tool's error if it fails.
+pub fn pod_tool_json(pod: &Pod, args: &[&str]) -> Value {
+    let out = pod
+        .run(cargo_bin("pod-tool"), args, PATIENCE)
+        .unwrap_or_else(|e| panic!("pod-tool {args:?} in {}: {e:#}", pod.name()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("pod-tool {args:?} printed no JSON ({e}): {text:?}"))
 }
 
 /// `pod-tool http-get` from inside `pod`: the response body, or the tool's error.

@@ -1,13 +1,13 @@
-//! `http-get`: a real HTTP/1.1 client (hyper), so tests exercise the same protocol handling
-//! as real applications behind the mesh.
+//! `http-get`: one request with a real HTTP/1.1 or HTTP/2 client (hyper), so tests exercise the
+//! same protocol handling as real applications behind the mesh.
 
-use anyhow::{anyhow, bail, Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::{header, Request, Uri};
-use hyper_util::rt::TokioIo;
+use anyhow::{anyhow, Result};
+use http_body_util::BodyExt;
+use hyper::HeaderMap;
 use std::io::Write;
 use std::time::Duration;
+
+use crate::http_client::RequestSpec;
 
 /// A response arrived but its status was not 2xx (exit code 22, like `curl -f`).
 #[derive(Debug)]
@@ -21,69 +21,102 @@ impl std::fmt::Display for BadStatus {
 
 impl std::error::Error for BadStatus {}
 
-/// GETs `url` and writes the body to stdout.
-pub fn get(url: &str, timeout: Duration, show_status: bool) -> Result<()> {
-    let uri: Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("only http:// URLs are supported, got {url:?}");
-    }
+#[derive(clap::Args)]
+pub struct GetArgs {
+    /// e.g. http://10.200.0.3:8080/ or http://[fd00:200::3]:8080/
+    url: String,
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Print `status=<code>` as the first line and exit 0 for any status.
+    #[arg(long)]
+    show_status: bool,
+    /// Print `status=<code>`, the response headers (`name: value`), a blank line, the body,
+    /// then any trailers as `trailer name: value` lines (on a line of their own). Exit 0 for
+    /// any status.
+    #[arg(long)]
+    show_headers: bool,
+    /// HTTP/2 over cleartext with prior knowledge (h2c), instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// A request header, `name: value`; repeat for more.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Send a body of this many bytes (`x`s).
+    #[arg(long, default_value_t = 0)]
+    body_bytes: usize,
+}
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+/// Sends the request and writes the body (and, as asked, status and headers) to stdout.
+pub fn get(args: GetArgs) -> Result<()> {
+    let spec = RequestSpec::new(
+        &args.url,
+        &args.method,
+        &args.headers,
+        args.body_bytes,
+        args.http2,
+    )?;
+    let timeout = Duration::from_millis(args.timeout_ms);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, body) = rt
-        .block_on(async { tokio::time::timeout(timeout, fetch(&uri)).await })
-        .map_err(|_| anyhow!("GET {url}: timed out after {timeout:?}"))?
-        .with_context(|| format!("GET {url}"))?;
+    let what = format!("{} {}", spec.method, args.url);
+    let answer = rt
+        .block_on(async { tokio::time::timeout(timeout, fetch(&spec)).await })
+        .map_err(|_| anyhow!("{what}: timed out after {timeout:?}"))?
+        .map_err(|e| e.context(what))?;
+    // Showing the status means any status is an answer worth exit code 0.
+    let any_status = args.show_status || args.show_headers;
     let mut out = std::io::stdout().lock();
-    if show_status {
-        writeln!(out, "status={status}")?;
+    if any_status {
+        writeln!(out, "status={}", answer.status)?;
     }
-    out.write_all(&body)?;
+    if args.show_headers {
+        write_headers(&mut out, &answer.headers, "")?;
+        writeln!(out)?;
+    }
+    out.write_all(&answer.body)?;
+    if let (true, Some(trailers)) = (args.show_headers, &answer.trailers) {
+        if !answer.body.ends_with(b"\n") {
+            writeln!(out)?;
+        }
+        write_headers(&mut out, trailers, "trailer ")?;
+    }
     out.flush()?;
-    if !show_status && !(200..300).contains(&status) {
-        return Err(BadStatus(status).into());
+    if !any_status && !(200..300).contains(&answer.status) {
+        return Err(BadStatus(answer.status).into());
     }
     Ok(())
 }
 
-async fn fetch(uri: &Uri) -> Result<(u16, Bytes)> {
-    let authority = uri.authority().context("URL has no host")?.clone();
-    // Uri keeps the brackets of an IPv6 literal; the resolver wants them off.
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
-    let addr = tokio::net::lookup_host((host, port))
-        .await
-        .with_context(|| format!("resolving {host}"))?
-        .next()
-        .with_context(|| format!("{host} resolves to no address"))?;
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connect {addr}"))?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("HTTP handshake")?;
-    // The connection task drives the socket; its error (if any) also surfaces through
-    // send_request below, so it is only logged here.
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            eprintln!("pod-tool: connection: {e}");
-        }
-    });
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let req = Request::get(path)
-        .header(header::HOST, authority.as_str())
-        .body(Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await.context("sending request")?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
+async fn fetch(spec: &RequestSpec) -> Result<Answer> {
+    let mut sender = spec.connect().await?;
+    let resp = sender.send(spec.request()?).await?;
+    let (parts, body) = resp.into_parts();
+    let collected = body
         .collect()
         .await
-        .context("reading body")?
-        .to_bytes();
-    Ok((status, body))
+        .map_err(|e| anyhow!("reading body: {e}"))?;
+    Ok(Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        trailers: collected.trailers().cloned(),
+        body: collected.to_bytes(),
+    })
+}
+
+fn write_headers(out: &mut impl Write, headers: &HeaderMap, prefix: &str) -> Result<()> {
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        writeln!(out, "{prefix}{name}: {value}")?;
+    }
+    Ok(())
 }

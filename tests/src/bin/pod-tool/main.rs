@@ -5,12 +5,36 @@
 //! `connect-rate`) are plain blocking sockets on OS threads: fewer moving parts between the
 //! measurement and the syscall. Every error is a message on stderr and a non-zero exit code;
 //! nothing here panics on a network error.
+//!
+//! What each command is for:
+//! - L4: `echo-serve`, `sink-serve`, `peer-serve` + `peername`, `churn`, `hold`: capture,
+//!   address preservation and connection lifecycle; `rr`, `stream`, `connect-rate`: the
+//!   benchmark.
+//! - HTTP: `http-serve` (HTTP/1.1 and h2c on one port, with misbehaving paths: status codes,
+//!   delays, a flaky path, header and body echo, trailers, WebSocket, request counters) and the
+//!   clients `http-get` (one request, shown in full) and `http-load` (many requests, JSON
+//!   summary: which server answered, statuses, latency, connections) for the mesh's L7 proxy:
+//!   routing, per-request balancing, timeouts, retries, faults, header rules.
+//! - `ws-echo`: WebSocket through the mesh (relayed as bytes after the upgrade).
+//! - `banner-serve` / `banner-get`: a server-speaks-first protocol, for the protocol sniffer's
+//!   bounded wait.
+//! - gRPC (tonic, tests/proto/podtool.proto): `grpc-serve`, `grpc-call` (unary, one channel),
+//!   `grpc-chat` (bidirectional streaming).
+//!
+//! Clients that summarise many exchanges (`http-load`, `grpc-call`) exit 0 whatever the
+//! answers were and let the test read the JSON; only bad arguments make them fail.
 
+mod banner;
 mod bench;
 mod churn;
+mod grpc;
 mod hold;
 mod http;
+mod http_client;
+mod http_load;
+mod http_serve;
 mod tcp;
+mod ws;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -30,8 +54,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// HTTP/1.1 server answering every request with
-    /// `name=<NAME> peer=<client addr> local=<local addr>`.
+    /// HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) server on the same port; `GET /`
+    /// answers `name=<NAME> peer=<client addr> local=<local addr>`.
+    #[command(after_help = http_serve::ROUTES_HELP)]
     HttpServe {
         /// Address to listen on; repeat for several (IPv6 listeners are v6-only, so
         /// `0.0.0.0:P` and `[::]:P` can be used together).
@@ -41,16 +66,42 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
-    /// HTTP/1.1 GET; prints the body. Exit 1 on network errors, 22 on a non-2xx status.
-    HttpGet {
-        /// e.g. http://10.200.0.3:8080/ or http://[fd00:200::3]:8080/
-        url: String,
+    /// One HTTP request (GET unless --method); prints the body. Exit 1 on network errors, 22
+    /// on a non-2xx status.
+    HttpGet(http::GetArgs),
+    /// N requests, C at a time; prints a JSON summary: {"ok", "statuses", "served_by" (by
+    /// x-served-by; responses without it are not counted there), "errors", "error_samples",
+    /// "latency_ms": {"p50", "p99", "max"} (of responses), "connections"}.
+    HttpLoad(http_load::LoadArgs),
+    /// WebSocket client: upgrades, sends N messages, expects each echoed; prints
+    /// {"echoed": N, "served_by": ...}.
+    WsEcho(ws::EchoArgs),
+    /// Server-speaks-first TCP server: writes `<BANNER>\n` on accept, then echoes.
+    BannerServe {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+        #[arg(long)]
+        banner: String,
+    },
+    /// Connects and prints the first line the server sends, without sending anything.
+    BannerGet {
+        #[arg(long)]
+        connect: String,
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
-        /// Print `status=<code>` as the first line and exit 0 for any status.
-        #[arg(long)]
-        show_status: bool,
     },
+    /// gRPC server of `podtool.Echo` (unary Call, bidirectional Chat).
+    GrpcServe {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+        /// Reported as `served_by` in every reply.
+        #[arg(long)]
+        name: String,
+    },
+    /// Unary podtool.Echo/Call N times on one channel (one HTTP/2 connection); prints JSON.
+    GrpcCall(grpc::CallArgs),
+    /// One podtool.Echo/Chat stream, N messages in lockstep; prints JSON.
+    GrpcChat(grpc::ChatArgs),
     /// Connects and prints `peer=<getpeername() result>`.
     Peername {
         #[arg(long)]
@@ -157,7 +208,14 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::HttpServe { listen, name } => tcp::serve(&listen, tcp::Handler::Http(name.into())),
+        Cmd::HttpServe { listen, name } => {
+            let server = http_serve::Server::new(&name)?;
+            tcp::serve(&listen, tcp::Handler::Http(server.into()))
+        }
+        Cmd::BannerServe { listen, banner } => {
+            tcp::serve(&listen, tcp::Handler::Banner(banner.into()))
+        }
+        Cmd::GrpcServe { listen, name } => grpc::serve(&listen, name),
         Cmd::EchoServe { listen } => tcp::serve(&listen, tcp::Handler::Echo),
         Cmd::SinkServe { listen } => tcp::serve(&listen, tcp::Handler::Sink),
         Cmd::PeerServe { listen } => tcp::serve(&listen, tcp::Handler::Peer),
@@ -174,11 +232,15 @@ fn run(cmd: Cmd) -> Result<()> {
             close_first,
             expect_own_address,
         }),
-        Cmd::HttpGet {
-            url,
+        Cmd::HttpGet(args) => http::get(args),
+        Cmd::HttpLoad(args) => http_load::load(args),
+        Cmd::WsEcho(args) => ws::echo(args),
+        Cmd::BannerGet {
+            connect,
             timeout_ms,
-            show_status,
-        } => http::get(&url, Duration::from_millis(timeout_ms), show_status),
+        } => banner::get(resolve(&connect)?, Duration::from_millis(timeout_ms)),
+        Cmd::GrpcCall(args) => grpc::call(args),
+        Cmd::GrpcChat(args) => grpc::chat(args),
         Cmd::Peername {
             connect,
             timeout_ms,

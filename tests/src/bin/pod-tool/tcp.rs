@@ -1,12 +1,8 @@
-//! The servers: HTTP (hyper), echo, sink and peer, on one tokio runtime, many connections each.
+//! The servers: HTTP (hyper, see [`crate::http_serve`]), echo, sink, peer and banner, on one
+//! tokio runtime, many connections each.
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{body::Incoming, Request, Response};
-use hyper_util::rt::TokioIo;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +13,15 @@ use tokio::net::{TcpListener, TcpStream};
 /// What a server does with each accepted connection.
 #[derive(Clone)]
 pub enum Handler {
-    /// HTTP/1.1 (keep-alive) answering `name=<name> peer=<peer> local=<local>`.
-    Http(Arc<str>),
+    /// HTTP/1.1 and HTTP/2: see [`crate::http_serve::ROUTES_HELP`].
+    Http(Arc<crate::http_serve::Server>),
     Echo,
     Sink,
     /// Answers `peer=<accept() peer> getpeername=<getpeername()>` and then closes first, or
     /// waits for the client to close, as the client's first byte asks (see [`PEER_CLOSE_FIRST`]).
     Peer,
+    /// Writes this line first, then echoes.
+    Banner(Arc<str>),
 }
 
 /// First byte a client of the peer server sends to have the server close first; any other
@@ -32,6 +30,17 @@ pub const PEER_CLOSE_FIRST: u8 = b'S';
 
 /// Binds every address, prints `listening <addr>` for each, and serves until killed.
 pub fn serve(addrs: &[SocketAddr], handler: Handler) -> Result<()> {
+    serve_with(addrs, |listener| {
+        tokio::spawn(accept_loop(listener, handler.clone()))
+    })
+}
+
+/// Binds every address, prints `listening <addr>` for each, and runs `start` on each listener
+/// (it spawns the accept loop) until every loop ends.
+pub fn serve_with(
+    addrs: &[SocketAddr],
+    start: impl Fn(TcpListener) -> tokio::task::JoinHandle<()>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -40,7 +49,7 @@ pub fn serve(addrs: &[SocketAddr], handler: Handler) -> Result<()> {
         for &addr in addrs {
             let listener = bind(addr).with_context(|| format!("listen on {addr}"))?;
             println!("listening {}", listener.local_addr()?);
-            tasks.push(tokio::spawn(accept_loop(listener, handler.clone())));
+            tasks.push(start(listener));
         }
         std::io::stdout().flush()?;
         for t in tasks {
@@ -80,36 +89,19 @@ async fn accept_loop(listener: TcpListener, handler: Handler) {
         let handler = handler.clone();
         tokio::spawn(async move {
             match handler {
-                Handler::Http(name) => http(sock, peer, name).await,
+                Handler::Http(server) => {
+                    crate::http_serve::serve_connection(sock, peer, server).await
+                }
                 Handler::Echo => echo(sock).await,
                 Handler::Sink => sink(sock).await,
                 Handler::Peer => peer_report(sock, peer).await,
+                Handler::Banner(banner) => crate::banner::serve_connection(sock, banner).await,
             }
         });
     }
 }
 
-async fn http(sock: TcpStream, peer: SocketAddr, name: Arc<str>) {
-    let local = match sock.local_addr() {
-        Ok(a) => a.to_string(),
-        Err(e) => format!("?({e})"),
-    };
-    let body = Bytes::from(format!("name={name} peer={peer} local={local}\n"));
-    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-        let body = body.clone();
-        async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
-    });
-    // Keep-alive is hyper's default; errors are per-connection (client went away) and only
-    // worth a line on stderr.
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(sock), svc)
-        .await
-    {
-        eprintln!("pod-tool: http connection from {peer}: {e}");
-    }
-}
-
-async fn echo(mut sock: TcpStream) {
+pub async fn echo(mut sock: TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match sock.read(&mut buf).await {

@@ -232,8 +232,9 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition, with the kernel counters read fresh.
-    pub fn encode(&self, kernel: &KernelStats) -> String {
+    /// Prometheus text exposition, with the kernel counters read fresh, and `more` (other
+    /// registries' families, encoded without an end marker) before the end marker.
+    pub fn encode(&self, kernel: &KernelStats, more: &str) -> String {
         for (name, value) in kernel {
             let labels = KernelLabels {
                 counter: (*name).to_owned(),
@@ -241,7 +242,9 @@ impl Metrics {
             self.kernel.get_or_create(&labels).set(*value as i64);
         }
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock());
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry.lock());
+        out.push_str(more);
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }
 }

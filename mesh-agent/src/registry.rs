@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use mesh_api::{ObjectKey, Service, Snapshot, Workload};
+use mesh_api::{ObjectKey, Protocol, Service, Snapshot, Subset, Workload};
 use parking_lot::RwLock;
 
 use crate::metrics::Failure;
@@ -17,13 +17,19 @@ use crate::metrics::Failure;
 /// Where a captured outbound connection goes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    /// A service VIP: try these endpoints in order (load-balancing order first).
+    /// A service VIP: try these endpoints in order (load-balancing order first). On HTTP
+    /// ports the HTTP proxy routes each request itself and ignores `endpoints`.
     Service {
         service: ObjectKey,
+        protocol: Protocol,
         endpoints: Vec<SocketAddr>,
     },
-    /// A mesh workload addressed directly.
-    Workload(SocketAddr),
+    /// A mesh workload addressed directly. `http_service`: the Service whose HTTP port
+    /// targets this workload port, if one does (its protocol then applies).
+    Workload {
+        target: SocketAddr,
+        http_service: Option<(ObjectKey, Protocol)>,
+    },
     /// Captured but not part of the mesh: carried to the original destination unchanged.
     Passthrough(SocketAddr),
     /// Refused, with the reason counted.
@@ -102,8 +108,11 @@ impl Registry {
         if let Some(service) = snapshot.service_by_vip(original.ip()) {
             return self.route_service(&snapshot, service, original);
         }
-        if snapshot.workload_by_ip(original.ip()).is_some() {
-            return Route::Workload(original);
+        if let Some(workload) = snapshot.workload_by_ip(original.ip()) {
+            return Route::Workload {
+                target: original,
+                http_service: http_service_of(&snapshot, workload, original.port()),
+            };
         }
         Route::Passthrough(original)
     }
@@ -112,8 +121,54 @@ impl Registry {
         let Some(port) = service.port(original.port()) else {
             return Route::Refused(Failure::UnknownServicePort);
         };
-        let target = port.target();
-        let all = snapshot.endpoints(service);
+        // On TCP ports a Route's first rule without HTTP conditions picks the backend for
+        // the whole connection; HTTP ports are routed per request by the HTTP proxy.
+        let rule = (!port.protocol.may_be_http())
+            .then(|| snapshot.route_for(service).and_then(|r| r.tcp_rule()))
+            .flatten();
+        let (backend, subset, target) = match rule.and_then(pick_backend) {
+            Some(b) => {
+                let Some(backend) = snapshot.service(&service.metadata.namespace, &b.service)
+                else {
+                    return Route::Refused(Failure::NoEndpoint);
+                };
+                let subset = b.subset.as_deref().and_then(|name| backend.subset(name));
+                let port = b.port_for(original.port());
+                let Some(target) = backend.port(port).map(|p| p.target()) else {
+                    return Route::Refused(Failure::UnknownServicePort);
+                };
+                (backend, subset, target)
+            }
+            None => (service, None, port.target()),
+        };
+        let endpoints = self.endpoints(snapshot, backend, subset, target, original.ip());
+        if endpoints.is_empty() && !port.protocol.may_be_http() {
+            return Route::Refused(Failure::NoEndpoint);
+        }
+        Route::Service {
+            service: service.metadata.key(),
+            protocol: port.protocol,
+            endpoints,
+        }
+    }
+
+    /// The endpoints of `service` (of `subset`, if given) on `target_port`, in the order to
+    /// try them: healthy ones only unless none is, rotated round robin. Addresses are in the
+    /// family of `dialled` where a workload has one. This is where balancing policies plug in
+    /// (issue 9): both the L4 path and the HTTP path ask here.
+    pub fn endpoints(
+        &self,
+        snapshot: &Snapshot,
+        service: &Service,
+        subset: Option<&Subset>,
+        target_port: u16,
+        dialled: IpAddr,
+    ) -> Vec<SocketAddr> {
+        let all: Vec<&Workload> = snapshot
+            .endpoints(service)
+            .into_iter()
+            .filter(|w| subset.is_none_or(|s| s.selects(w)))
+            .collect();
         let health = self.health.load();
         let healthy: Vec<&Workload> = all
             .iter()
@@ -125,19 +180,20 @@ impl Registry {
         let candidates = if healthy.is_empty() { all } else { healthy };
         let mut endpoints: Vec<SocketAddr> = candidates
             .into_iter()
-            .filter_map(|w| endpoint_ip(w, original.ip()))
-            .map(|ip| SocketAddr::new(ip, target))
+            .filter_map(|w| endpoint_ip(w, dialled))
+            .map(|ip| SocketAddr::new(ip, target_port))
             .collect();
         if endpoints.is_empty() {
-            return Route::Refused(Failure::NoEndpoint);
+            return endpoints;
         }
-        let key = service.metadata.key();
+        let mut key = service.metadata.key();
+        if let Some(subset) = subset {
+            // Each subset keeps its own rotation.
+            key.name = format!("{}/{}", key.name, subset.name);
+        }
         let start = self.cursor(&key).fetch_add(1, Ordering::Relaxed) % endpoints.len();
         endpoints.rotate_left(start);
-        Route::Service {
-            service: key,
-            endpoints,
-        }
+        endpoints
     }
 
     fn cursor(&self, key: &ObjectKey) -> Arc<AtomicUsize> {
@@ -160,6 +216,41 @@ pub fn warn_unsupported_policies(snapshot: &Snapshot) {
             );
         }
     }
+}
+
+/// A backend of `rule` chosen at random in proportion to the weights (None if all are 0,
+/// which validation refuses).
+pub fn pick_backend(rule: &mesh_api::RouteRule) -> Option<&mesh_api::Backend> {
+    let total = rule.total_weight();
+    if total == 0 {
+        return None;
+    }
+    let mut roll = rand::random_range(0..total);
+    rule.backends.iter().find(|b| {
+        if roll < b.weight {
+            return true;
+        }
+        roll -= b.weight;
+        false
+    })
+}
+
+/// The Service (and its protocol) whose HTTP port targets `port` on `workload`, if any.
+fn http_service_of(
+    snapshot: &Snapshot,
+    workload: &Workload,
+    port: u16,
+) -> Option<(ObjectKey, Protocol)> {
+    snapshot
+        .services()
+        .filter(|s| s.selects(workload))
+        .find_map(|s| {
+            s.spec
+                .ports
+                .iter()
+                .find(|p| p.target() == port && p.protocol.may_be_http())
+                .map(|p| (s.metadata.key(), p.protocol))
+        })
 }
 
 /// The workload address to use: same family as the address the client dialled, when it has one.
@@ -240,7 +331,10 @@ spec:
         );
         assert_eq!(
             r.route(sa("10.0.0.2:9000")),
-            Route::Workload(sa("10.0.0.2:9000"))
+            Route::Workload {
+                target: sa("10.0.0.2:9000"),
+                http_service: None
+            }
         );
         assert_eq!(
             r.route(sa("10.9.9.9:443")),

@@ -83,6 +83,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         "HBONE (mutual TLS HTTP/2) connections this node opened to other nodes",
         agent.proxy.hbone.opened.clone(),
     );
+    agent.metrics.register_counter(
+        "http_retries_over_budget",
+        "HTTP retries not made because the service's retry budget was spent",
+        agent.proxy.http.retries_over_budget.clone(),
+    );
     tokio::spawn(crate::proxy::enforce_on_changes(
         agent.proxy.connections.clone(),
         agent.registry.clone(),

@@ -53,6 +53,19 @@ impl Bridge {
         self.index
     }
 
+    /// A bridge on the first of `indices` whose subnet is free (tests running at the same
+    /// time take different ones).
+    pub fn first_free(indices: &[u8]) -> Result<Bridge> {
+        let mut errors = Vec::new();
+        for &index in indices {
+            match Bridge::new(index) {
+                Ok(b) => return Ok(b),
+                Err(e) => errors.push(format!("{index}: {e:#}")),
+            }
+        }
+        anyhow::bail!("no free bridge subnet: {}", errors.join("; "))
+    }
+
     /// The bridge's IPv4 address (the pods' default gateway).
     pub fn gateway_v4(&self) -> Ipv4Addr {
         gateway_v4(self.index)

@@ -13,7 +13,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 
 use crate::control::ControlPlane;
@@ -322,14 +322,7 @@ pub fn start_agent(cp: &ControlPlane, node: &str, extra_args: &[&str]) -> Result
 
 /// A bridge on the first free one of this suite's subnets (index 39, else 29 down to 25).
 pub fn free_bridge() -> Result<Bridge> {
-    let mut errors = Vec::new();
-    for index in BRIDGE_INDICES {
-        match Bridge::new(index) {
-            Ok(b) => return Ok(b),
-            Err(e) => errors.push(format!("{index}: {e:#}")),
-        }
-    }
-    bail!("no free bridge subnet: {}", errors.join("; "))
+    Bridge::first_free(&BRIDGE_INDICES)
 }
 
 /// See the [module documentation](self).

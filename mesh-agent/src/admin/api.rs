@@ -41,7 +41,10 @@ impl AdminApi for Agent {
     }
 
     fn metrics(&self) -> String {
-        self.metrics.encode(&self.datapath.maps.kernel_stats())
+        self.metrics.encode(
+            &self.datapath.maps.kernel_stats(),
+            &self.proxy.http.telemetry.encode(),
+        )
     }
 
     fn config_dump(&self) -> serde_json::Value {

@@ -317,6 +317,7 @@ impl Agent {
             identity,
             identities: self.identities.clone(),
             shared: self.proxy.clone(),
+            http_pool: Default::default(),
         });
         self.identities.acquire(&pod_context.identity);
         self.local_pods.insert(&pod_context);

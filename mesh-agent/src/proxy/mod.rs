@@ -2,6 +2,8 @@
 //! tokio runtime.
 //!
 //! - `outbound`: connections the app made, captured by connect4/6; routed by the registry.
+//! - `dial`: opening the connection to one endpoint (same node, HBONE, or plaintext).
+//! - `http`: HTTP ports: each request routed on its own (Routes, retries, telemetry).
 //! - `inbound`: connections to the pod, steered by sk_lookup; delivered to the app.
 //! - `upstream`: opening sockets from inside the pod's network namespace.
 //! - `hbone`: mutual-TLS HTTP/2 CONNECT tunnels between nodes, both sides.
@@ -9,7 +11,9 @@
 //! - `tracker`: open connections, re-checked when policy changes.
 //! - `relay`: moving bytes both ways and counting them.
 
+mod dial;
 mod hbone;
+pub mod http;
 mod inbound;
 mod outbound;
 mod policy;
@@ -56,6 +60,8 @@ pub struct PodContext {
     pub identity: SpiffeId,
     pub identities: Arc<Identities>,
     pub shared: Arc<Shared>,
+    /// This pod's upstream HTTP connections, reused across its requests.
+    pub http_pool: Arc<http::Pool>,
 }
 
 /// Proxy state shared by every pod of the node.
@@ -64,6 +70,7 @@ pub struct Shared {
     pub connections: Arc<ConnectionTable>,
     pub hbone: hbone::Pool,
     pub hbone_handshakes: hbone::HandshakeLimit,
+    pub http: http::NodeHttp,
 }
 
 impl PodContext {

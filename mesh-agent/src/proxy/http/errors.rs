@@ -1,0 +1,140 @@
+//! Answers the proxy makes itself, each with the Envoy response flag operators know, as an
+//! HTTP status or, to a gRPC client, a trailers-only response with the matching
+//! `grpc-status` (a gRPC client can't read an HTML error page).
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::body::BoxError;
+
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why the proxy answered instead of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No healthy endpoint to send the request to (UH).
+    NoHealthyEndpoint,
+    /// Connecting to the endpoint failed (UF).
+    ConnectFailure,
+    /// The route's or the try's timeout passed before the response headers (UT).
+    Timeout,
+    /// The upstream connection ended or reset the stream before a response (UC).
+    UpstreamReset,
+    /// A rule names a backend port the backend Service lacks (NR).
+    NoRoute,
+    /// The destination's policy refused the connection the request would ride on (RBAC).
+    Denied,
+    /// A fault rule aborted the request with this status (FI).
+    FaultAbort(u16),
+}
+
+impl ProxyError {
+    /// The Envoy response flag.
+    pub fn flag(self) -> &'static str {
+        match self {
+            ProxyError::NoHealthyEndpoint => "UH",
+            ProxyError::ConnectFailure => "UF",
+            ProxyError::Timeout => "UT",
+            ProxyError::UpstreamReset => "UC",
+            ProxyError::NoRoute => "NR",
+            ProxyError::Denied => "RBAC",
+            ProxyError::FaultAbort(_) => "FI",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoHealthyEndpoint | ProxyError::ConnectFailure => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Denied => StatusCode::FORBIDDEN,
+            ProxyError::FaultAbort(code) => {
+                StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+        }
+    }
+
+    /// What the body (or `grpc-message`) says.
+    fn message(self) -> &'static str {
+        match self {
+            ProxyError::NoHealthyEndpoint => "no healthy upstream",
+            ProxyError::ConnectFailure => "upstream connect error",
+            ProxyError::Timeout => "upstream request timeout",
+            ProxyError::UpstreamReset => "upstream connection reset before response",
+            ProxyError::NoRoute => "no route to a backend port",
+            ProxyError::Denied => "RBAC: access denied",
+            ProxyError::FaultAbort(_) => "fault filter abort",
+        }
+    }
+
+    /// The gRPC status code for a gRPC client.
+    pub fn grpc_status(self) -> u8 {
+        match self {
+            ProxyError::Timeout => 4,  // DEADLINE_EXCEEDED
+            ProxyError::NoRoute => 12, // UNIMPLEMENTED
+            ProxyError::Denied => 7,   // PERMISSION_DENIED
+            ProxyError::FaultAbort(code) => grpc_status_of_http(code),
+            _ => 14, // UNAVAILABLE
+        }
+    }
+
+    /// The answer to the client.
+    pub fn response(self, grpc: bool) -> Response<ProxyBody> {
+        let mut response = if grpc {
+            // Trailers-only: HTTP 200, the status in the (only) header block, no body.
+            let mut r = Response::new(empty());
+            let h = r.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert(
+                "grpc-status",
+                HeaderValue::from(u16::from(self.grpc_status())),
+            );
+            h.insert("grpc-message", HeaderValue::from_static(self.message()));
+            r
+        } else {
+            let mut r = Response::new(full(format!("{}\n", self.message())));
+            *r.status_mut() = self.status();
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain"),
+            );
+            r
+        };
+        response.headers_mut().insert(
+            "x-mesh-response-flags",
+            HeaderValue::from_static(self.flag()),
+        );
+        response
+    }
+}
+
+/// The gRPC status an HTTP status maps to (gRPC's "HTTP to gRPC status code mapping").
+pub fn grpc_status_of_http(code: u16) -> u8 {
+    match code {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+pub fn empty() -> ProxyBody {
+    Full::new(Bytes::new())
+        .map_err(|e| match e {})
+        .boxed_unsync()
+}
+
+pub fn full(text: String) -> ProxyBody {
+    Full::new(Bytes::from(text))
+        .map_err(|e| match e {})
+        .boxed_unsync()
+}

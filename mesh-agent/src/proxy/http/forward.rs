@@ -1,0 +1,256 @@
+//! One request, from the app to an upstream and back: the route's rule, faults, header
+//! rules, tries with timeouts and retries, and the telemetry of how it ended.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::request::Parts;
+use http::{Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use mesh_api::{Protocol, Service, Snapshot};
+
+use super::body::ReplayBody;
+use super::errors::{ProxyBody, ProxyError};
+use super::pool::SendError;
+use super::record::Pending;
+use super::retry::{self, TryOutcome};
+use super::routing::{choose, Destination, Plan};
+use super::{headers, upgrade, Downstream};
+use crate::metrics::Failure;
+use crate::proxy::dial::Security;
+
+pub async fn handle(conn: Arc<Downstream>, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let started_at = SystemTime::now();
+    let context = &conn.context;
+    let snapshot = context.registry.snapshot();
+    let mesh = snapshot.mesh_config();
+    let tracing = mesh
+        .observability
+        .tracing
+        .enabled
+        .then(|| mesh.observability.tracing.sampling_percent.fraction());
+    let grpc = is_grpc(&request);
+    let client_upgrade = headers::is_upgrade(request.version(), request.headers())
+        .then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    let (request_id, trace_id) = headers::ensure_ids(&mut parts.headers, tracing);
+    let body = ReplayBody::new(body);
+    let mut record = Pending {
+        start,
+        started_at,
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        grpc,
+        request_id,
+        trace_id,
+        request_bytes: body.counter(),
+        route: None,
+        rule: None,
+        flags: Vec::new(),
+        upstream: None,
+        attempts: 0,
+    };
+    let key = &conn.target.service;
+    let Some(host) = snapshot.service(&key.namespace, &key.name) else {
+        // The service was deleted since this connection opened.
+        return record.error(&conn, &snapshot, ProxyError::NoHealthyEndpoint);
+    };
+    let plan = Plan::new(&snapshot, &context.shared.http.routes, host, &parts);
+    record.route = plan.route.map(|r| r.metadata.name.clone());
+    record.rule = plan.rule_name().map(str::to_owned);
+
+    if let Some(fault) = plan.rule.and_then(|r| r.fault.as_ref()) {
+        if let Some(delay) = fault.delay.as_ref().filter(|d| fires(d.percent.fraction())) {
+            tokio::time::sleep(std::time::Duration::from_millis(delay.ms)).await;
+            record.flags.push("DI");
+        }
+        if let Some(abort) = fault.abort.as_ref().filter(|a| fires(a.percent.fraction())) {
+            return record.error(&conn, &snapshot, ProxyError::FaultAbort(abort.status));
+        }
+    }
+    let rule_headers = plan.rule.and_then(|r| r.headers.as_ref());
+    if let Some(ops) = rule_headers.and_then(|h| h.request.as_ref()) {
+        headers::apply_ops(&mut parts.headers, ops);
+    }
+
+    let outcome = match client_upgrade {
+        Some(client_upgrade) => {
+            upgrade::forward(
+                &conn,
+                &snapshot,
+                &plan,
+                parts,
+                body,
+                client_upgrade,
+                &mut record,
+            )
+            .await
+        }
+        None => send_with_retries(&conn, &snapshot, &plan, parts, body, &mut record).await,
+    };
+    match outcome {
+        Ok((mut response, destination)) => {
+            if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                headers::strip_hop_by_hop(response.headers_mut());
+            }
+            if let Some(ops) = rule_headers.and_then(|h| h.response.as_ref()) {
+                headers::apply_ops(response.headers_mut(), ops);
+            }
+            record.finish(&conn, &snapshot, response, Some(destination))
+        }
+        Err(e) => record.error(&conn, &snapshot, e),
+    }
+}
+
+/// What a try reached, for telemetry.
+pub struct Reached<'s> {
+    pub service: &'s Service,
+    pub endpoint: SocketAddr,
+    pub security: Security,
+}
+
+/// Sends the request, trying again (on another endpoint where there is one) while the
+/// route's retry conditions, attempts, body and budget allow, within the route's timeout.
+async fn send_with_retries<'s>(
+    conn: &Downstream,
+    snapshot: &'s Arc<Snapshot>,
+    plan: &Plan<'s>,
+    mut parts: Parts,
+    body: ReplayBody,
+    record: &mut Pending,
+) -> Result<(Response<ProxyBody>, Reached<'s>), ProxyError> {
+    let context = &conn.context;
+    let http = &context.shared.http;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let version = upstream_version(conn.target.protocol, parts.version);
+    let fallback_authority = conn.target.dialled.to_string();
+    headers::fit_request_target(
+        &mut parts.uri,
+        &mut parts.headers,
+        version,
+        &fallback_authority,
+    );
+    parts.version = version;
+    let budget_key = plan.host.metadata.key();
+    http.budgets.request(&budget_key);
+    let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut retries_done = 0;
+    loop {
+        let Destination { service, endpoint } = match conn.target.fixed {
+            Some(endpoint) => Destination {
+                service: plan.host,
+                endpoint,
+            },
+            None => choose(
+                snapshot,
+                &context.registry,
+                plan,
+                conn.target.dialled,
+                &tried,
+            )?,
+        };
+        tried.push(endpoint);
+        record.attempts = retries_done + 1;
+        record.upstream = Some(endpoint);
+        let Some(try_body) = body.replay() else {
+            // Only reachable for a retry, which checks replayability first.
+            return Err(ProxyError::UpstreamReset);
+        };
+        let request = rebuild(&parts, try_body);
+        let send = context
+            .http_pool
+            .send(context, endpoint, version, conn.app, request);
+        let try_deadline = match (plan.per_try_timeout, deadline) {
+            (Some(t), Some(d)) => Some(d.min(tokio::time::Instant::now() + t)),
+            (Some(t), None) => Some(tokio::time::Instant::now() + t),
+            (None, d) => d,
+        };
+        let result = match try_deadline {
+            Some(at) => tokio::time::timeout_at(at, send).await.ok(),
+            None => Some(send.await),
+        };
+        let overall_expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        let outcome = match &result {
+            None if overall_expired => TryOutcome::Failed(ProxyError::Timeout),
+            None => TryOutcome::TryTimeout,
+            Some(Ok((response, _))) => TryOutcome::Response(response),
+            Some(Err(e)) => TryOutcome::Failed(send_error(e)),
+        };
+        let wants_retry = retries_done < plan.attempts()
+            && !overall_expired
+            && body.is_replayable()
+            && retry::should_retry(plan.retries, &outcome);
+        // The budget is only asked when a retry would happen, so it counts real retries.
+        if !wants_retry || !http.budgets.try_retry(&budget_key) {
+            if retry::should_retry(plan.retries, &outcome) && (retries_done > 0 || wants_retry) {
+                record.flags.push("URX");
+            }
+            if wants_retry {
+                http.retries_over_budget.inc();
+            }
+            return match result {
+                Some(Ok((response, security))) => Ok((
+                    response.map(|b| b.map_err(Into::into).boxed_unsync()),
+                    Reached {
+                        service,
+                        endpoint,
+                        security,
+                    },
+                )),
+                Some(Err(e)) => Err(send_error(&e)),
+                None => Err(ProxyError::Timeout),
+            };
+        }
+        drop(result);
+        retries_done += 1;
+        let wait = retry::backoff(retries_done);
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.min(tokio::time::Instant::now() + wait)).await,
+            None => tokio::time::sleep(wait).await,
+        }
+    }
+}
+
+fn send_error(e: &SendError) -> ProxyError {
+    match e {
+        SendError::Connect(Failure::AuthzDenied) => ProxyError::Denied,
+        SendError::Connect(_) => ProxyError::ConnectFailure,
+        SendError::Upstream(_) => ProxyError::UpstreamReset,
+    }
+}
+
+/// HTTP/2 and gRPC ports speak HTTP/2 upstream; `http` (and `auto`) ports speak what the
+/// client spoke.
+fn upstream_version(protocol: Protocol, client: Version) -> Version {
+    match protocol {
+        Protocol::Http2 | Protocol::Grpc => Version::HTTP_2,
+        _ if client == Version::HTTP_2 => Version::HTTP_2,
+        _ => Version::HTTP_11,
+    }
+}
+
+/// A request with `parts`' head and `body` (Parts can't be cloned: extensions).
+pub fn rebuild(parts: &Parts, body: ReplayBody) -> Request<ReplayBody> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request
+}
+
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn fires(fraction: f64) -> bool {
+    fraction >= 1.0 || rand::random::<f64>() < fraction
+}

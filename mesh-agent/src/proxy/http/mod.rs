@@ -1,0 +1,132 @@
+//! HTTP in the node proxy: the outbound side terminates the app's HTTP/1.1 or HTTP/2
+//! connection and routes every request on its own (rule, backend, endpoint), over pooled
+//! upstream connections. See docs/ARCHITECTURE.md, "Life of an HTTP request".
+//!
+//! - `sniff`: which connections are HTTP (`auto` ports look at the first bytes).
+//! - `forward`: one request: rule, faults, header rules, tries, timeouts, retries.
+//! - `routing`: the Route rule a request matches; backend and endpoint per try.
+//! - `pool`: upstream connections per (pod, endpoint), reused.
+//! - `body`: request bodies kept for retries; response bodies that report their end.
+//! - `retry`, `budget`: when to try again, and how much retrying a service can take.
+//! - `upgrade`: WebSocket and other protocol switches.
+//! - `errors`: the proxy's own answers (HTTP status or gRPC status, response flags).
+//! - `headers`: hop-by-hop headers, request targets, header rules, request and trace ids.
+//! - `record`, `telemetry`: Istio metrics and the access log.
+
+mod body;
+mod budget;
+mod errors;
+mod forward;
+mod headers;
+mod pool;
+mod record;
+mod retry;
+mod routing;
+pub mod sniff;
+mod telemetry;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use mesh_api::{ObjectKey, Protocol};
+use prometheus_client::metrics::counter::Counter;
+use tokio::net::TcpStream;
+
+use super::PodContext;
+use crate::registry::Route;
+
+pub use pool::Pool;
+pub use telemetry::Telemetry;
+
+/// Node-wide HTTP state.
+#[derive(Default)]
+pub struct NodeHttp {
+    pub routes: routing::RouteCache,
+    pub budgets: budget::RetryBudgets,
+    pub telemetry: Arc<Telemetry>,
+    /// Retries the budget refused.
+    pub retries_over_budget: Counter,
+}
+
+/// An outbound connection the HTTP proxy serves.
+pub struct HttpTarget {
+    /// The Service whose port the client reached (its Route applies).
+    pub service: ObjectKey,
+    pub protocol: Protocol,
+    /// Where the client connected to.
+    pub dialled: SocketAddr,
+    /// Set when the client dialled a workload directly: every request goes there.
+    pub fixed: Option<SocketAddr>,
+}
+
+impl HttpTarget {
+    /// The HTTP target of a routed connection, if its port may be HTTP.
+    pub fn of(route: &Route, dialled: SocketAddr) -> Option<HttpTarget> {
+        match route {
+            Route::Service {
+                service, protocol, ..
+            } if protocol.may_be_http() => Some(HttpTarget {
+                service: service.clone(),
+                protocol: *protocol,
+                dialled,
+                fixed: None,
+            }),
+            Route::Workload {
+                target,
+                http_service: Some((service, protocol)),
+            } => Some(HttpTarget {
+                service: service.clone(),
+                protocol: *protocol,
+                dialled,
+                fixed: Some(*target),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// One app connection being served.
+pub struct Downstream {
+    pub context: Arc<PodContext>,
+    pub app: SocketAddr,
+    pub target: HttpTarget,
+}
+
+/// Serves the app's connection as HTTP/1.1 or HTTP/2 (whichever it speaks) until it closes.
+/// Malformed requests get 400 (431 for oversized headers) from hyper and end only this
+/// connection.
+pub async fn serve_outbound(
+    stream: TcpStream,
+    app: SocketAddr,
+    target: HttpTarget,
+    context: Arc<PodContext>,
+) {
+    let counters = context.counters.outbound.clone();
+    counters.active.inc();
+    let downstream = Arc::new(Downstream {
+        context,
+        app,
+        target,
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let downstream = downstream.clone();
+        async move { Ok::<_, Infallible>(forward::handle(downstream, request).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%app, error = %e, "HTTP connection from the app ended");
+    }
+    counters.active.dec();
+}

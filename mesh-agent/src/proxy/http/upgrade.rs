@@ -1,0 +1,87 @@
+//! Requests that switch protocols (HTTP/1.1 `Upgrade`, e.g. WebSocket): sent on a connection
+//! of their own; once the upstream answers 101, both connections are handed over and bytes
+//! are relayed until either side closes. No retries: an upgrade is not idempotent.
+
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use mesh_api::Snapshot;
+
+use super::body::ReplayBody;
+use super::errors::{ProxyBody, ProxyError};
+use super::forward::{rebuild, Reached};
+use super::pool::SendError;
+use super::record::Pending;
+use super::routing::{choose, Destination, Plan};
+use super::{headers, Downstream};
+use crate::metrics::Failure;
+
+pub async fn forward<'s>(
+    conn: &Downstream,
+    snapshot: &'s Arc<Snapshot>,
+    plan: &Plan<'s>,
+    mut parts: Parts,
+    body: ReplayBody,
+    client_upgrade: OnUpgrade,
+    record: &mut Pending,
+) -> Result<(Response<ProxyBody>, Reached<'s>), ProxyError> {
+    let context = &conn.context;
+    let Destination { service, endpoint } = match conn.target.fixed {
+        Some(endpoint) => Destination {
+            service: plan.host,
+            endpoint,
+        },
+        None => choose(snapshot, &context.registry, plan, conn.target.dialled, &[])?,
+    };
+    record.upstream = Some(endpoint);
+    record.attempts = 1;
+    // Connection and Upgrade stay: they are the request.
+    let fallback_authority = conn.target.dialled.to_string();
+    headers::fit_request_target(
+        &mut parts.uri,
+        &mut parts.headers,
+        http::Version::HTTP_11,
+        &fallback_authority,
+    );
+    let (mut sender, security) = context
+        .http_pool
+        .dedicated_h1(context, endpoint, conn.app)
+        .await
+        .map_err(|e| match e {
+            SendError::Connect(Failure::AuthzDenied) => ProxyError::Denied,
+            _ => ProxyError::ConnectFailure,
+        })?;
+    let send = sender.send_request(rebuild(&parts, body));
+    let mut response = match plan.timeout {
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .map_err(|_| ProxyError::Timeout)?,
+        None => send.await,
+    }
+    .map_err(|_| ProxyError::UpstreamReset)?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let pod = context.pod.clone();
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+                Err(e) => tracing::debug!(%pod, error = %e, "protocol upgrade failed"),
+            }
+        });
+    }
+    Ok((
+        response.map(|b| b.map_err(Into::into).boxed_unsync()),
+        Reached {
+            service,
+            endpoint,
+            security,
+        },
+    ))
+}

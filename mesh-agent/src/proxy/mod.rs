@@ -10,7 +10,9 @@
 //! - `policy`: the inbound decision (PeerAuthentication, AuthorizationPolicy).
 //! - `tracker`: open connections, re-checked when policy changes.
 //! - `relay`: moving bytes both ways and counting them.
+//! - `telemetry`: Istio's metrics for connections and requests, and the access log.
 
+mod counted_io;
 mod dial;
 mod hbone;
 pub mod http;
@@ -18,6 +20,7 @@ mod inbound;
 mod outbound;
 mod policy;
 mod relay;
+mod telemetry;
 mod tracker;
 mod upstream;
 

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::dial::{connect_first, Upstream};
 use super::http::{self, HttpTarget};
 use super::relay::{relay, relay_stream};
+use super::telemetry::PeerLabels;
 use super::PodContext;
 use crate::metrics::Failure;
 use crate::registry::Route;
@@ -41,23 +42,38 @@ pub async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodCont
 /// The L4 path: one endpoint for the whole connection, bytes relayed both ways.
 async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context: &Arc<PodContext>) {
     let counters = &context.counters.outbound;
-    let candidates = match route {
-        Route::Service { endpoints, .. } => endpoints,
-        Route::Workload { target, .. } | Route::Passthrough(target) => vec![target],
+    let (service, candidates) = match route {
+        Route::Service {
+            service, endpoints, ..
+        } => (Some(service), endpoints),
+        Route::Workload { target, .. } | Route::Passthrough(target) => (None, vec![target]),
         Route::Refused(reason) => {
             tracing::debug!(pod = %context.pod, ?reason, "outbound refused");
             counters.fail(reason);
             return;
         }
     };
-    let upstream = match connect_first(context, &candidates, app).await {
-        Ok((upstream, _)) => upstream,
+    let (upstream, endpoint) = match connect_first(context, &candidates, app).await {
+        Ok(reached) => reached,
         Err(reason) => {
             counters.fail(reason);
             return;
         }
     };
-    match upstream {
+    let telemetry = &context.shared.http.telemetry;
+    let labels = {
+        let snapshot = context.registry.snapshot();
+        let service = service.and_then(|key| snapshot.service(&key.namespace, &key.name));
+        PeerLabels::new(
+            &snapshot,
+            context,
+            service,
+            Some(endpoint),
+            Some(upstream.security()),
+        )
+    };
+    telemetry.tcp_opened(&labels);
+    let (sent, received) = match upstream {
         Upstream::Remote(stream) => relay(app_stream, stream, counters, None).await,
         Upstream::Hbone(stream, _registration) => {
             relay_stream(app_stream, TokioIo::new(stream), counters).await
@@ -66,11 +82,13 @@ async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context:
             let peer_counters = &peer.counters.inbound;
             peer_counters.connections.inc();
             tokio::select! {
-                _ = relay(app_stream, delivered.stream, counters, Some(peer_counters)) => {}
-                _ = registration.closed() => {}
+                moved = relay(app_stream, delivered.stream, counters, Some(peer_counters)) => moved,
+                // Closed by policy: the relay's counts are lost with it.
+                _ = registration.closed() => (0, 0),
             }
         }
-    }
+    };
+    telemetry.tcp_closed(&labels, sent, received);
 }
 
 /// From the eBPF map (connect4/6 capture), else from netfilter (iptables REDIRECT capture).

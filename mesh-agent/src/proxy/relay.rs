@@ -16,15 +16,16 @@ use crate::metrics::DirectionCounters;
 /// Most bytes moved per splice call (the default pipe capacity).
 const CHUNK: usize = 64 * 1024;
 
-/// Copies until both directions are done, then records the bytes. `pod_side` is the socket
-/// facing the enrolled pod's app, `peer_side` the other end; when the peer is an enrolled pod
-/// on this node too (same-node delivery), `peer_counters` are its inbound counters.
+/// Copies until both directions are done, then records the bytes and returns them (sent by
+/// the pod, received by it). `pod_side` is the socket facing the enrolled pod's app,
+/// `peer_side` the other end; when the peer is an enrolled pod on this node too (same-node
+/// delivery), `peer_counters` are its inbound counters.
 pub async fn relay(
     pod_side: TcpStream,
     peer_side: TcpStream,
     counters: &DirectionCounters,
     peer_counters: Option<&DirectionCounters>,
-) {
+) -> (u64, u64) {
     let _active = Active::new(counters, peer_counters);
     let (sent, received) = tokio::join!(pump(&pod_side, &peer_side), pump(&peer_side, &pod_side));
     let (sent, received) = (moved(sent), moved(received));
@@ -34,11 +35,16 @@ pub async fn relay(
         peer.bytes_sent.inc_by(received);
         peer.bytes_received.inc_by(sent);
     }
+    (sent, received)
 }
 
 /// Like [`relay`] for a peer side that is not a socket (an HBONE stream): bytes go through
 /// userspace buffers, since they are encrypted anyway.
-pub async fn relay_stream<S>(pod_side: TcpStream, peer_side: S, counters: &DirectionCounters)
+pub async fn relay_stream<S>(
+    pod_side: TcpStream,
+    peer_side: S,
+    counters: &DirectionCounters,
+) -> (u64, u64)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -49,8 +55,10 @@ where
         copy(&mut pod_read, &mut peer_write),
         copy(&mut peer_read, &mut pod_write)
     );
-    counters.bytes_sent.inc_by(moved(sent));
-    counters.bytes_received.inc_by(moved(received));
+    let (sent, received) = (moved(sent), moved(received));
+    counters.bytes_sent.inc_by(sent);
+    counters.bytes_received.inc_by(received);
+    (sent, received)
 }
 
 /// Copies until end of stream, then shuts `to` down for writing (half-close). Buffers are

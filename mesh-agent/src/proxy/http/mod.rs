@@ -11,7 +11,7 @@
 //! - `upgrade`: WebSocket and other protocol switches.
 //! - `errors`: the proxy's own answers (HTTP status or gRPC status, response flags).
 //! - `headers`: hop-by-hop headers, request targets, header rules, request and trace ids.
-//! - `record`, `telemetry`: Istio metrics and the access log.
+//! - `record`: a request's Istio metrics and access log line (`proxy::telemetry`).
 
 mod body;
 mod budget;
@@ -23,7 +23,6 @@ mod record;
 mod retry;
 mod routing;
 pub mod sniff;
-mod telemetry;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -36,18 +35,19 @@ use mesh_api::{ObjectKey, Protocol};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
+use super::counted_io::CountedIo;
+use super::telemetry::PeerLabels;
 use super::PodContext;
 use crate::registry::Route;
 
 pub use pool::Pool;
-pub use telemetry::Telemetry;
 
 /// Node-wide HTTP state.
 #[derive(Default)]
 pub struct NodeHttp {
     pub routes: routing::RouteCache,
     pub budgets: budget::RetryBudgets,
-    pub telemetry: Arc<Telemetry>,
+    pub telemetry: Arc<crate::proxy::telemetry::Telemetry>,
     /// Retries the budget refused.
     pub retries_over_budget: Counter,
 }
@@ -107,6 +107,16 @@ pub async fn serve_outbound(
 ) {
     let counters = context.counters.outbound.clone();
     counters.active.inc();
+    // Istio counts the app's connection itself as a TCP connection too; its bytes are those
+    // of the HTTP messages both ways.
+    let labels = {
+        let snapshot = context.registry.snapshot();
+        let key = &target.service;
+        let service = snapshot.service(&key.namespace, &key.name);
+        PeerLabels::new(&snapshot, &context, service, None, None)
+    };
+    let telemetry = context.shared.http.telemetry.clone();
+    telemetry.tcp_opened(&labels);
     let downstream = Arc::new(Downstream {
         context,
         app,
@@ -122,11 +132,17 @@ pub async fn serve_outbound(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await
-    {
+    let (io, counts) = CountedIo::new(stream);
+    let served = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await;
+    if let Err(e) = served {
         tracing::debug!(%app, error = %e, "HTTP connection from the app ended");
     }
+    // After an upgrade the relay goes on in its own task; its bytes so far are counted.
+    let (read, written) = counts.get();
+    telemetry.tcp_closed(&labels, read, written);
+    counters.bytes_sent.inc_by(read);
+    counters.bytes_received.inc_by(written);
     counters.active.dec();
 }

@@ -7,14 +7,13 @@ use std::time::{Instant, SystemTime};
 
 use http::Response;
 use http_body_util::BodyExt;
-use mesh_api::{Snapshot, Workload};
+use mesh_api::Snapshot;
 
 use super::body::{Observed, RequestBytes};
 use super::errors::{ProxyBody, ProxyError};
 use super::forward::Reached;
-use super::telemetry::{rfc3339, RequestLabels, RequestRecord};
 use super::Downstream;
-use crate::proxy::dial::Security;
+use crate::proxy::telemetry::{rfc3339, PeerLabels, RequestLabels, RequestRecord};
 
 /// What is known about a request while it is under way.
 pub struct Pending {
@@ -65,43 +64,28 @@ impl Pending {
             return response;
         }
         let context = &conn.context;
-        let source = snapshot.workload(&context.workload.namespace, &context.workload.name);
-        let destination = reached
-            .as_ref()
-            .and_then(|r| snapshot.workload_by_ip(r.endpoint.ip()));
         let service = reached.as_ref().map(|r| r.service).or_else(|| {
             let key = &conn.target.service;
             snapshot.service(&key.namespace, &key.name)
         });
-        let security = reached.as_ref().map(|r| r.security);
-        let destination_principal = match (destination, security) {
-            (Some(w), Some(Security::MutualTls | Security::Local)) => mesh.identity_of(w),
-            _ => "unknown".to_owned(),
-        };
-        let (service_name, service_namespace) = service
-            .map(|s| (s.metadata.name.clone(), s.metadata.namespace.clone()))
-            .unwrap_or_else(|| ("unknown".into(), "unknown".into()));
+        let peers = PeerLabels::new(
+            snapshot,
+            context,
+            service,
+            reached.as_ref().map(|r| r.endpoint),
+            reached.as_ref().map(|r| r.security),
+        );
         let status = response.status().as_u16();
         let header_grpc_status = response
             .headers()
             .get("grpc-status")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok());
+        let source_principal = peers.source_principal.clone();
+        let destination_principal = peers.destination_principal.clone();
+        let destination_service = peers.destination_service.clone();
         let labels = RequestLabels {
-            reporter: "source",
-            source_workload: workload_name(source),
-            source_workload_namespace: context.workload.namespace.clone(),
-            source_principal: context.identity.to_string(),
-            destination_workload: workload_name(destination),
-            destination_workload_namespace: destination
-                .map_or_else(|| "unknown".into(), |w| w.metadata.namespace.clone()),
-            destination_principal: destination_principal.clone(),
-            destination_service: format!(
-                "{service_name}.{service_namespace}.svc.{}",
-                mesh.trust_domain
-            ),
-            destination_service_name: service_name,
-            destination_service_namespace: service_namespace,
+            peers,
             request_protocol: if self.grpc { "grpc" } else { "http" },
             response_code: status,
             grpc_response_status: String::new(),
@@ -110,17 +94,9 @@ impl Pending {
             } else {
                 self.flags.join(",")
             },
-            connection_security_policy: match security {
-                Some(Security::MutualTls) => "mutual_tls",
-                Some(Security::Local) => "local",
-                Some(Security::None) => "none",
-                None => "unknown",
-            },
         };
         let telemetry = context.shared.http.telemetry.clone();
         let metrics = observability.metrics;
-        let source_principal = labels.source_principal.clone();
-        let destination_service = labels.destination_service.clone();
         let record_when_done = move |bytes_sent: u64, trailer_grpc_status: Option<u32>| {
             let mut labels = labels;
             if self.grpc {
@@ -154,19 +130,4 @@ impl Pending {
         };
         response.map(|body| Observed::new(body, record_when_done).boxed_unsync())
     }
-}
-
-/// Istio's workload name: the `app` label (what a Deployment's pods share), else the
-/// workload's own name.
-fn workload_name(workload: Option<&Workload>) -> String {
-    workload.map_or_else(
-        || "unknown".into(),
-        |w| {
-            w.spec
-                .labels
-                .get("app")
-                .cloned()
-                .unwrap_or_else(|| w.metadata.name.clone())
-        },
-    )
 }

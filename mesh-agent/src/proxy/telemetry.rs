@@ -1,10 +1,12 @@
-//! Per-request telemetry: Istio's standard metrics (same names and labels, so its dashboards
-//! work unchanged) and the access log. Label values are bounded: workload and service names,
-//! identities, codes and flags; never paths or addresses.
+//! Istio's standard metrics (same names and labels, so its dashboards work unchanged) for
+//! every proxied connection (`istio_tcp_*`) and HTTP request (`istio_request*`), and the
+//! access log. Label values are bounded: workload and service names, identities, codes and
+//! flags; never paths or addresses.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
+use mesh_api::{Service, Snapshot, Workload};
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,9 +15,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-/// Istio's labels for request metrics (`reporter="source"`: the client's node reports).
+use super::dial::Security;
+use super::PodContext;
+
+/// Istio's labels for who talks to whom (`reporter="source"`: the client's node reports).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub struct PeerLabels {
     pub reporter: &'static str,
     pub source_workload: String,
     pub source_workload_namespace: String,
@@ -26,15 +31,90 @@ pub struct RequestLabels {
     pub destination_service: String,
     pub destination_service_name: String,
     pub destination_service_namespace: String,
+    /// `mutual_tls` (HBONE), `none` (plaintext), `local` (same node: never left the node,
+    /// no TLS), `unknown` (no connection was made).
+    pub connection_security_policy: &'static str,
+}
+
+impl PeerLabels {
+    /// Labels for traffic of `context`'s pod to `service`, reaching `endpoint` (when one was
+    /// reached) over a connection secured as `security`.
+    pub fn new(
+        snapshot: &Snapshot,
+        context: &PodContext,
+        service: Option<&Service>,
+        endpoint: Option<std::net::SocketAddr>,
+        security: Option<Security>,
+    ) -> PeerLabels {
+        let mesh = snapshot.mesh_config();
+        let source = snapshot.workload(&context.workload.namespace, &context.workload.name);
+        let destination = endpoint.and_then(|e| snapshot.workload_by_ip(e.ip()));
+        let destination_principal = match (destination, security) {
+            (Some(w), Some(Security::MutualTls | Security::Local)) => mesh.identity_of(w),
+            _ => "unknown".to_owned(),
+        };
+        let (service_name, service_namespace) = service.map_or_else(
+            || ("unknown".to_owned(), "unknown".to_owned()),
+            |s| (s.metadata.name.clone(), s.metadata.namespace.clone()),
+        );
+        PeerLabels {
+            reporter: "source",
+            source_workload: workload_name(source),
+            source_workload_namespace: context.workload.namespace.clone(),
+            source_principal: context.identity.to_string(),
+            destination_workload: workload_name(destination),
+            destination_workload_namespace: destination
+                .map_or_else(|| "unknown".into(), |w| w.metadata.namespace.clone()),
+            destination_principal,
+            destination_service: format!(
+                "{service_name}.{service_namespace}.svc.{}",
+                mesh.trust_domain
+            ),
+            destination_service_name: service_name,
+            destination_service_namespace: service_namespace,
+            connection_security_policy: match security {
+                Some(Security::MutualTls) => "mutual_tls",
+                Some(Security::Local) => "local",
+                Some(Security::None) => "none",
+                None => "unknown",
+            },
+        }
+    }
+}
+
+/// Istio's workload name: the `app` label (what a Deployment's pods share), else the
+/// workload's own name.
+fn workload_name(workload: Option<&Workload>) -> String {
+    workload.map_or_else(
+        || "unknown".into(),
+        |w| {
+            w.spec
+                .labels
+                .get("app")
+                .cloned()
+                .unwrap_or_else(|| w.metadata.name.clone())
+        },
+    )
+}
+
+/// Istio's labels for request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
     pub request_protocol: &'static str,
     pub response_code: u16,
     pub grpc_response_status: String,
     pub response_flags: String,
-    pub connection_security_policy: &'static str,
+    /// Last: the derive hands its encoder to a flattened field.
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
 }
 
 pub struct Telemetry {
     registry: Mutex<Registry>,
+    tcp_opened: Family<PeerLabels, Counter>,
+    tcp_closed: Family<PeerLabels, Counter>,
+    tcp_sent: Family<PeerLabels, Counter>,
+    tcp_received: Family<PeerLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,
@@ -52,6 +132,10 @@ impl Default for Telemetry {
     fn default() -> Telemetry {
         let telemetry = Telemetry {
             registry: Mutex::new(Registry::default()),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
             request_bytes: Family::new_with_constructor(bytes_histogram),
@@ -61,6 +145,26 @@ impl Default for Telemetry {
         {
             let mut r = telemetry.registry.lock();
             // prometheus-client appends `_total` to counters.
+            r.register(
+                "istio_tcp_connections_opened",
+                "Proxied connections opened",
+                telemetry.tcp_opened.clone(),
+            );
+            r.register(
+                "istio_tcp_connections_closed",
+                "Proxied connections closed",
+                telemetry.tcp_closed.clone(),
+            );
+            r.register(
+                "istio_tcp_sent_bytes",
+                "Bytes sent by the source side of proxied connections",
+                telemetry.tcp_sent.clone(),
+            );
+            r.register(
+                "istio_tcp_received_bytes",
+                "Bytes received by the source side of proxied connections",
+                telemetry.tcp_received.clone(),
+            );
             r.register(
                 "istio_requests",
                 "Requests through the mesh",
@@ -116,6 +220,17 @@ pub struct RequestRecord {
 }
 
 impl Telemetry {
+    pub fn tcp_opened(&self, labels: &PeerLabels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    /// A connection closed after `sent` bytes from the source and `received` to it.
+    pub fn tcp_closed(&self, labels: &PeerLabels, sent: u64, received: u64) {
+        self.tcp_closed.get_or_create(labels).inc();
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_received.get_or_create(labels).inc_by(received);
+    }
+
     pub fn record(&self, mut record: RequestRecord, metrics: bool, log: Option<&str>) {
         if let (true, Some(labels)) = (metrics, record.labels.take()) {
             self.requests.get_or_create(&labels).inc();

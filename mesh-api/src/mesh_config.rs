@@ -251,7 +251,7 @@ fn check_cert_ttl(c: &mut Checker<'_>, field: &str, seconds: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Resource;
+    use crate::{Percent, Resource};
 
     fn errors(yaml_spec: &str) -> Vec<String> {
         let json = format!(
@@ -270,6 +270,56 @@ mod tests {
         assert_eq!(spec.node_cert_ttl_seconds, 86_400);
         assert!(errors("{}").is_empty());
         assert!(errors(r#"{"workloadCertTtlSeconds":10,"nodeCertTtlSeconds":7776000}"#).is_empty());
+    }
+
+    #[test]
+    fn request_settings_and_observability_default_and_parse() {
+        let spec = MeshConfigSpec::default();
+        assert_eq!(spec.request_timeout_ms, None);
+        assert_eq!(spec.default_retry_attempts, 0);
+        let o = &spec.observability;
+        assert!(o.metrics && !o.access_log.enabled && !o.tracing.enabled);
+        assert_eq!(o.access_log.file(), None);
+        assert_eq!(o.tracing.sampling_percent.fraction(), 0.01);
+        let json = r#"{"apiVersion":"mesh/v1","kind":"MeshConfig","metadata":{"name":"mesh"},"spec":{"requestTimeoutMs":1500,"defaultRetryAttempts":2,"observability":{"metrics":false,"accessLog":{"enabled":true,"format":"json","path":"/var/log/mesh.log"},"tracing":{"enabled":true,"samplingPercent":0.5}}}}"#;
+        let Resource::MeshConfig(m) = Resource::from_json(json.as_bytes()).unwrap() else {
+            panic!("not a MeshConfig")
+        };
+        assert_eq!(m.spec.request_timeout_ms, Some(1500));
+        assert_eq!(m.spec.default_retry_attempts, 2);
+        let o = &m.spec.observability;
+        assert!(!o.metrics && o.access_log.enabled && o.tracing.enabled);
+        assert_eq!(o.access_log.file(), Some("/var/log/mesh.log"));
+        assert_eq!(o.tracing.sampling_percent.fraction(), 0.005);
+        // Each part defaults on its own.
+        let partial = r#"{"apiVersion":"mesh/v1","kind":"MeshConfig","metadata":{"name":"mesh"},"spec":{"observability":{"tracing":{"enabled":true}}}}"#;
+        let Resource::MeshConfig(m) = Resource::from_json(partial.as_bytes()).unwrap() else {
+            panic!("not a MeshConfig")
+        };
+        assert!(m.spec.observability.metrics);
+        assert_eq!(m.spec.observability.tracing.sampling_percent, Percent::ONE);
+    }
+
+    #[test]
+    fn request_settings_and_observability_out_of_range_are_refused() {
+        assert_eq!(
+            errors(r#"{"requestTimeoutMs":0,"defaultRetryAttempts":11,"observability":{"accessLog":{"path":"logs/access.log"}}}"#),
+            ["MeshConfig mesh: spec.requestTimeoutMs: must be greater than 0\nMeshConfig mesh: spec.defaultRetryAttempts: must be at most 10, got 11\nMeshConfig mesh: spec.observability.accessLog.path: \"logs/access.log\" must be \"stdout\" or an absolute file path"]
+        );
+        let e = errors(r#"{"requestTimeoutMs":86400001}"#);
+        assert!(
+            e[0].ends_with("spec.requestTimeoutMs: must be at most 86400000 (1 day), got 86400001"),
+            "{e:?}"
+        );
+        let e = errors(r#"{"observability":{"accessLog":{"path":"/var/log/"}}}"#);
+        assert!(e[0].contains("spec.observability.accessLog.path"), "{e:?}");
+        let e = errors(r#"{"observability":{"tracing":{"samplingPercent":101}}}"#);
+        assert_eq!(e, ["MeshConfig mesh: spec.observability.tracing.samplingPercent: 101 is not a percentage (0 to 100)"]);
+        let e = errors(r#"{"observability":{"accessLog":{"format":"text"}}}"#);
+        assert!(
+            e[0].contains("unknown variant `text`, expected `json`"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -39,10 +39,14 @@ fn service() -> impl Strategy<Value = Value> {
         ips(),
         proptest::collection::vec(port, 1..3),
         labels(),
+        any::<bool>(),
     )
-        .prop_map(|(name, ns, vips, ports, selector)| {
-            json!({"kind": "Service", "metadata": {"name": name, "namespace": ns},
-                   "spec": {"vips": vips, "ports": ports, "selector": selector}})
+        .prop_map(|(name, ns, vips, ports, selector, subset)| {
+            let mut spec = json!({"vips": vips, "ports": ports, "selector": selector});
+            if subset {
+                spec["subsets"] = json!([{"name": "v1", "labels": {"version": "v1"}}]);
+            }
+            json!({"kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec})
         })
 }
 
@@ -59,10 +63,17 @@ fn route() -> impl Strategy<Value = Value> {
         let other = (
             self::name("s"),
             prop::option::of(prop_oneof![Just(80u16), Just(81)]),
+            any::<bool>(),
         )
-            .prop_map(|(service, port)| match port {
-                Some(port) => json!({"service": service, "port": port}),
-                None => json!({"service": service}),
+            .prop_map(|(service, port, subset)| {
+                let mut backend = json!({"service": service});
+                if let Some(port) = port {
+                    backend["port"] = json!(port);
+                }
+                if subset {
+                    backend["subset"] = json!("v1");
+                }
+                backend
             });
         let backend = prop_oneof![Just(json!({"service": host.clone()})), other];
         let rule = (proptest::collection::vec(backend, 1..3), any::<bool>()).prop_map(
@@ -334,4 +345,40 @@ fn a_full_check_of_the_replaced_index_does_not_count() {
     relisted.continue_after(&old);
     relisted.mark_validated(checked);
     assert!(!relisted.is_validated());
+}
+
+/// A Service change that drops a subset a Route uses, like one that drops a port, is not
+/// judged from the indexes; the full check then refuses it.
+#[test]
+fn dropping_a_subset_a_route_uses_needs_the_full_check() {
+    let with_subset = BASE.replace(
+        "selector: {app: web}}",
+        "selector: {app: web}, subsets: [{name: v1, labels: {version: v1}}]}",
+    );
+    let with_route = with_subset.replace(
+        "rules: [{backends: [{service: web}]}]",
+        "rules: [{backends: [{service: web, subset: v1}]}]",
+    );
+    let base = parse(&with_route);
+    let index = validated_index(&base);
+    let without = parse(BASE.split("---").next().unwrap()).remove(0);
+    assert_eq!(index.check(Change::Put(&without)), Verdict::NeedsFullCheck);
+    let mut after: Vec<Resource> = base[1..].to_vec();
+    after.push(without);
+    let err = Snapshot::from_resources(after).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "Route a/web: spec.rules[0].backends[0].subset: Service a/web has no subset \"v1\" (it has none)"
+    );
+    // A route naming a subset is proved from the indexes when the subset is there, and not
+    // when it is missing.
+    let to = |subset: &str| {
+        parse(&format!(
+            "apiVersion: mesh/v1\nkind: Route\nmetadata: {{name: web, namespace: a}}\n\
+             spec: {{service: web, rules: [{{backends: [{{service: web, subset: {subset}}}]}}]}}\n"
+        ))
+        .remove(0)
+    };
+    assert_eq!(index.check(Change::Put(&to("v1"))), Verdict::Valid);
+    assert_eq!(index.check(Change::Put(&to("v2"))), Verdict::NeedsFullCheck);
 }

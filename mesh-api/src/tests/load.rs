@@ -84,8 +84,8 @@ fn loads_a_file_with_every_kind() {
     let Resource::Route(route) = &resources[10] else {
         panic!("not a route")
     };
-    assert_eq!(route.spec.rules.len(), 3);
-    assert_eq!(route.spec.rules[2].backends[0].weight, 90);
+    assert_eq!(route.spec.rules.len(), 4);
+    assert_eq!(route.spec.rules[3].backends[0].weight, 90);
     assert_eq!(route.spec.timeout_ms, Some(3000));
     assert_eq!(route.spec.retries, Some(Retries::new(2)));
     let Resource::AuthorizationPolicy(deny) = &resources[11] else {

@@ -5,8 +5,11 @@ mod json;
 mod limits;
 mod load;
 mod policy;
+mod route_checks;
+mod route_matching;
 mod routes;
 mod snapshot;
+mod subsets;
 mod validate;
 
 use crate::{ConfigError, ObjectMeta, Resource, Service, ServicePort, ServiceSpec};

@@ -698,6 +698,8 @@ fn summary(resource: &Resource) -> String {
             w.spec.node,
             w.spec.service_account
         ),
+        // `service=reviews rules=2 canary: GET /api* x-canary=true -> reviews/v2:10,...`
+        Resource::Route(r) => r.summary(),
         _ => String::new(),
     }
 }

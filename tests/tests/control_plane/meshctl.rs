@@ -175,6 +175,11 @@ fn meshctl_commands_work_end_to_end() {
         traffic.contains("Route") && traffic.contains("web-route"),
         "{traffic}"
     );
+    // Each route's table row shows its service, how many rules and each rule in short.
+    assert!(
+        traffic.contains("service=web rules=1 * -> web"),
+        "{traffic}"
+    );
     assert!(!traffic.contains("web-allow"), "{traffic}");
     let security = cp.meshctl_ok(&["rules", "list", "security"]).unwrap();
     assert!(

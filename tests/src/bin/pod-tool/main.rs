@@ -20,6 +20,8 @@
 //!   bounded wait.
 //! - gRPC (tonic, tests/proto/podtool.proto): `grpc-serve`, `grpc-call` (unary, one channel),
 //!   `grpc-chat` (bidirectional streaming).
+//! - `raw-send`: bytes no HTTP library would send (malformed requests, oversized headers,
+//!   broken HTTP/2 frames), for the proxy's handling of bad input.
 //!
 //! Clients that summarise many exchanges (`http-load`, `grpc-call`) exit 0 whatever the
 //! answers were and let the test read the JSON; only bad arguments make them fail.
@@ -33,6 +35,7 @@ mod http;
 mod http_client;
 mod http_load;
 mod http_serve;
+mod raw_send;
 mod tcp;
 mod ws;
 
@@ -102,6 +105,10 @@ enum Cmd {
     GrpcCall(grpc::CallArgs),
     /// One podtool.Echo/Chat stream, N messages in lockstep; prints JSON.
     GrpcChat(grpc::ChatArgs),
+    /// Writes raw bytes on one connection and reads until the server closes; prints JSON
+    /// {"sent", "write_error", "received_bytes", "received", "received_hex", "ended"}
+    /// (`ended`: eof, reset, timeout or the read error).
+    RawSend(raw_send::RawArgs),
     /// Connects and prints `peer=<getpeername() result>`.
     Peername {
         #[arg(long)]
@@ -241,6 +248,7 @@ fn run(cmd: Cmd) -> Result<()> {
         } => banner::get(resolve(&connect)?, Duration::from_millis(timeout_ms)),
         Cmd::GrpcCall(args) => grpc::call(args),
         Cmd::GrpcChat(args) => grpc::chat(args),
+        Cmd::RawSend(args) => raw_send::send(args),
         Cmd::Peername {
             connect,
             timeout_ms,

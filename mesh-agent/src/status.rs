@@ -21,6 +21,9 @@ pub struct Status {
     pub programs: Vec<ProgramStatus>,
     pub pods: Vec<PodStatus>,
     pub services: Vec<ServiceStatus>,
+    /// Routes in force, with requests per rule on this node.
+    #[serde(default)]
+    pub routes: Vec<RouteStatus>,
     /// Destinations the kernel captures (prefixes).
     pub capture: Vec<String>,
     /// Counters kept by the eBPF programs.
@@ -76,6 +79,24 @@ pub struct ServiceStatus {
     pub vips: Vec<String>,
     pub ports: Vec<String>,
     pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    pub route: String,
+    pub service: String,
+    pub rules: Vec<RuleStatus>,
+    /// Requests no rule matched (they went to the service's own endpoints).
+    pub unmatched_requests: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RuleStatus {
+    /// The rule as `meshctl get routes` shows it.
+    pub rule: String,
+    /// HTTP requests this node's proxy sent by this rule.
+    pub requests: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -197,6 +218,7 @@ impl Status {
                         .collect(),
                 })
                 .collect(),
+            routes: route_statuses(agent),
             capture: agent
                 .datapath
                 .maps
@@ -326,6 +348,7 @@ impl Status {
             ],
             rows,
         );
+        self.routes_table(&mut out);
         self.identity_table(&mut out);
         let _ = writeln!(out, "\nOPEN CONNECTIONS: {}", self.connections.len());
         let rows = self
@@ -366,6 +389,38 @@ impl Status {
 }
 
 impl Status {
+    fn routes_table(&self, out: &mut String) {
+        if self.routes.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "\nROUTES");
+        let rows = self
+            .routes
+            .iter()
+            .flat_map(|r| {
+                let unmatched = vec![
+                    r.route.clone(),
+                    r.service.clone(),
+                    "(no rule matched)".into(),
+                    r.unmatched_requests.to_string(),
+                ];
+                r.rules
+                    .iter()
+                    .map(|rule| {
+                        vec![
+                            r.route.clone(),
+                            r.service.clone(),
+                            rule.rule.clone(),
+                            rule.requests.to_string(),
+                        ]
+                    })
+                    .chain([unmatched])
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        table(out, &["ROUTE", "SERVICE", "RULE", "REQUESTS"], rows);
+    }
+
     fn identity_table(&self, out: &mut String) {
         let identity = &self.identity;
         if !identity.enabled {
@@ -412,6 +467,34 @@ impl Status {
 }
 
 /// Unix seconds as "in 12h 3m" / "5s ago", relative to now.
+/// The routes in force with this node's requests per rule.
+pub fn route_statuses(agent: &Agent) -> Vec<RouteStatus> {
+    let counts = &agent.proxy.http.rule_requests;
+    agent
+        .registry
+        .snapshot()
+        .routes()
+        .map(|r| {
+            let key = r.metadata.key();
+            RouteStatus {
+                route: key.to_string(),
+                service: r.spec.service.clone(),
+                rules: r
+                    .spec
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rule)| RuleStatus {
+                        rule: rule.summary(),
+                        requests: counts.get(&key, Some(i)),
+                    })
+                    .collect(),
+                unmatched_requests: counts.get(&key, None),
+            }
+        })
+        .collect()
+}
+
 fn when(unix: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -51,6 +51,7 @@ impl AdminApi for Agent {
         json!({
             "source": self.registry.source(),
             "resources": self.registry.snapshot().resources(),
+            "routeRequests": crate::status::route_statuses(self),
         })
     }
 

@@ -59,6 +59,13 @@ pub async fn handle(conn: Arc<Downstream>, mut request: Request<Incoming>) -> Re
         return record.error(&conn, &snapshot, ProxyError::NoHealthyEndpoint);
     };
     let plan = Plan::new(&snapshot, &context.shared.http.routes, host, &parts);
+    if let Some(route) = plan.route {
+        context
+            .shared
+            .http
+            .rule_requests
+            .count(route, plan.rule_index);
+    }
     record.route = plan.route.map(|r| r.metadata.name.clone());
     record.rule = plan.rule_name().map(str::to_owned);
 

@@ -46,6 +46,7 @@ pub use pool::Pool;
 #[derive(Default)]
 pub struct NodeHttp {
     pub routes: routing::RouteCache,
+    pub rule_requests: routing::RuleCounters,
     pub budgets: budget::RetryBudgets,
     pub telemetry: Arc<crate::proxy::telemetry::Telemetry>,
     /// Retries the budget refused.

@@ -39,6 +39,32 @@ impl RouteCache {
     }
 }
 
+/// Requests per Route rule on this node, for status: by (route, rule index); `None` counts
+/// the requests no rule matched. Indexes refer to the route as it is now; an edited route's
+/// counts carry over by position.
+#[derive(Default)]
+pub struct RuleCounters {
+    counts: Mutex<HashMap<(ObjectKey, Option<usize>), u64>>,
+}
+
+impl RuleCounters {
+    pub fn count(&self, route: &Route, rule: Option<usize>) {
+        *self
+            .counts
+            .lock()
+            .entry((route.metadata.key(), rule))
+            .or_default() += 1;
+    }
+
+    pub fn get(&self, route: &ObjectKey, rule: Option<usize>) -> u64 {
+        self.counts
+            .lock()
+            .get(&(route.clone(), rule))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 /// The request as the matcher sees it.
 pub struct Attributes<'a>(pub &'a Parts);
 
@@ -66,6 +92,8 @@ pub struct Plan<'s> {
     pub host: &'s Service,
     pub route: Option<&'s Route>,
     pub rule: Option<&'s RouteRule>,
+    /// Index of `rule` in the route's rules.
+    pub rule_index: Option<usize>,
     pub timeout: Option<Duration>,
     pub per_try_timeout: Option<Duration>,
     pub retries: Option<&'s Retries>,
@@ -81,10 +109,11 @@ impl<'s> Plan<'s> {
         parts: &Parts,
     ) -> Plan<'s> {
         let route = snapshot.route_for(host);
-        let rule = route.and_then(|route| {
-            let index = cache.get(snapshot, route).http_rule(&Attributes(parts))?;
-            route.spec.rules.get(index)
-        });
+        let rule_index =
+            route.and_then(|route| cache.get(snapshot, route).http_rule(&Attributes(parts)));
+        let rule = route
+            .zip(rule_index)
+            .and_then(|(route, i)| route.spec.rules.get(i));
         let mesh = snapshot.mesh_config();
         let timeout_ms = rule
             .and_then(|r| r.timeout_ms)
@@ -97,6 +126,7 @@ impl<'s> Plan<'s> {
             host,
             route,
             rule,
+            rule_index,
             timeout: timeout_ms.map(Duration::from_millis),
             per_try_timeout: retries
                 .and_then(|r| r.per_try_timeout_ms)

@@ -2,9 +2,11 @@
 //!
 //! A retry must send the same request body again, but the client sends it only once. The
 //! body is kept while it streams through, up to [`REPLAY_LIMIT`]; a larger body stops being
-//! kept (its memory is freed at once) and the request can no longer be retried. Bodies are
-//! never waited for before the first try: a streaming request (gRPC client streaming, a
-//! large upload) flows to the upstream as it arrives.
+//! kept (its memory is freed at once) and the request can no longer be retried. A body whose
+//! `Content-Length` already says it is larger is never kept: it can be retried only while
+//! none of it has been sent (a connect failure). Bodies are never waited for before the
+//! first try: a streaming request (gRPC client streaming, a large upload) flows to the
+//! upstream as it arrives.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,8 +43,11 @@ struct Replay {
     trailers: Option<HeaderMap>,
     /// The source has ended (everything it had is in `kept`, unless `overflowed`).
     ended: bool,
-    /// More than [`REPLAY_LIMIT`] arrived: nothing is kept, no retry possible.
+    /// More than [`REPLAY_LIMIT`] arrived or was announced: nothing is kept, no retry
+    /// possible once anything was read.
     overflowed: bool,
+    /// Something was read from the source (a try may have sent it).
+    started: bool,
     /// Every byte read from the client.
     total: u64,
 }
@@ -50,15 +55,19 @@ struct Replay {
 impl ReplayBody {
     pub fn new(source: Incoming) -> ReplayBody {
         let ended = source.is_end_stream();
+        let hint = source.size_hint();
         ReplayBody {
             shared: Arc::new(Mutex::new(Replay {
-                hint: source.size_hint(),
+                // Announced as larger than what is kept: keeping the first part would only
+                // cost memory, as the request could not be retried after it anyway.
+                overflowed: hint.lower() > REPLAY_LIMIT as u64,
+                hint,
                 source: (!ended).then_some(source),
                 kept: Vec::new(),
                 kept_bytes: 0,
                 trailers: None,
                 ended,
-                overflowed: false,
+                started: false,
                 total: 0,
             })),
             position: 0,
@@ -68,9 +77,10 @@ impl ReplayBody {
     }
 
     /// A fresh reader of the same body, for another try. `None` once the body outgrew what
-    /// is kept (or the source failed), so that try would send a truncated body.
+    /// is kept (or the source failed) and some of it was read, so that try would send a
+    /// truncated body.
     pub fn replay(&self) -> Option<ReplayBody> {
-        if self.shared.lock().overflowed {
+        if !self.is_replayable() {
             return None;
         }
         Some(ReplayBody {
@@ -83,7 +93,8 @@ impl ReplayBody {
 
     /// Whether a try could be sent again from here (nothing was lost to the size limit).
     pub fn is_replayable(&self) -> bool {
-        !self.shared.lock().overflowed
+        let shared = self.shared.lock();
+        !(shared.overflowed && shared.started)
     }
 
     /// Bytes received from the client so far.
@@ -137,7 +148,9 @@ impl Body for ReplayBody {
             // but never hang: end this try's body with an error.
             return Poll::Ready(Some(Err("request body unavailable".into())));
         };
-        let frame = match Pin::new(source).poll_frame(cx) {
+        let polled = Pin::new(source).poll_frame(cx);
+        shared.started |= polled.is_ready();
+        let frame = match polled {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => {
                 shared.ended = true;
@@ -271,5 +284,74 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+    use tokio::sync::oneshot;
+
+    /// A real request body of `bytes` bytes with a Content-Length, as the proxy's server side
+    /// receives it; the server connection lives until the returned sender is dropped.
+    async fn incoming(bytes: usize) -> (Incoming, oneshot::Sender<()>) {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let (body_tx, body_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let hand_over = Mutex::new(Some((body_tx, done_rx)));
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (body_tx, done_rx) = hand_over.lock().take().expect("one request");
+            let _ = body_tx.send(req.into_body());
+            async move {
+                let _ = done_rx.await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            }
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server_io), service),
+        );
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = Request::post("/")
+            .body(Full::new(Bytes::from(vec![b'x'; bytes])))
+            .unwrap();
+        tokio::spawn(async move { sender.send_request(request).await });
+        (body_rx.await.unwrap(), done_tx)
+    }
+
+    #[tokio::test]
+    async fn a_small_body_is_replayed_whole() {
+        let (source, _done) = incoming(1000).await;
+        let body = ReplayBody::new(source);
+        let first = body.replay().unwrap().collect().await.unwrap().to_bytes();
+        assert_eq!(first.len(), 1000);
+        assert!(body.is_replayable());
+        let again = body.replay().unwrap().collect().await.unwrap().to_bytes();
+        assert_eq!(again, first);
+        assert_eq!(body.bytes_read(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_body_announced_larger_than_kept_is_replayable_only_until_read() {
+        let (source, _done) = incoming(REPLAY_LIMIT + 1).await;
+        let body = ReplayBody::new(source);
+        // Nothing sent yet (a connect failure): the next try may still have it all.
+        assert!(body.is_replayable());
+        let mut first = body.replay().unwrap();
+        let chunk = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(chunk.len() < REPLAY_LIMIT);
+        // Part of it is gone, and it was never going to be kept whole.
+        assert!(!body.is_replayable());
+        assert!(body.replay().is_none());
+        let rest = first.collect().await.unwrap().to_bytes();
+        assert_eq!(chunk.len() + rest.len(), REPLAY_LIMIT + 1);
     }
 }

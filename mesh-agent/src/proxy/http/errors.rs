@@ -27,6 +27,8 @@ pub enum ProxyError {
     Denied,
     /// A fault rule aborted the request with this status (FI).
     FaultAbort(u16),
+    /// The request head is over the proxy's limit (DPE, a downstream protocol error).
+    HeadTooLarge,
 }
 
 impl ProxyError {
@@ -40,6 +42,7 @@ impl ProxyError {
             ProxyError::NoRoute => "NR",
             ProxyError::Denied => "RBAC",
             ProxyError::FaultAbort(_) => "FI",
+            ProxyError::HeadTooLarge => "DPE",
         }
     }
 
@@ -55,6 +58,7 @@ impl ProxyError {
             ProxyError::FaultAbort(code) => {
                 StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -68,6 +72,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no route to a backend port",
             ProxyError::Denied => "RBAC: access denied",
             ProxyError::FaultAbort(_) => "fault filter abort",
+            ProxyError::HeadTooLarge => "request header fields too large",
         }
     }
 
@@ -78,7 +83,9 @@ impl ProxyError {
             ProxyError::NoRoute => 12, // UNIMPLEMENTED
             ProxyError::Denied => 7,   // PERMISSION_DENIED
             ProxyError::FaultAbort(code) => grpc_status_of_http(code),
-            _ => 14, // UNAVAILABLE
+            // Not UNAVAILABLE: the same request would fail again.
+            ProxyError::HeadTooLarge => 8, // RESOURCE_EXHAUSTED
+            _ => 14,                       // UNAVAILABLE
         }
     }
 

@@ -21,6 +21,12 @@ use super::{headers, upgrade, Downstream};
 use crate::metrics::Failure;
 use crate::proxy::dial::Security;
 
+/// Largest request head (request line and headers) the proxy takes, like Envoy's 60 KiB
+/// default. hyper's own HTTP/1 bound is its read buffer (~400 KiB), which a large read can
+/// overshoot, so without this check whether a 500 KiB head passed depended on timing.
+/// (HTTP/2 heads are bounded tighter by hyper's 16 KiB header list size.)
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 pub async fn handle(conn: Arc<Downstream>, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
     let started_at = SystemTime::now();
@@ -53,6 +59,17 @@ pub async fn handle(conn: Arc<Downstream>, mut request: Request<Incoming>) -> Re
         upstream: None,
         attempts: 0,
     };
+    if head_size(&parts) > MAX_REQUEST_HEAD {
+        let mut response = record.error(&conn, &snapshot, ProxyError::HeadTooLarge);
+        if parts.version < Version::HTTP_2 {
+            // Like hyper's own 431: the connection ends (its body, if any, is never read).
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        return response;
+    }
     let key = &conn.target.service;
     let Some(host) = snapshot.service(&key.namespace, &key.name) else {
         // The service was deleted since this connection opened.
@@ -250,6 +267,20 @@ pub fn rebuild(parts: &Parts, body: ReplayBody) -> Request<ReplayBody> {
     request
 }
 
+/// The size of a request head as HTTP/1.1 writes it: request line, then `name: value\r\n`
+/// per header, then the blank line.
+fn head_size(parts: &Parts) -> usize {
+    let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + parts.uri.authority().map_or(0, |a| a.as_str().len());
+    let line = parts.method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + headers + 2
+}
+
 fn is_grpc<B>(request: &Request<B>) -> bool {
     request
         .headers()
@@ -260,4 +291,39 @@ fn is_grpc<B>(request: &Request<B>) -> bool {
 
 fn fires(fraction: f64) -> bool {
     fraction >= 1.0 || rand::random::<f64>() < fraction
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(request: Request<()>) -> Parts {
+        request.into_parts().0
+    }
+
+    #[test]
+    fn head_size_counts_the_request_line_and_headers_as_written() {
+        let get = parts(
+            Request::get("/a?b=c")
+                .header("host", "web")
+                .body(())
+                .unwrap(),
+        );
+        let written = "GET /a?b=c HTTP/1.1\r\nhost: web\r\n\r\n";
+        assert_eq!(head_size(&get), written.len());
+
+        let at_limit = "x".repeat(MAX_REQUEST_HEAD - head_size(&get) - "x-big: \r\n".len());
+        let mut big = Request::get("/a?b=c").header("host", "web");
+        big = big.header("x-big", at_limit.as_str());
+        let big = parts(big.body(()).unwrap());
+        assert_eq!(head_size(&big), MAX_REQUEST_HEAD);
+        let over = parts(
+            Request::get("/a?b=c")
+                .header("host", "web")
+                .header("x-big", format!("{at_limit}x"))
+                .body(())
+                .unwrap(),
+        );
+        assert!(head_size(&over) > MAX_REQUEST_HEAD);
+    }
 }

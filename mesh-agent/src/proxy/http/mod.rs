@@ -5,7 +5,8 @@
 //! - `sniff`: which connections are HTTP (`auto` ports look at the first bytes).
 //! - `forward`: one request: rule, faults, header rules, tries, timeouts, retries.
 //! - `routing`: the Route rule a request matches; backend and endpoint per try.
-//! - `pool`: upstream connections per (pod, endpoint), reused.
+//! - `pool`: upstream connections per (pod, endpoint), reused; `keep_reading`: an early
+//!   answer from a server that stopped reading the request body still arrives.
 //! - `body`: request bodies kept for retries; response bodies that report their end.
 //! - `retry`, `budget`: when to try again, and how much retrying a service can take.
 //! - `upgrade`: WebSocket and other protocol switches.
@@ -18,6 +19,7 @@ mod budget;
 mod errors;
 mod forward;
 mod headers;
+mod keep_reading;
 mod pool;
 mod record;
 mod retry;

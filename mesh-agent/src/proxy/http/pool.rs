@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use super::super::dial::{self, Security};
 use super::super::PodContext;
 use super::body::ReplayBody;
+use super::keep_reading::KeepReading;
 use crate::metrics::Failure;
 
 /// An idle HTTP/1.1 connection older than this is closed rather than reused: servers close
@@ -177,15 +178,23 @@ impl Pool {
         upgrades: bool,
     ) -> Result<(http1::SendRequest<ReplayBody>, Security), SendError> {
         let (io, security, guard) = open(context, endpoint, app).await?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|_| SendError::Connect(Failure::UpstreamConnect))?;
-        if upgrades {
+        let handshake_failed = |_| SendError::Connect(Failure::UpstreamConnect);
+        let sender = if upgrades {
+            let (sender, connection) = http1::Builder::new()
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(handshake_failed)?;
             tokio::spawn(drive(connection.with_upgrades(), guard));
+            sender
         } else {
+            // An answer the server sends before it reads the whole body must reach the client.
+            let (sender, connection) = http1::Builder::new()
+                .handshake(TokioIo::new(KeepReading::new(io)))
+                .await
+                .map_err(handshake_failed)?;
             tokio::spawn(drive(connection, guard));
-        }
+            sender
+        };
         Ok((sender, security))
     }
 }

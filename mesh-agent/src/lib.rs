@@ -2,7 +2,8 @@
 //! connection through these modules.
 //!
 //! A library so that fuzz targets (fuzz/ at the workspace root) reach the parsers of what the
-//! agent reads from outside: the enroll request, the settings file, the admin routes. The
+//! agent reads from outside: the enroll request, the settings file, the admin routes, the HTTP
+//! proxy's sniffer and header handling (`proxy::http::{sniff, headers}`). The
 //! binary (src/main.rs) is only the command line. Modules are public only where the binary
 //! or a fuzz target needs them.
 
@@ -15,7 +16,7 @@ mod health;
 mod identity;
 mod metrics;
 pub mod pods;
-mod proxy;
+pub mod proxy;
 mod registry;
 pub mod run;
 pub mod settings;

@@ -18,7 +18,7 @@ mod body;
 mod budget;
 mod errors;
 mod forward;
-mod headers;
+pub mod headers;
 mod keep_reading;
 mod pool;
 mod record;

@@ -68,11 +68,14 @@ impl Pending {
             let key = &conn.target.service;
             snapshot.service(&key.namespace, &key.name)
         });
+        // A try that timed out or failed still names the endpoint it went to (as Envoy's
+        // upstream host does): a dashboard shows which workload is slow, not "unknown".
+        let endpoint = reached.as_ref().map(|r| r.endpoint).or(self.upstream);
         let peers = PeerLabels::new(
             snapshot,
             context,
             service,
-            reached.as_ref().map(|r| r.endpoint),
+            endpoint,
             reached.as_ref().map(|r| r.security),
         );
         let status = response.status().as_u16();

@@ -1,78 +1,143 @@
-//! `cargo xtask demo`: the mesh in one minute, on this machine.
+//! `cargo xtask demo`: the whole mesh in a minute, on this machine.
 //!
-//! Builds everything, starts an agent on a static config, creates two pods (each a network
-//! namespace and a cgroup) on a bridge, enrolls them, sends HTTP requests from `client` to the `web`
-//! service VIP through the mesh, prints `mesh-agent status`, and removes everything again.
+//! Builds everything, then starts a control plane and two node agents (`node-1`, `node-2`,
+//! joined with tokens, certificates from the mesh CA), creates pods (network namespaces and
+//! cgroups on one bridge) and enrolls each with its node's agent:
+//!
+//! - `client` on node-1; `web-v1` on node-1 and `web-v2` on node-2 behind Service `web`
+//!   (HTTP, subsets v1 and v2); `db` on node-2 behind Service `db`.
+//! - A Route sends requests with `x-canary: true` to v2 and splits the rest 90/10, per
+//!   request; cross-node requests travel over HBONE (mutual TLS between the agents).
+//! - An AuthorizationPolicy lets only `web`'s identity call `db`: the client's request is
+//!   denied with 403.
+//!
+//! It prints what each request got, `mesh-agent status` of node-1 (routes with requests per
+//! rule, open connections and their transport) and the Istio request metrics, then removes
+//! everything again.
 
-use std::net::IpAddr;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use mesh_tests::mesh::{service_yaml, workload_yaml, MeshNode};
-use mesh_tests::{Bridge, Pod};
+use mesh_tests::two_nodes::{authz_policy, metrics, PodDef, TwoNodes};
+use mesh_tests::Pod;
 
 use crate::cmd::progress;
 use crate::setup;
 
-const VIP: &str = "10.96.0.20";
+const WEB_VIP: &str = "10.96.0.20";
+const DB_VIP: &str = "10.96.0.21";
 
 pub fn run() -> Result<()> {
     setup::require_root("cargo xtask demo")?;
     setup::ensure_packages(&[])?;
     setup::build_all(false)?;
-    let pod_tool = setup::binary("pod-tool", false);
 
-    progress("creating a bridge and two pods: client, web");
-    let bridge = Bridge::new(0)?;
-    let client = Pod::new(&bridge, "client", 2)?;
-    let web = Pod::new(&bridge, "web", 3)?;
-    let vip: IpAddr = VIP.parse()?;
-    let config = [
-        service_yaml("web", &[vip], 80, 8080, "web"),
-        workload_yaml("client", "client-uid", &[client.ip()], &[("app", "client")]),
-        workload_yaml("web", "web-uid", &[web.ip()], &[("app", "web")]),
-    ]
-    .concat();
-    println!("\n--- mesh config ---\n{config}");
-
-    progress("starting an HTTP server in pod web on :8080");
-    let _server = web.spawn(
-        &pod_tool,
-        ["http-serve", "--listen", "0.0.0.0:8080", "--name", "web"],
-    )?;
-
-    progress("starting mesh-agent on that config");
-    let node = MeshNode::start_with_binary(setup::binary("mesh-agent", false), &config)?;
-    progress("enrolling both pods (what a CNI plugin would do)");
-    print!("{}", node.enroll(&client, "client-uid", "client")?);
-    print!("{}", node.enroll(&web, "web-uid", "web")?);
+    let config = format!(
+        "{}{}{}{}",
+        http_service("web", WEB_VIP, "web", "  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]\n"),
+        http_service("db", DB_VIP, "db", ""),
+        "---\napiVersion: mesh/v1\nkind: Route\nmetadata: {name: web, namespace: default}\nspec:\n  service: web\n  timeoutMs: 3000\n  retries: {attempts: 2, retryOn: [connect-failure, reset, gateway-error]}\n  rules:\n  - name: canary\n    match: {headers: {x-canary: \"true\"}}\n    backends: [{service: web, subset: v2}]\n  - name: split\n    backends: [{service: web, subset: v1, weight: 90}, {service: web, subset: v2, weight: 10}]\n",
+        authz_policy(
+            "default",
+            "db-only-from-web",
+            "  selector: {app: db}\n  action: ALLOW\n  rules:\n  - from: {principals: [\"spiffe://cluster.local/ns/default/sa/web\"]}\n"
+        ),
+    );
+    println!("\n--- mesh config (applied with meshctl) ---\n{config}");
+    progress("starting mesh-control, two node agents, and pods client, web-v1 (node-1), web-v2, db (node-2)");
+    let mut mesh = TwoNodes::builder()
+        .pod(PodDef::mesh("client", 0, "client"))
+        .pod(
+            PodDef::mesh("web-v1", 0, "web")
+                .label("app", "web")
+                .label("version", "v1"),
+        )
+        .pod(
+            PodDef::mesh("web-v2", 1, "web")
+                .label("app", "web")
+                .label("version", "v2"),
+        )
+        .pod(PodDef::mesh("db", 1, "db"))
+        .config(&config)
+        .start()
+        .context("starting the demo mesh")?;
+    mesh.serve_http("web-v1", 8080, "web-v1");
+    mesh.serve_http("web-v2", 8080, "web-v2");
+    mesh.serve_http("db", 8080, "db");
+    let client = &mesh.pod("client").pod;
 
     progress(&format!(
-        "client -> http://{VIP}/ (the service VIP), three times"
+        "client -> http://{WEB_VIP}/ twenty times: the split rule (90/10)"
     ));
-    for _ in 0..3 {
-        let out = client.run(
-            &pod_tool,
-            [
-                "http-get",
-                &format!("http://{VIP}/"),
-                "--timeout-ms",
-                "3000",
-            ],
-            Duration::from_secs(10),
-        )?;
-        print!("  {}", String::from_utf8_lossy(&out.stdout));
+    let mut answered: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..20 {
+        let out = get(client, WEB_VIP, &[])?;
+        *answered.entry(served_by(&out)).or_default() += 1;
     }
+    println!("  answered by: {answered:?}");
+
+    progress("client -> web with `x-canary: true`, three times: the canary rule (v2, on node-2, over HBONE)");
+    for _ in 0..3 {
+        let out = get(client, WEB_VIP, &["-H", "x-canary: true"])?;
+        println!("  {}", served_by(&out));
+    }
+
+    progress(&format!(
+        "client -> http://{DB_VIP}/: only web's identity may call db"
+    ));
+    let out = get(client, DB_VIP, &[])?;
+    println!("  {}", out.lines().next().unwrap_or_default());
     println!(
-        "  (web answers with the peer it accepted: the client pod's own address {}, although the\n   \
-         proxy delivered the connection: connect4 captured it, the agent delivered it inside web's\n   \
-         namespace, and the getpeername hook shows web's app the real client)",
-        client.ip()
+        "  (node-2's agent checked the client's certificate identity against db's policy and\n   \
+         refused the HBONE stream; the client's node answered 403 to that request)"
     );
 
-    progress("mesh-agent status");
-    print!("{}", node.cli_ok(&["status"]).context("mesh-agent status")?);
-    progress("cleaning up: agent, pods, bridge, pinned programs");
-    drop(node);
+    progress("mesh-agent status on node-1");
+    print!(
+        "{}",
+        mesh.agent(0)
+            .cli_ok(&["status"])
+            .context("mesh-agent status")?
+    );
+    progress("istio_requests_total on node-1 (/metrics)");
+    for line in metrics(mesh.agent(0))?
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total"))
+    {
+        println!("  {line}");
+    }
+    progress("cleaning up: agents, control plane, pods, bridge, pinned programs");
+    drop(mesh);
     Ok(())
+}
+
+/// A Service `name` at `vip`:80 -> 8080 (HTTP) selecting `app: <app>`, with `extra` spec lines.
+fn http_service(name: &str, vip: &str, app: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: mesh/v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  vips: [\"{vip}\"]\n  ports: [{{port: 80, targetPort: 8080, protocol: http}}]\n  selector: {{app: {app}}}\n{extra}"
+    )
+}
+
+/// `pod-tool http-get --show-headers` from `pod` to `http://<vip>/`: status line, headers,
+/// body.
+fn get(pod: &Pod, vip: &str, extra: &[&str]) -> Result<String> {
+    let url = format!("http://{vip}/");
+    let mut args = vec!["http-get", &url, "--timeout-ms", "3000", "--show-headers"];
+    args.extend_from_slice(extra);
+    let out = pod.run(
+        mesh_tests::cargo_bin("pod-tool"),
+        args,
+        Duration::from_secs(10),
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `x-served-by` header of a `--show-headers` answer.
+fn served_by(answer: &str) -> String {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-served-by: "))
+        .unwrap_or("?")
+        .to_owned()
 }

@@ -1,7 +1,6 @@
 //! Building blocks of the HTTP tests: a client pod and several versions of a web app behind
 //! one Service with subsets, on one node.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use mesh_tests::mesh::{workload_yaml, MeshNode};
@@ -19,10 +18,6 @@ const BRIDGES: [u8; 12] = [50, 51, 52, 53, 54, 55, 21, 22, 23, 24, 40, 41];
 /// Where the apps listen.
 pub const APP_PORT: u16 = 8080;
 
-pub fn vip() -> IpAddr {
-    VIP.parse().unwrap()
-}
-
 pub fn pod_tool() -> &'static str {
     env!("CARGO_BIN_EXE_pod-tool")
 }
@@ -38,7 +33,8 @@ pub struct Versions {
     pub servers: Vec<PodProcess>,
     pub client: Pod,
     pub webs: Vec<Pod>,
-    pub bridge: Bridge,
+    /// Held for its Drop (removes the bridge after the pods).
+    pub _bridge: Bridge,
 }
 
 impl Versions {
@@ -73,7 +69,7 @@ impl Versions {
             servers,
             client,
             webs,
-            bridge,
+            _bridge: bridge,
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use super::dial::{connect_first, Upstream};
 use super::http::{self, HttpTarget};
 use super::relay::{relay, relay_stream};
-use super::telemetry::PeerLabels;
+use super::telemetry::{rfc3339, ConnectionRecord, PeerLabels};
 use super::PodContext;
 use crate::metrics::Failure;
 use crate::registry::Route;
@@ -61,16 +61,14 @@ async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context:
         }
     };
     let telemetry = &context.shared.http.telemetry;
-    let labels = {
+    let started = (std::time::Instant::now(), std::time::SystemTime::now());
+    let (labels, log_path) = {
         let snapshot = context.registry.snapshot();
         let service = service.and_then(|key| snapshot.service(&key.namespace, &key.name));
-        PeerLabels::new(
-            &snapshot,
-            context,
-            service,
-            Some(endpoint),
-            Some(upstream.security()),
-        )
+        let security = Some(upstream.security());
+        let labels = PeerLabels::new(&snapshot, context, service, Some(endpoint), security);
+        let access_log = &snapshot.mesh_config().observability.access_log;
+        (labels, access_log.enabled.then(|| access_log.path.clone()))
     };
     telemetry.tcp_opened(&labels);
     let (sent, received) = match upstream {
@@ -89,6 +87,21 @@ async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context:
         }
     };
     telemetry.tcp_closed(&labels, sent, received);
+    if let Some(path) = log_path {
+        let record = ConnectionRecord {
+            start_time: rfc3339(started.1),
+            protocol: "tcp",
+            duration_ms: started.0.elapsed().as_secs_f64() * 1000.0,
+            bytes_sent: sent,
+            bytes_received: received,
+            upstream_host: endpoint.to_string(),
+            source_principal: labels.source_principal,
+            destination_principal: labels.destination_principal,
+            destination_service: labels.destination_service,
+            connection_security_policy: labels.connection_security_policy,
+        };
+        telemetry.log_connection(&path, &record);
+    }
 }
 
 /// From the eBPF map (connect4/6 capture), else from netfilter (iptables REDIRECT capture).

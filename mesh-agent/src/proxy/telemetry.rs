@@ -219,7 +219,28 @@ pub struct RequestRecord {
     pub labels: Option<RequestLabels>,
 }
 
+/// One finished L4 connection, for the access log.
+#[derive(Serialize)]
+pub struct ConnectionRecord {
+    pub start_time: String,
+    pub protocol: &'static str,
+    pub duration_ms: f64,
+    /// Bytes from the source app, and to it.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub upstream_host: String,
+    pub source_principal: String,
+    pub destination_principal: String,
+    pub destination_service: String,
+    pub connection_security_policy: &'static str,
+}
+
 impl Telemetry {
+    /// Writes `record` to the access log at `path` (see [`Telemetry::record`]).
+    pub fn log_connection(&self, path: &str, record: &ConnectionRecord) {
+        self.log(path, record);
+    }
+
     pub fn tcp_opened(&self, labels: &PeerLabels) {
         self.tcp_opened.get_or_create(labels).inc();
     }
@@ -251,7 +272,7 @@ impl Telemetry {
 
     /// Writes one JSON line to stdout or to the file `path` (opened on first use, reopened
     /// when the configured path changes). A log that can't be written never fails a request.
-    fn log(&self, path: &str, record: &RequestRecord) {
+    fn log(&self, path: &str, record: &impl Serialize) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;
         };

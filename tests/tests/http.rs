@@ -6,10 +6,19 @@
 //!   other Services and ports; header rules.
 //! - `resilience`: timeouts, retries, the retry budget, faults, the proxy's own errors.
 //! - `protocols`: WebSocket, `auto` ports (HTTP/1, HTTP/2, server-first), gRPC, TCP ports.
+//! - `crossnode`: two nodes: requests routed to another node over HBONE (only TLS on the
+//!   wire), HTTP/2 requests spread over endpoints on both nodes, pooled upstream connections.
+//! - `telemetry`: Istio request metrics and the access log match the requests made.
+//! - `bad_input`: malformed HTTP/1, oversized headers and HTTP/2 protocol errors end only
+//!   their connection; invalid Routes are refused at apply naming the field.
 //!
 //! Needs root; run with `--test-threads=1` after `cargo xtask build-ebpf && cargo build -p
 //! mesh-agent`. Each test takes the first free of the suite's bridge subnets (`support::BRIDGES`).
 
+#[path = "http/bad_input.rs"]
+mod bad_input;
+#[path = "http/crossnode.rs"]
+mod crossnode;
 #[path = "http/protocols.rs"]
 mod protocols;
 #[path = "http/resilience.rs"]
@@ -18,3 +27,5 @@ mod resilience;
 mod routing;
 #[path = "http/support.rs"]
 mod support;
+#[path = "http/telemetry.rs"]
+mod telemetry;

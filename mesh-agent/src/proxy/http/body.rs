@@ -3,10 +3,10 @@
 //! A retry must send the same request body again, but the client sends it only once. The
 //! body is kept while it streams through, up to [`REPLAY_LIMIT`]; a larger body stops being
 //! kept (its memory is freed at once) and the request can no longer be retried. A body whose
-//! `Content-Length` already says it is larger is never kept: it can be retried only while
-//! none of it has been sent (a connect failure). Bodies are never waited for before the
-//! first try: a streaming request (gRPC client streaming, a large upload) flows to the
-//! upstream as it arrives.
+//! `Content-Length` already says it is larger is never kept: it is retried only after a try
+//! that never reached a server (a connect failure), when none of it was read. Bodies are
+//! never waited for before the first try: a streaming request (gRPC client streaming, a
+//! large upload) flows to the upstream as it arrives.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -80,7 +80,11 @@ impl ReplayBody {
     /// is kept (or the source failed) and some of it was read, so that try would send a
     /// truncated body.
     pub fn replay(&self) -> Option<ReplayBody> {
-        if !self.is_replayable() {
+        let lost = {
+            let shared = self.shared.lock();
+            shared.overflowed && shared.started
+        };
+        if lost {
             return None;
         }
         Some(ReplayBody {
@@ -91,10 +95,14 @@ impl ReplayBody {
         })
     }
 
-    /// Whether a try could be sent again from here (nothing was lost to the size limit).
-    pub fn is_replayable(&self) -> bool {
+    /// Whether another try may send this body, after a try that failed before sending the
+    /// request (`unsent`: no connection) or after one a server may have seen. A body over
+    /// the size limit goes again only in the first case, and only if none of it was read:
+    /// a server that answered before reading it (or while it streamed) saw the request, and
+    /// "larger bodies are not retried" must not depend on that race.
+    pub fn can_resend(&self, unsent: bool) -> bool {
         let shared = self.shared.lock();
-        !(shared.overflowed && shared.started)
+        !shared.overflowed || (unsent && !shared.started)
     }
 
     /// Bytes received from the client so far.
@@ -333,23 +341,25 @@ mod tests {
         let body = ReplayBody::new(source);
         let first = body.replay().unwrap().collect().await.unwrap().to_bytes();
         assert_eq!(first.len(), 1000);
-        assert!(body.is_replayable());
+        assert!(body.can_resend(false));
         let again = body.replay().unwrap().collect().await.unwrap().to_bytes();
         assert_eq!(again, first);
         assert_eq!(body.bytes_read(), 1000);
     }
 
     #[tokio::test]
-    async fn a_body_announced_larger_than_kept_is_replayable_only_until_read() {
+    async fn a_body_announced_larger_than_kept_is_resent_only_after_a_connect_failure() {
         let (source, _done) = incoming(REPLAY_LIMIT + 1).await;
         let body = ReplayBody::new(source);
-        // Nothing sent yet (a connect failure): the next try may still have it all.
-        assert!(body.is_replayable());
+        // Nothing read yet: after a connect failure the next try still has it all; after a
+        // try a server answered (before reading the body), not.
+        assert!(body.can_resend(true));
+        assert!(!body.can_resend(false));
         let mut first = body.replay().unwrap();
         let chunk = first.frame().await.unwrap().unwrap().into_data().unwrap();
         assert!(chunk.len() < REPLAY_LIMIT);
         // Part of it is gone, and it was never going to be kept whole.
-        assert!(!body.is_replayable());
+        assert!(!body.can_resend(true));
         assert!(body.replay().is_none());
         let rest = first.collect().await.unwrap().to_bytes();
         assert_eq!(chunk.len() + rest.len(), REPLAY_LIMIT + 1);

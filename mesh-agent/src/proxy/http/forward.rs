@@ -204,9 +204,10 @@ async fn send_with_retries<'s>(
             Some(Ok((response, _))) => TryOutcome::Response(response),
             Some(Err(e)) => TryOutcome::Failed(send_error(e)),
         };
+        let unsent = matches!(outcome, TryOutcome::Failed(ProxyError::ConnectFailure));
         let wants_retry = retries_done < plan.attempts()
             && !overall_expired
-            && body.is_replayable()
+            && body.can_resend(unsent)
             && retry::should_retry(plan.retries, &outcome);
         // The budget is only asked when a retry would happen, so it counts real retries.
         if !wants_retry || !http.budgets.try_retry(&budget_key) {

@@ -134,7 +134,9 @@ pub async fn serve_outbound(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(1024)
+        // The same bound as HTTP/1 heads (forward.rs MAX_REQUEST_HEAD), not hyper's 16 KiB.
+        .max_header_list_size(64 * 1024);
     let (io, counts) = CountedIo::new(stream);
     let served = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)

@@ -28,11 +28,12 @@ fn a_route_timeout_answers_504_at_the_configured_time() {
     );
     let mesh = Versions::new(&["v1"], &(web_service("http", &["v1"]) + &route));
     let slow = format!("http://{VIP}/delay/3000");
-    let summary = load(&mesh.client, &slow, 4, &["--concurrency", "4"]);
-    assert_eq!(summary["statuses"], json!({"504": 4}), "{summary}");
-    // Every 504 came at 300 ms or later, and not much later (p50 of 4 is the 2nd fastest).
-    let (p50, max) = (latency(&summary, "p50"), latency(&summary, "max"));
-    assert!(p50 >= 300.0 && max <= 300.0 + LATE_MS, "{summary}");
+    let summary = load(&mesh.client, &slow, 2, &["--concurrency", "2"]);
+    assert_eq!(summary["statuses"], json!({"504": 2}), "{summary}");
+    // Both 504s came at 300 ms or later, and not much later (the nearest-rank p50 of two
+    // latencies is the smaller one).
+    let (fastest, slowest) = (latency(&summary, "p50"), latency(&summary, "max"));
+    assert!(fastest >= 300.0 && slowest <= 300.0 + LATE_MS, "{summary}");
     let shown = show(&mesh.client, &slow, &[]);
     assert_eq!(shown.status, 504, "{shown:?}");
     assert_eq!(
@@ -41,7 +42,7 @@ fn a_route_timeout_answers_504_at_the_configured_time() {
         "{shown:?}"
     );
     // The proxy did send them: the timeout is its own, not a refusal.
-    assert_eq!(served_on(&mesh.webs[0], "/delay/3000"), 5);
+    assert_eq!(served_on(&mesh.webs[0], "/delay/3000"), 3);
 
     let fast = load(&mesh.client, &format!("http://{VIP}/delay/50"), 2, &[]);
     assert_eq!(fast["statuses"], json!({"200": 2}), "{fast}");

@@ -5,6 +5,8 @@
 //!   query matches; HTTP/2 requests of one connection spread over endpoints; backends on
 //!   other Services and ports; header rules.
 //! - `resilience`: timeouts, retries, the retry budget, faults, the proxy's own errors.
+//! - `tcp_telemetry`: Istio's TCP metrics and access log lines for L4 connections.
+//! - `status`: `mesh-agent status` and `/config_dump`: protocols, routes, requests per rule.
 //! - `protocols`: WebSocket, `auto` ports (HTTP/1, HTTP/2, server-first), gRPC, TCP ports.
 //! - `crossnode`: two nodes: requests routed to another node over HBONE (only TLS on the
 //!   wire), HTTP/2 requests spread over endpoints on both nodes, pooled upstream connections.
@@ -25,7 +27,11 @@ mod protocols;
 mod resilience;
 #[path = "http/routing.rs"]
 mod routing;
+#[path = "http/status.rs"]
+mod status;
 #[path = "http/support.rs"]
 mod support;
+#[path = "http/tcp_telemetry.rs"]
+mod tcp_telemetry;
 #[path = "http/telemetry.rs"]
 mod telemetry;

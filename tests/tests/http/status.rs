@@ -10,7 +10,10 @@ fn status_and_config_dump_count_requests_per_rule() {
     let route = "---\napiVersion: mesh/v1\nkind: Route\nmetadata: {name: web}\nspec:\n  service: web\n  rules:\n  - name: api\n    match: {path: {prefix: /api}}\n    backends: [{service: web, subset: v2}]\n";
     let mesh = Versions::new(&["v1", "v2"], &(web_service("http", &["v1", "v2"]) + route));
     for _ in 0..3 {
-        assert_eq!(get(&mesh.client, &format!("http://{VIP}/api/x")).name, "web-v2");
+        assert_eq!(
+            get(&mesh.client, &format!("http://{VIP}/api/x")).name,
+            "web-v2"
+        );
     }
     for _ in 0..2 {
         get(&mesh.client, &format!("http://{VIP}/other"));
@@ -19,7 +22,10 @@ fn status_and_config_dump_count_requests_per_rule() {
     let routes = &status["routes"];
     assert_eq!(routes[0]["route"], "default/web", "{routes}");
     assert_eq!(routes[0]["rules"][0]["requests"], 3, "{routes}");
-    assert_eq!(routes[0]["rules"][0]["rule"], "api: /api* -> web/v2", "{routes}");
+    assert_eq!(
+        routes[0]["rules"][0]["rule"], "api: /api* -> web/v2",
+        "{routes}"
+    );
     assert_eq!(routes[0]["unmatchedRequests"], 2, "{routes}");
     let web = status["services"]
         .as_array()
@@ -35,5 +41,8 @@ fn status_and_config_dump_count_requests_per_rule() {
     let (code, body) = mesh_tests::http::http_get(mesh.node.admin(), "/config_dump").unwrap();
     assert_eq!(code, 200, "{body}");
     let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(dump["routeRequests"][0]["rules"][0]["requests"], 3, "{dump}");
+    assert_eq!(
+        dump["routeRequests"][0]["rules"][0]["requests"], 3,
+        "{dump}"
+    );
 }

@@ -21,6 +21,7 @@
 //! ```
 
 mod authz;
+mod balancing;
 mod cidr;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -46,6 +47,10 @@ mod yaml_events;
 pub use authz::{
     AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzRule, Operation, Peer, Source,
 };
+pub use balancing::{
+    ConnectionPool, HashKey, HashOn, LbPolicy, LoadBalancer, Locality, OutlierDetection,
+    DEFAULT_WEIGHT, MAX_ENDPOINT_WEIGHT,
+};
 pub use cidr::{Cidr, CidrError};
 pub use error::{ConfigError, Issue};
 pub use key::{ResourceKey, STORAGE_PREFIX};
@@ -65,9 +70,7 @@ pub use route::{
     PathMatch, RequestAttributes, Retries, RetryOn, Route, RouteMatch, RouteRule, RouteSpec,
     StringMatch, MAX_FAULT_DELAY_MS, MAX_RETRY_ATTEMPTS, MAX_TIMEOUT_MS, MAX_WEIGHT,
 };
-pub use service::{
-    HealthCheck, LbPolicy, LoadBalancer, Protocol, Service, ServicePort, ServiceSpec, Subset,
-};
+pub use service::{HealthCheck, Protocol, Service, ServicePort, ServiceSpec, Subset};
 pub use snapshot::{AuthzDecision, AuthzReason, Change, ConfigIndex, Snapshot, Verdict};
 pub use workload::{Workload, WorkloadSpec, DEFAULT_SERVICE_ACCOUNT};
 

@@ -6,6 +6,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::balancing::{
+    check_connection_pool, check_load_balancer, check_outlier_detection, ConnectionPool,
+    LoadBalancer, OutlierDetection,
+};
 use crate::meta::{Labels, ObjectMeta};
 use crate::resource::Kind;
 use crate::validate::{
@@ -31,6 +35,12 @@ pub struct ServiceSpec {
     pub selector: Labels,
     #[serde(default)]
     pub load_balancer: LoadBalancer,
+    /// Passive ejection of failing endpoints (not enforced yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Per-client-node limits (not enforced yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
     /// How agents probe this service's endpoints. Omitted: a TCP connect to the target port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
@@ -115,25 +125,6 @@ impl Protocol {
     pub fn may_be_http(self) -> bool {
         self.is_http() || self == Protocol::Auto
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LoadBalancer {
-    #[serde(default)]
-    pub policy: LbPolicy,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LbPolicy {
-    #[default]
-    RoundRobin,
-    Weighted,
-    LeastRequest,
-    Random,
-    RingHash,
-    Maglev,
 }
 
 impl Service {
@@ -236,6 +227,13 @@ impl Kind for Service {
             check_http_path(c, "spec.healthCheck.httpPath", &hc.http_path);
         }
         check_subsets(c, &spec.subsets);
+        check_load_balancer(c, &spec.load_balancer);
+        if let Some(o) = &spec.outlier_detection {
+            check_outlier_detection(c, o);
+        }
+        if let Some(p) = &spec.connection_pool {
+            check_connection_pool(c, p);
+        }
     }
 }
 

@@ -52,7 +52,7 @@ pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
 }
 
 /// Label names and values share this shape: alphanumeric at both ends, `-_.` inside.
-fn is_label_name(s: &str) -> bool {
+pub(crate) fn is_label_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= DNS_LABEL_MAX

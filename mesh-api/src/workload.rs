@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::balancing::{check_locality, check_weight, Locality, DEFAULT_WEIGHT};
 use crate::meta::{Labels, ObjectMeta};
 use crate::resource::Kind;
 use crate::validate::{check_ip, check_labels, check_meta, is_dns1123_subdomain, Checker};
@@ -34,6 +35,21 @@ pub struct WorkloadSpec {
     /// What service selectors match against.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// Relative share of traffic under the `weighted`, `ring_hash` and `maglev` policies,
+    /// 1..=1000. Kept optional so a loaded file serialises back as written; use
+    /// [`WorkloadSpec::weight`] for the effective value (default [`DEFAULT_WEIGHT`], 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// Region and zone, for services with `localityLb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<Locality>,
+}
+
+impl WorkloadSpec {
+    /// The weight in effect.
+    pub fn weight(&self) -> u32 {
+        self.weight.unwrap_or(DEFAULT_WEIGHT)
+    }
 }
 
 fn default_service_account() -> String {
@@ -116,5 +132,9 @@ impl Kind for Workload {
         }
 
         check_labels(c, "spec.labels", &spec.labels);
+        check_weight(c, spec.weight);
+        if let Some(locality) = &spec.locality {
+            check_locality(c, locality);
+        }
     }
 }

@@ -42,17 +42,17 @@ pub(super) fn is_tchar(b: u8) -> bool {
 }
 
 /// An RFC 9110 token, e.g. a method.
-pub(super) fn is_token(s: &str) -> bool {
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_tchar)
 }
 
 /// A token without uppercase letters: header names are stored lowercase (HTTP/2 sends them
 /// so, and lookups are case-insensitive).
-pub(super) fn is_header_name(s: &str) -> bool {
+pub(crate) fn is_header_name(s: &str) -> bool {
     is_token(s) && !s.bytes().any(|b| b.is_ascii_uppercase())
 }
 
-pub(super) fn header_name_problem(name: &str) -> String {
+pub(crate) fn header_name_problem(name: &str) -> String {
     format!("{name:?} is not a lowercase header name (letters a-z, digits and !#$%&'*+-.^_`|~)")
 }
 

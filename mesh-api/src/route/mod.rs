@@ -24,6 +24,7 @@ use crate::validate::Checker;
 
 pub(crate) use check::check_timeout;
 pub use conditions::{PathMatch, StringMatch};
+pub(crate) use headers::{header_name_problem, is_header_name, is_token};
 pub use matching::{CompiledRoute, RequestAttributes};
 pub use query::parse_query;
 

@@ -1,5 +1,6 @@
 //! Unit tests for the crate; shared builders live here.
 
+mod balancing;
 mod fuzz;
 mod json;
 mod limits;
@@ -68,6 +69,8 @@ pub(crate) fn service(name: &str, vip: &str, app: &str) -> Service {
             }],
             selector: [("app".to_owned(), app.to_owned())].into(),
             load_balancer: Default::default(),
+            outlier_detection: None,
+            connection_pool: None,
             health_check: None,
             subsets: Vec::new(),
         },
@@ -83,6 +86,8 @@ pub(crate) fn workload(name: &str, uid: &str, ip: &str, app: &str) -> Workload {
             node: "node-1".to_owned(),
             service_account: "default".to_owned(),
             labels: [("app".to_owned(), app.to_owned())].into(),
+            weight: None,
+            locality: None,
         },
     }
 }

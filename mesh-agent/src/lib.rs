@@ -9,6 +9,7 @@
 
 pub mod admin;
 mod agent;
+mod balance;
 pub mod cli;
 mod control;
 mod datapath;

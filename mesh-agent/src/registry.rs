@@ -3,15 +3,15 @@
 //! The snapshot is swapped atomically when config changes; connections in flight keep the
 //! snapshot they started with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use mesh_api::{ObjectKey, Protocol, Service, Snapshot, Subset, Workload};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
+use crate::balance::{request_hash, Balancers, Candidate, Client, Picked};
 use crate::metrics::Failure;
 
 /// Where a captured outbound connection goes.
@@ -22,7 +22,7 @@ pub enum Route {
     Service {
         service: ObjectKey,
         protocol: Protocol,
-        endpoints: Vec<SocketAddr>,
+        endpoints: Picked,
     },
     /// A mesh workload addressed directly. `http_service`: the Service whose HTTP port
     /// targets this workload port, if one does (its protocol then applies).
@@ -41,8 +41,8 @@ pub struct Registry {
     /// Health of workloads by `namespace/name` (true = healthy); absent = not checked yet,
     /// which counts as healthy.
     health: ArcSwap<HashMap<ObjectKey, bool>>,
-    /// Where round robin continues, per service.
-    cursors: RwLock<HashMap<ObjectKey, Arc<AtomicUsize>>>,
+    /// Load-balancing state per service (and subset).
+    balancers: Balancers,
     /// Where the snapshot came from and its version, for status.
     source: RwLock<ConfigSource>,
     /// Ticks on every new snapshot, for whoever re-checks open connections against policy.
@@ -60,7 +60,7 @@ impl Registry {
         Registry {
             snapshot: ArcSwap::from_pointee(snapshot),
             health: ArcSwap::from_pointee(HashMap::new()),
-            cursors: RwLock::default(),
+            balancers: Balancers::default(),
             source: RwLock::new(ConfigSource { origin, version: 1 }),
             changed: tokio::sync::watch::Sender::new(0),
         }
@@ -81,6 +81,7 @@ impl Registry {
 
     /// Installs a new config. `version`: the control plane's; `None` counts reloads.
     pub fn replace(&self, snapshot: Snapshot, origin: String, version: Option<u64>) {
+        self.balancers.retain(&snapshot);
         self.snapshot.store(Arc::new(snapshot));
         {
             let mut source = self.source.write();
@@ -99,14 +100,19 @@ impl Registry {
         self.health.load().get(workload).copied()
     }
 
-    /// Decides where a connection to `original` goes.
-    pub fn route(&self, original: SocketAddr) -> Route {
+    /// Balancing state, for status.
+    pub fn balancers(&self) -> &Balancers {
+        &self.balancers
+    }
+
+    /// Decides where a connection from `source` to `original` goes.
+    pub fn route(&self, original: SocketAddr, source: &Source<'_>) -> Route {
         if mesh_common::ports::is_proxy_port(original.port()) {
             return Route::Refused(Failure::ProxyPort);
         }
         let snapshot = self.snapshot.load();
         if let Some(service) = snapshot.service_by_vip(original.ip()) {
-            return self.route_service(&snapshot, service, original);
+            return self.route_service(&snapshot, service, original, source);
         }
         if let Some(workload) = snapshot.workload_by_ip(original.ip()) {
             return Route::Workload {
@@ -117,7 +123,13 @@ impl Registry {
         Route::Passthrough(original)
     }
 
-    fn route_service(&self, snapshot: &Snapshot, service: &Service, original: SocketAddr) -> Route {
+    fn route_service(
+        &self,
+        snapshot: &Snapshot,
+        service: &Service,
+        original: SocketAddr,
+        source: &Source<'_>,
+    ) -> Route {
         let Some(port) = service.port(original.port()) else {
             return Route::Refused(Failure::UnknownServicePort);
         };
@@ -141,8 +153,9 @@ impl Registry {
             }
             None => (service, None, port.target()),
         };
-        let endpoints = self.endpoints(snapshot, backend, subset, target, original.ip());
-        if endpoints.is_empty() && !port.protocol.may_be_http() {
+        let client = source.client(snapshot, backend, None);
+        let endpoints = self.endpoints(snapshot, backend, subset, target, original.ip(), &client);
+        if endpoints.order.is_empty() && !port.protocol.may_be_http() {
             return Route::Refused(Failure::NoEndpoint);
         }
         Route::Service {
@@ -153,9 +166,10 @@ impl Registry {
     }
 
     /// The endpoints of `service` (of `subset`, if given) on `target_port`, in the order to
-    /// try them: healthy ones only unless none is, rotated round robin. Addresses are in the
-    /// family of `dialled` where a workload has one. This is where balancing policies plug in
-    /// (issue 9): both the L4 path and the HTTP path ask here.
+    /// try them for `client`: the service's balancing policy over the healthy ones (all, when
+    /// fewer than half are), by locality with `localityLb` (see `balance`). Addresses are in
+    /// the family of `dialled` where a workload has one. Both the L4 path (per connection)
+    /// and the HTTP path (per request) ask here.
     pub fn endpoints(
         &self,
         snapshot: &Snapshot,
@@ -163,56 +177,75 @@ impl Registry {
         subset: Option<&Subset>,
         target_port: u16,
         dialled: IpAddr,
-    ) -> Vec<SocketAddr> {
-        let all: Vec<&Workload> = snapshot
+        client: &Client<'_>,
+    ) -> Picked {
+        let health = self.health.load();
+        let candidates: Vec<Candidate<'_>> = snapshot
             .endpoints(service)
             .into_iter()
             .filter(|w| subset.is_none_or(|s| s.selects(w)))
+            .filter_map(|w| {
+                Some(Candidate {
+                    workload: w,
+                    addr: SocketAddr::new(endpoint_ip(w, dialled)?, target_port),
+                    healthy: health.get(&w.metadata.key()) != Some(&false),
+                })
+            })
             .collect();
-        let health = self.health.load();
-        let healthy: Vec<&Workload> = all
-            .iter()
-            .copied()
-            .filter(|w| health.get(&w.metadata.key()) != Some(&false))
-            .collect();
-        // When every endpoint fails its checks, the checks are more likely wrong than every
-        // endpoint dead: use them all rather than refuse (Envoy's "panic" mode).
-        let candidates = if healthy.is_empty() { all } else { healthy };
-        let mut endpoints: Vec<SocketAddr> = candidates
-            .into_iter()
-            .filter_map(|w| endpoint_ip(w, dialled))
-            .map(|ip| SocketAddr::new(ip, target_port))
-            .collect();
-        if endpoints.is_empty() {
-            return endpoints;
-        }
-        let mut key = service.metadata.key();
-        if let Some(subset) = subset {
-            // Each subset keeps its own rotation.
-            key.name = format!("{}/{}", key.name, subset.name);
-        }
-        let start = self.cursor(&key).fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        endpoints.rotate_left(start);
-        endpoints
-    }
-
-    fn cursor(&self, key: &ObjectKey) -> Arc<AtomicUsize> {
-        if let Some(c) = self.cursors.read().get(key) {
-            return c.clone();
-        }
-        self.cursors.write().entry(key.clone()).or_default().clone()
+        self.balancers.pick(service, subset, &candidates, client)
     }
 }
 
-/// Only round robin is implemented so far; say so rather than silently balancing differently.
-pub fn warn_unsupported_policies(snapshot: &Snapshot) {
+/// Who opened a connection (or sent a request): what balancing needs to know of them.
+pub struct Source<'a> {
+    /// The client pod's address (hashed by `hashOn: {sourceIp: true}`).
+    pub ip: IpAddr,
+    /// The client's declared workload (its locality counts for `localityLb`).
+    pub workload: Option<&'a ObjectKey>,
+}
+
+impl Source<'_> {
+    /// The balancing view of this client for a request to `service` with `headers` (None on
+    /// a TCP port): its hash key by the service's `hashOn`, and its locality.
+    pub fn client<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        service: &Service,
+        headers: Option<&http::HeaderMap>,
+    ) -> Client<'s> {
+        Client {
+            hash: request_hash(&service.spec.load_balancer, self.ip, headers),
+            locality: self
+                .workload
+                .and_then(|key| snapshot.workload(&key.namespace, &key.name))
+                .and_then(|w| w.spec.locality.as_ref()),
+        }
+    }
+}
+
+/// Services that set fields the agent does not enforce yet, each warned about once per run
+/// (not at every config push).
+static WARNED_UNENFORCED: Mutex<Option<HashSet<ObjectKey>>> = Mutex::new(None);
+
+/// `outlierDetection` and `connectionPool` are accepted but not enforced yet (issue 9): say
+/// so rather than let an operator believe they protect the service.
+pub fn warn_unenforced_settings(snapshot: &Snapshot) {
+    let mut warned = WARNED_UNENFORCED.lock();
+    let warned = warned.get_or_insert_with(HashSet::new);
     for service in snapshot.services() {
-        let policy = service.spec.load_balancer.policy;
-        if policy != mesh_api::LbPolicy::RoundRobin {
+        let spec = &service.spec;
+        let fields: Vec<&str> = [
+            spec.outlier_detection.as_ref().map(|_| "outlierDetection"),
+            spec.connection_pool.as_ref().map(|_| "connectionPool"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !fields.is_empty() && warned.insert(service.metadata.key()) {
             tracing::warn!(
                 service = %service.metadata.key(),
-                ?policy,
-                "load-balancing policy not implemented yet; using round_robin"
+                fields = %fields.join(", "),
+                "not enforced yet: accepted and stored, but this agent does not eject endpoints or limit connections"
             );
         }
     }
@@ -303,16 +336,27 @@ spec:
         s.parse().unwrap()
     }
 
+    impl Registry {
+        /// A route for a connection from a client pod outside the config.
+        fn route_from_client(&self, original: SocketAddr) -> Route {
+            let source = Source {
+                ip: "10.0.9.9".parse().unwrap(),
+                workload: None,
+            };
+            self.route(original, &source)
+        }
+    }
+
     #[test]
     fn round_robin_alternates_endpoints_on_the_target_port() {
         let r = registry();
         let first = |route| match route {
-            Route::Service { endpoints, .. } => endpoints[0],
+            Route::Service { endpoints, .. } => endpoints.order[0],
             other => panic!("{other:?}"),
         };
-        let a = first(r.route(sa("10.96.0.10:80")));
-        let b = first(r.route(sa("10.96.0.10:80")));
-        let c = first(r.route(sa("10.96.0.10:80")));
+        let a = first(r.route_from_client(sa("10.96.0.10:80")));
+        let b = first(r.route_from_client(sa("10.96.0.10:80")));
+        let c = first(r.route_from_client(sa("10.96.0.10:80")));
         assert_ne!(a, b);
         assert_eq!(a, c);
         assert_eq!(a.port(), 8080);
@@ -322,37 +366,103 @@ spec:
     fn unknown_port_empty_service_workload_and_passthrough() {
         let r = registry();
         assert_eq!(
-            r.route(sa("10.96.0.10:81")),
+            r.route_from_client(sa("10.96.0.10:81")),
             Route::Refused(Failure::UnknownServicePort)
         );
         assert_eq!(
-            r.route(sa("10.96.0.11:80")),
+            r.route_from_client(sa("10.96.0.11:80")),
             Route::Refused(Failure::NoEndpoint)
         );
         assert_eq!(
-            r.route(sa("10.0.0.2:9000")),
+            r.route_from_client(sa("10.0.0.2:9000")),
             Route::Workload {
                 target: sa("10.0.0.2:9000"),
                 http_service: None
             }
         );
         assert_eq!(
-            r.route(sa("10.9.9.9:443")),
+            r.route_from_client(sa("10.9.9.9:443")),
             Route::Passthrough(sa("10.9.9.9:443"))
         );
         assert_eq!(
-            r.route(sa("10.0.0.2:15001")),
+            r.route_from_client(sa("10.0.0.2:15001")),
             Route::Refused(Failure::ProxyPort)
         );
     }
 
+    /// The L4 path balances by the service's policy with what it knows of the client: a
+    /// `maglev` service on `sourceIp` sends every connection of one pod to one endpoint, and
+    /// `localityLb` prefers the endpoints in the zone of the client's Workload.
     #[test]
-    fn unhealthy_endpoints_are_avoided_unless_all_are() {
+    fn connections_are_balanced_by_source_ip_and_the_clients_locality() {
+        let yaml = r#"
+apiVersion: mesh/v1
+kind: Service
+metadata: {name: sticky}
+spec:
+  vips: ["10.96.0.20"]
+  ports: [{port: 80}]
+  selector: {app: web}
+  loadBalancer: {policy: maglev, hashOn: {sourceIp: true}}
+---
+apiVersion: mesh/v1
+kind: Service
+metadata: {name: local}
+spec:
+  vips: ["10.96.0.21"]
+  ports: [{port: 80}]
+  selector: {app: web}
+  loadBalancer: {policy: round_robin, localityLb: true}
+---
+apiVersion: mesh/v1
+kind: Workload
+metadata: {name: client}
+spec: {uid: c, ips: ["10.0.1.1"], node: n1, locality: {region: r, zone: b}}
+"#;
+        let mut yaml = yaml.to_owned();
+        for i in 1..=4 {
+            let zone = if i % 2 == 0 { "b" } else { "a" };
+            yaml += &format!("---\napiVersion: mesh/v1\nkind: Workload\nmetadata: {{name: web-{i}}}\nspec: {{uid: w{i}, ips: [\"10.0.0.{i}\"], node: n1, labels: {{app: web}}, locality: {{region: r, zone: {zone}}}}}\n");
+        }
+        let snapshot = Snapshot::from_resources(mesh_api::load_str("t.yaml", &yaml).unwrap());
+        let r = Registry::new(snapshot.unwrap(), "test".into());
+        let client = ObjectKey::new("default", "client");
+        let first = |vip: &str, ip: &str| {
+            let source = Source {
+                ip: ip.parse().unwrap(),
+                workload: Some(&client),
+            };
+            match r.route(sa(vip), &source) {
+                Route::Service { endpoints, .. } => endpoints.order[0],
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut reached = HashSet::new();
+        for pod in 1..=40 {
+            let ip = format!("10.0.2.{pod}");
+            let endpoint = first("10.96.0.20:80", &ip);
+            assert!((0..5).all(|_| first("10.96.0.20:80", &ip) == endpoint));
+            reached.insert(endpoint);
+        }
+        assert_eq!(
+            reached.len(),
+            4,
+            "40 client pods spread over every endpoint"
+        );
+        let local: HashSet<SocketAddr> = (0..10)
+            .map(|_| first("10.96.0.21:80", "10.0.1.1"))
+            .collect();
+        assert_eq!(local, HashSet::from([sa("10.0.0.2:80"), sa("10.0.0.4:80")]));
+    }
+
+    #[test]
+    fn unhealthy_endpoints_are_avoided_unless_fewer_than_half_are_healthy() {
         let r = registry();
-        let endpoints = |r: &Registry| match r.route(sa("10.96.0.10:80")) {
-            Route::Service { mut endpoints, .. } => {
-                endpoints.sort();
-                endpoints
+        let endpoints = |r: &Registry| match r.route_from_client(sa("10.96.0.10:80")) {
+            Route::Service { endpoints, .. } => {
+                let mut order = endpoints.order;
+                order.sort();
+                order
             }
             other => panic!("{other:?}"),
         };

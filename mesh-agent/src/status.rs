@@ -78,6 +78,10 @@ pub struct ServiceStatus {
     pub service: String,
     pub vips: Vec<String>,
     pub ports: Vec<String>,
+    /// The load-balancing policy, with its hash key and `locality` when set, e.g.
+    /// `maglev(header x-user) locality`.
+    #[serde(default)]
+    pub policy: String,
     pub endpoints: Vec<EndpointStatus>,
 }
 
@@ -106,6 +110,22 @@ pub struct EndpointStatus {
     pub node: String,
     /// "healthy", "unhealthy" (the proxy avoids it) or "unknown" (not checked yet).
     pub health: String,
+    #[serde(default)]
+    pub weight: u32,
+    /// `region/zone` (or `region`), if the Workload declares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    /// Under `least_request`: requests (connections) this node has outstanding to it and its
+    /// latency estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadStatus {
+    pub outstanding: u32,
+    pub latency_ms: f64,
 }
 
 impl TrafficStatus {
@@ -201,20 +221,11 @@ impl Status {
                             format!("{}->{}/{:?}", p.port, p.target(), p.protocol).to_lowercase()
                         })
                         .collect(),
+                    policy: s.spec.load_balancer.summary(),
                     endpoints: snapshot
                         .endpoints(s)
                         .into_iter()
-                        .map(|w| EndpointStatus {
-                            workload: w.metadata.key().to_string(),
-                            ips: w.spec.ips.iter().map(|ip| ip.to_string()).collect(),
-                            node: w.spec.node.clone(),
-                            health: match agent.registry.health_of(&w.metadata.key()) {
-                                Some(true) => "healthy",
-                                Some(false) => "unhealthy",
-                                None => "unknown",
-                            }
-                            .into(),
-                        })
+                        .map(|w| endpoint_status(agent, s, w))
                         .collect(),
                 })
                 .collect(),
@@ -310,9 +321,14 @@ impl Status {
             .services
             .iter()
             .flat_map(|s| {
-                let head = vec![s.service.clone(), list(&s.vips), list(&s.ports)];
+                let head = vec![
+                    s.service.clone(),
+                    list(&s.vips),
+                    list(&s.ports),
+                    s.policy.clone(),
+                ];
                 if s.endpoints.is_empty() {
-                    return vec![[head, vec!["<none>".into(), "".into(), "".into()]].concat()];
+                    return vec![[head, vec!["<none>".into()], vec![String::new(); 5]].concat()];
                 }
                 s.endpoints
                     .iter()
@@ -321,7 +337,7 @@ impl Status {
                         let first = if i == 0 {
                             head.clone()
                         } else {
-                            vec![String::new(); 3]
+                            vec![String::new(); 4]
                         };
                         [
                             first,
@@ -329,6 +345,12 @@ impl Status {
                                 e.workload.clone(),
                                 list(&e.ips),
                                 format!("{} ({})", e.node, e.health),
+                                e.weight.to_string(),
+                                e.locality.clone().unwrap_or_default(),
+                                e.load
+                                    .as_ref()
+                                    .map(|l| format!("{} @ {}ms", l.outstanding, l.latency_ms))
+                                    .unwrap_or_default(),
                             ],
                         ]
                         .concat()
@@ -342,9 +364,13 @@ impl Status {
                 "SERVICE",
                 "VIPS",
                 "PORTS",
+                "POLICY",
                 "ENDPOINT",
                 "ADDRESS",
                 "NODE (HEALTH)",
+                "WEIGHT",
+                "LOCALITY",
+                "IN FLIGHT @ LATENCY",
             ],
             rows,
         );
@@ -466,7 +492,38 @@ impl Status {
     }
 }
 
-/// Unix seconds as "in 12h 3m" / "5s ago", relative to now.
+fn endpoint_status(
+    agent: &Agent,
+    service: &mesh_api::Service,
+    w: &mesh_api::Workload,
+) -> EndpointStatus {
+    let least_request = service.spec.load_balancer.policy == mesh_api::LbPolicy::LeastRequest;
+    let balancers = agent.registry.balancers();
+    EndpointStatus {
+        workload: w.metadata.key().to_string(),
+        ips: w.spec.ips.iter().map(|ip| ip.to_string()).collect(),
+        node: w.spec.node.clone(),
+        health: match agent.registry.health_of(&w.metadata.key()) {
+            Some(true) => "healthy",
+            Some(false) => "unhealthy",
+            None => "unknown",
+        }
+        .into(),
+        weight: w.spec.weight(),
+        locality: w.spec.locality.as_ref().map(|l| match &l.zone {
+            Some(zone) => format!("{}/{zone}", l.region),
+            None => l.region.clone(),
+        }),
+        load: least_request
+            .then(|| w.spec.ips.iter().find_map(|ip| balancers.load_of(*ip)))
+            .flatten()
+            .map(|(outstanding, latency)| LoadStatus {
+                outstanding,
+                latency_ms: (latency.as_secs_f64() * 10_000.0).round() / 10.0,
+            }),
+    }
+}
+
 /// The routes in force with this node's requests per rule.
 pub fn route_statuses(agent: &Agent) -> Vec<RouteStatus> {
     let counts = &agent.proxy.http.rule_requests;
@@ -495,6 +552,7 @@ pub fn route_statuses(agent: &Agent) -> Vec<RouteStatus> {
         .collect()
 }
 
+/// Unix seconds as "in 12h 3m" / "5s ago", relative to now.
 fn when(unix: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

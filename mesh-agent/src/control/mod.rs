@@ -190,7 +190,7 @@ pub fn install(
             capture.len()
         );
     }
-    crate::registry::warn_unsupported_policies(&snapshot);
+    crate::registry::warn_unenforced_settings(&snapshot);
     agent
         .registry
         .replace(snapshot, origin, Some(state.version));

@@ -20,6 +20,7 @@ use super::inbound::{self, Delivered};
 use super::policy::{admit_counted, PeerInfo, Transport};
 use super::tracker::{NewConnection, Registration};
 use super::{upstream, PodContext};
+use crate::balance::{InFlight, Picked};
 use crate::metrics::{Direction, Failure};
 
 pub enum Upstream {
@@ -140,15 +141,25 @@ impl AsyncWrite for UpstreamIo {
 /// Tries the candidates in load-balancing order, at most three, so one dead endpoint costs a
 /// retry rather than a failed request. A denial by the destination's policy is final.
 /// Failures are returned, not counted: the caller knows whether the client sees them.
+/// Under `least_request` each try is reported to the balancer (its connect latency, or a
+/// failure), and the handle returned with the connection counts it as outstanding while held.
 pub async fn connect_first(
     context: &Arc<PodContext>,
-    candidates: &[SocketAddr],
+    candidates: &Picked,
     app: SocketAddr,
-) -> Result<(Upstream, SocketAddr), Failure> {
+) -> Result<(Upstream, SocketAddr, Option<InFlight>), Failure> {
     let mut failure = Failure::UpstreamConnect;
-    for target in candidates.iter().take(3) {
-        match connect(context, *target, app).await {
-            Ok(upstream) => return Ok((upstream, *target)),
+    for target in candidates.order.iter().take(3) {
+        let load = candidates.start(*target);
+        let result = connect(context, *target, app).await;
+        if let Some(load) = &load {
+            match &result {
+                Ok(_) => load.succeeded(),
+                Err(_) => load.failed(),
+            }
+        }
+        match result {
+            Ok(upstream) => return Ok((upstream, *target, load)),
             Err(Failure::AuthzDenied) => return Err(Failure::AuthzDenied),
             Err(reason) => failure = reason,
         }

@@ -15,8 +15,9 @@ use super::http::{self, HttpTarget};
 use super::relay::{relay, relay_stream};
 use super::telemetry::{rfc3339, ConnectionRecord, PeerLabels};
 use super::PodContext;
+use crate::balance::Picked;
 use crate::metrics::Failure;
-use crate::registry::Route;
+use crate::registry::{Route, Source};
 
 pub async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodContext>) {
     let counters = &context.counters.outbound;
@@ -27,7 +28,13 @@ pub async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodCont
         counters.fail(Failure::NoOriginalDestination);
         return;
     };
-    let route = context.registry.route(original);
+    let source = Source {
+        // The app's socket is on loopback (connect4 sent it to the listener there); the pod
+        // is known to others by its own address.
+        ip: context.address_towards(original.ip()).unwrap_or(app.ip()),
+        workload: Some(&context.workload),
+    };
+    let route = context.registry.route(original, &source);
     if let Some(target) = HttpTarget::of(&route, original) {
         let app_stream = match http::sniff::decide(app_stream, target.protocol).await {
             Ok((stream, true)) => return http::serve_outbound(stream, app, target, context).await,
@@ -46,14 +53,17 @@ async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context:
         Route::Service {
             service, endpoints, ..
         } => (Some(service), endpoints),
-        Route::Workload { target, .. } | Route::Passthrough(target) => (None, vec![target]),
+        Route::Workload { target, .. } | Route::Passthrough(target) => {
+            (None, Picked::fixed(vec![target]))
+        }
         Route::Refused(reason) => {
             tracing::debug!(pod = %context.pod, ?reason, "outbound refused");
             counters.fail(reason);
             return;
         }
     };
-    let (upstream, endpoint) = match connect_first(context, &candidates, app).await {
+    // `_load` (least_request) counts the connection as outstanding until the relay ends.
+    let (upstream, endpoint, _load) = match connect_first(context, &candidates, app).await {
         Ok(reached) => reached,
         Err(reason) => {
             counters.fail(reason);

@@ -164,18 +164,17 @@ async fn send_with_retries<'s>(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut retries_done = 0;
     loop {
-        let Destination { service, endpoint } = match conn.target.fixed {
+        let Destination {
+            service,
+            endpoint,
+            load,
+        } = match conn.target.fixed {
             Some(endpoint) => Destination {
                 service: plan.host,
                 endpoint,
+                load: None,
             },
-            None => choose(
-                snapshot,
-                &context.registry,
-                plan,
-                conn.target.dialled,
-                &tried,
-            )?,
+            None => choose(snapshot, plan, conn, &parts.headers, &tried)?,
         };
         tried.push(endpoint);
         record.attempts = retries_done + 1;
@@ -197,6 +196,13 @@ async fn send_with_retries<'s>(
             Some(at) => tokio::time::timeout_at(at, send).await.ok(),
             None => Some(send.await),
         };
+        if let Some(load) = load {
+            // The response head (or the failure) ends the request's outstanding count.
+            match &result {
+                Some(Ok(_)) => load.succeeded(),
+                _ => load.failed(),
+            }
+        }
         let overall_expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         let outcome = match &result {
             None if overall_expired => TryOutcome::Failed(ProxyError::Timeout),

@@ -12,7 +12,9 @@ use mesh_api::{Retries, Service, Snapshot};
 use parking_lot::Mutex;
 
 use super::errors::ProxyError;
-use crate::registry::{pick_backend, Registry};
+use super::Downstream;
+use crate::balance::InFlight;
+use crate::registry::{pick_backend, Source};
 
 /// Routes with their regexes compiled, for the snapshot in force. Rebuilt lazily, one route
 /// at a time, when the snapshot changes. (A `Weak` identifies the snapshot: it keeps the
@@ -150,17 +152,21 @@ impl<'s> Plan<'s> {
 pub struct Destination<'s> {
     pub service: &'s Service,
     pub endpoint: SocketAddr,
+    /// Under `least_request`: the request counts as outstanding on `endpoint` while this is
+    /// held; report how the try went on it.
+    pub load: Option<InFlight>,
 }
 
-/// Picks the backend (by weight) and an endpoint not tried yet (`tried`), for a request to
-/// `dialled` (the address the client connected to).
+/// Picks the backend (by weight) and an endpoint not tried yet (`tried`), for a request with
+/// `headers` (hashed by a `ring_hash`/`maglev` service's `hashOn`) on `conn`.
 pub fn choose<'s>(
     snapshot: &'s Snapshot,
-    registry: &Registry,
     plan: &Plan<'s>,
-    dialled: SocketAddr,
+    conn: &Downstream,
+    headers: &http::HeaderMap,
     tried: &[SocketAddr],
 ) -> Result<Destination<'s>, ProxyError> {
+    let dialled = conn.target.dialled;
     let (service, subset, port) = match plan.rule.and_then(pick_backend) {
         Some(backend) => resolve(snapshot, plan.host, backend, dialled.port())?,
         None => (plan.host, None, dialled.port()),
@@ -169,14 +175,30 @@ pub fn choose<'s>(
         .port(port)
         .map(|p| p.target())
         .ok_or(ProxyError::NoRoute)?;
-    let endpoints = registry.endpoints(snapshot, service, subset, target, dialled.ip());
-    let endpoint = endpoints
+    let context = &conn.context;
+    let source = Source {
+        ip: context
+            .address_towards(dialled.ip())
+            .unwrap_or(conn.app.ip()),
+        workload: Some(&context.workload),
+    };
+    let client = source.client(snapshot, service, Some(headers));
+    let picked =
+        context
+            .registry
+            .endpoints(snapshot, service, subset, target, dialled.ip(), &client);
+    let endpoint = picked
+        .order
         .iter()
         .find(|e| !tried.contains(e))
-        .or(endpoints.first())
+        .or(picked.order.first())
         .copied()
         .ok_or(ProxyError::NoHealthyEndpoint)?;
-    Ok(Destination { service, endpoint })
+    Ok(Destination {
+        service,
+        endpoint,
+        load: picked.start(endpoint),
+    })
 }
 
 fn resolve<'s>(

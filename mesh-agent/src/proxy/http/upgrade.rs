@@ -30,12 +30,19 @@ pub async fn forward<'s>(
     record: &mut Pending,
 ) -> Result<(Response<ProxyBody>, Reached<'s>), ProxyError> {
     let context = &conn.context;
-    let Destination { service, endpoint } = match conn.target.fixed {
+    // An upgraded connection is not counted as an outstanding request (`_load` ends with
+    // this function, before the relay).
+    let Destination {
+        service,
+        endpoint,
+        load: _load,
+    } = match conn.target.fixed {
         Some(endpoint) => Destination {
             service: plan.host,
             endpoint,
+            load: None,
         },
-        None => choose(snapshot, &context.registry, plan, conn.target.dialled, &[])?,
+        None => choose(snapshot, plan, conn, &parts.headers, &[])?,
     };
     record.upstream = Some(endpoint);
     record.attempts = 1;

@@ -1,0 +1,33 @@
+//! Statistics for the balancing tests: Pearson's chi-square goodness of fit.
+
+/// Critical values of the chi-square distribution at the 0.1 % significance level, by
+/// degrees of freedom (index = df; index 0 unused): a fair draw exceeds them 0.1 % of the
+/// time.
+pub const CHI_SQUARE_0_001: [f64; 11] = [
+    f64::NAN,
+    10.828,
+    13.816,
+    16.266,
+    18.467,
+    20.515,
+    22.458,
+    24.322,
+    26.124,
+    27.877,
+    29.588,
+];
+
+/// The chi-square statistic of `observed` counts against shares proportional to
+/// `expected_weights` (degrees of freedom: categories - 1).
+pub fn chi_square(observed: &[u64], expected_weights: &[f64]) -> f64 {
+    let n: u64 = observed.iter().sum();
+    let total: f64 = expected_weights.iter().sum();
+    observed
+        .iter()
+        .zip(expected_weights)
+        .map(|(&o, &w)| {
+            let e = n as f64 * w / total;
+            (o as f64 - e).powi(2) / e
+        })
+        .sum()
+}

@@ -1,8 +1,9 @@
 //! Self-test of pod-tool's L7 tools between two pods on a bridge, no mesh in between: the
 //! HTTP/1.1 + HTTP/2 server and its special paths, `http-get`, `http-load`, `ws-echo`,
-//! `banner-serve`/`banner-get` and the gRPC server and clients. The mesh's L7 tests rely on
-//! these tools saying the truth, so each claim they make is checked against the other side
-//! here (e.g. the server's own connection count against the client's). Needs root.
+//! `banner-serve`/`banner-get`, the gRPC server and clients, and the benchmark's `http-rate`
+//! and `http-hold`. The mesh's L7 tests rely on these tools saying the truth, so each claim
+//! they make is checked against the other side here (e.g. the server's own connection count
+//! against the client's). Needs root.
 
 use mesh_tests::observe::{banner_server, grpc_server, http_server, pod_tool_json};
 use mesh_tests::{cargo_bin, require_root, Bridge, Pod};
@@ -262,6 +263,104 @@ fn http_load_counts_what_the_server_saw() {
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("not `name: value`"), "{err:#}");
+}
+
+#[test]
+fn http_rate_keeps_its_schedule_and_http_hold_holds() {
+    require_root();
+    let p = two_pods(8);
+    let _srv = http_server(&p.server, "web", PORT);
+    let url = |path: &str| format!("http://{}:{PORT}{path}", p.server.ip());
+    let stats = || get_json(&p.client, &url("/stats"), &[]);
+
+    // 500 requests/s for 1 s after 50 unmeasured ones, over 2 connections: the server saw
+    // every request (warm-up included) on exactly those connections.
+    let before = stats();
+    let rate = pod_tool_json(
+        &p.client,
+        &[
+            "http-rate",
+            "--url",
+            &url("/"),
+            "--rate",
+            "500",
+            "--seconds",
+            "1",
+            "--connections",
+            "2",
+            "--warmup",
+            "50",
+        ],
+    );
+    let after = stats();
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap();
+    assert_eq!((n(&rate, "requests"), n(&rate, "ok")), (500, 500), "{rate}");
+    assert_eq!(
+        (n(&rate, "errors"), n(&rate, "connections")),
+        (0, 2),
+        "{rate}"
+    );
+    assert_eq!(
+        n(&after, "requests") - n(&before, "requests"),
+        550,
+        "{after}"
+    );
+    // +1: this /stats request's own connection.
+    assert_eq!(n(&after, "connections") - n(&before, "connections"), 2 + 1);
+    let f = |k: &str| rate[k].as_f64().unwrap();
+    assert!(0.0 < f("p50_us") && f("p50_us") <= f("p99_us") && f("p99_us") <= f("max_us"));
+    assert!((f("achieved_per_s") - 500.0).abs() < 50.0, "{rate}");
+
+    // Open loop: 100 requests/s to a path that takes 20 ms, on one connection that can carry
+    // 50/s. The requests queue behind each other and their latency, counted from when each
+    // was due, grows to about a second; a client timing from its own send (or one that only
+    // sends after the last answer, like wrk) would see 20 ms throughout.
+    let late = pod_tool_json(
+        &p.client,
+        &[
+            "http-rate",
+            "--url",
+            &url("/delay/20"),
+            "--rate",
+            "100",
+            "--seconds",
+            "1",
+            "--connections",
+            "1",
+            "--warmup",
+            "0",
+        ],
+    );
+    let g = |k: &str| late[k].as_f64().unwrap();
+    assert_eq!(late["ok"], 100, "{late}");
+    assert!(g("service_p99_us") < 200_000.0, "{late}");
+    assert!(
+        g("p99_us") > 500_000.0 && g("send_lag_p99_us") > 500_000.0,
+        "{late}"
+    );
+
+    // http-hold: 20 connections, one request each, kept open.
+    let before = stats();
+    let mut holder = p
+        .client
+        .spawn(
+            cargo_bin("pod-tool"),
+            ["http-hold", "--url", &url("/"), "--count", "20"],
+        )
+        .unwrap();
+    assert!(
+        mesh_tests::wait_until(T, || holder.stdout().contains(r#"{"held":20}"#)),
+        "{} {}",
+        holder.stdout(),
+        holder.stderr()
+    );
+    let after = stats();
+    assert_eq!(n(&after, "requests") - n(&before, "requests"), 20);
+    assert_eq!(n(&after, "connections") - n(&before, "connections"), 20 + 1);
+    assert!(holder.is_running(), "http-hold must keep running");
+    // Bad arguments are an error naming the flag.
+    let err = tool(&p.client, &["http-rate", "--url", &url("/"), "--rate", "0"]).unwrap_err();
+    assert!(format!("{err:#}").contains("--rate"), "{err:#}");
 }
 
 #[test]

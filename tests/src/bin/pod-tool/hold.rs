@@ -32,7 +32,7 @@ pub fn hold(addr: SocketAddr, count: usize, timeout: Duration) -> Result<()> {
 }
 
 /// One fd per connection plus a few: lift the soft limit to the hard one when needed.
-fn raise_fd_limit(count: usize) {
+pub(crate) fn raise_fd_limit(count: usize) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         if (soft as usize) < count + 64 {

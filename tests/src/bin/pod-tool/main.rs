@@ -14,7 +14,9 @@
 //!   delays, a flaky path, header and body echo, trailers, WebSocket, request counters) and the
 //!   clients `http-get` (one request, shown in full) and `http-load` (many requests, JSON
 //!   summary: which server answered, statuses, latency, connections) for the mesh's L7 proxy:
-//!   routing, per-request balancing, timeouts, retries, faults, header rules.
+//!   routing, per-request balancing, timeouts, retries, faults, header rules. For the
+//!   benchmark: `http-rate` (open-loop fixed-rate latency) and `http-hold` (idle keep-alive
+//!   connections, for memory per connection).
 //! - `ws-echo`: WebSocket through the mesh (relayed as bytes after the upgrade).
 //! - `banner-serve` / `banner-get`: a server-speaks-first protocol, for the protocol sniffer's
 //!   bounded wait.
@@ -33,7 +35,9 @@ mod grpc;
 mod hold;
 mod http;
 mod http_client;
+mod http_hold;
 mod http_load;
+mod http_rate;
 mod http_serve;
 mod raw_send;
 mod tcp;
@@ -68,6 +72,9 @@ enum Cmd {
         /// Name reported in every response.
         #[arg(long)]
         name: String,
+        /// Answer every request (but `/stats`) this many milliseconds later.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// One HTTP request (GET unless --method); prints the body. Exit 1 on network errors, 22
     /// on a non-2xx status.
@@ -76,6 +83,13 @@ enum Cmd {
     /// x-served-by; responses without it are not counted there), "errors", "error_samples",
     /// "latency_ms": {"p50", "p99", "max"} (of responses), "connections"}.
     HttpLoad(http_load::LoadArgs),
+    /// HTTP/1.1 GETs at a fixed rate on a schedule (open loop) over keep-alive connections;
+    /// prints JSON with latency percentiles measured from each request's due time (so a
+    /// stall counts against every request it delayed), from its send, and the send lag.
+    HttpRate(http_rate::RateArgs),
+    /// Opens N HTTP/1.1 keep-alive connections, one GET each, prints `{"held": N}` and keeps
+    /// them open and idle until killed.
+    HttpHold(http_hold::HoldArgs),
     /// WebSocket client: upgrades, sends N messages, expects each echoed; prints
     /// {"echoed": N, "served_by": ...}.
     WsEcho(ws::EchoArgs),
@@ -215,8 +229,13 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::HttpServe { listen, name } => {
-            let server = http_serve::Server::new(&name)?;
+        Cmd::HttpServe {
+            listen,
+            name,
+            delay_ms,
+        } => {
+            let server =
+                http_serve::Server::new(&name)?.with_delay(Duration::from_millis(delay_ms));
             tcp::serve(&listen, tcp::Handler::Http(server.into()))
         }
         Cmd::BannerServe { listen, banner } => {
@@ -241,6 +260,8 @@ fn run(cmd: Cmd) -> Result<()> {
         }),
         Cmd::HttpGet(args) => http::get(args),
         Cmd::HttpLoad(args) => http_load::load(args),
+        Cmd::HttpRate(args) => http_rate::rate(args),
+        Cmd::HttpHold(args) => http_hold::hold(args),
         Cmd::WsEcho(args) => ws::echo(args),
         Cmd::BannerGet {
             connect,

@@ -76,8 +76,21 @@ pub struct CrossBed {
     pub certificates: [Option<bool>; 2],
 }
 
+/// What another scenario adds to the bed before the agents start: Services (YAML, applied
+/// with the bed's own) and servers it starts in the server pods.
+pub struct Extra<'a> {
+    pub config: String,
+    /// Called with the mesh server pod and the direct one; the bed keeps what it returns
+    /// running until it drops.
+    pub servers: &'a dyn Fn(&Pod, &Pod) -> Result<Vec<PodProcess>>,
+}
+
 impl CrossBed {
     pub fn start(bins: &Path, pod_tool: PathBuf) -> Result<CrossBed> {
+        Self::start_with(bins, pod_tool, None)
+    }
+
+    pub fn start_with(bins: &Path, pod_tool: PathBuf, extra: Option<Extra>) -> Result<CrossBed> {
         progress("cross-node: a bridge and four pods: xclient, xserver (mesh), xdclient, xdserver (direct)");
         let bridge = new_bridge()?;
         let client = Pod::new(&bridge, CLIENT, 2)?;
@@ -88,6 +101,10 @@ impl CrossBed {
         for pod in [&server, &dserver] {
             servers.push(start_server(pod, &pod_tool, "echo-serve", ECHO_PORT)?);
             servers.push(start_server(pod, &pod_tool, "sink-serve", SINK_PORT)?);
+        }
+        // After the four above: `sink_pid` and friends index them.
+        if let Some(extra) = &extra {
+            servers.extend((extra.servers)(&server, &dserver)?);
         }
         progress("cross-node: control plane (embedded store) and two agents, node-1 and node-2");
         let control = ControlPlane::start_with_binary(bins.join("mesh-control"), "embedded")?;
@@ -100,6 +117,7 @@ impl CrossBed {
             service_yaml("xsink", &[SINK_VIP.parse()?], VIP_PORT, SINK_PORT, SERVER),
             workload_yaml(CLIENT, CLIENT_UID, client.ip(), NODE_1),
             workload_yaml(SERVER, SERVER_UID, server.ip(), NODE_2),
+            extra.map(|e| e.config).unwrap_or_default(),
         ]
         .concat();
         meshctl.apply(&config)?;

@@ -26,12 +26,13 @@ use super::evidence::{hbone_numbers, hbone_peers, passive_opens, rises, transpor
 use super::machine::{Machine, Noise};
 use super::report::{self, Compare, Row, Target};
 use super::scenario::{connect_rate_args, median, median_of, strings, Plan};
+use super::sections;
 use crate::cmd::progress;
 
 /// Row labels start with this; a cross-node-only run replaces exactly these rows.
-pub const ROW_PREFIX: &str = "cross-node";
+const ROW_PREFIX: &str = sections::CROSS_NODE.row_prefix;
 /// The section's heading; a cross-node-only run replaces the section it starts.
-pub const HEADING: &str = "## Cross-node: two agents, one control plane";
+const HEADING: &str = sections::CROSS_NODE.heading;
 
 /// How the mesh runs crossed from node-1 to node-2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -952,78 +953,3 @@ run must raise node-1's client outbound and connect4 counters and node-2's serve
 counter by at least the connections it made; a direct run must change no counter of either \
 agent. Direct and mesh alternate (direct first in even repetitions); every run starts with \
 the pods' TIME_WAIT sockets removed.";
-
-/// Where results.md and results.json keep the section, and how a cross-node-only run
-/// replaces it without touching the rest.
-pub mod splice {
-    use super::{HEADING, ROW_PREFIX};
-    use serde_json::Value;
-
-    /// results.md with `section` (starting with "\n## Cross-node…") in place of the old one,
-    /// or before the control-plane section, or at the end.
-    pub fn markdown(old: &str, section: &str) -> String {
-        let heading = format!("\n{HEADING}");
-        if let Some(start) = old.find(&heading) {
-            let rest = &old[start + heading.len()..];
-            let end = rest
-                .find("\n## ")
-                .map_or(old.len(), |i| start + heading.len() + i);
-            return format!("{}{}\n{}", &old[..start], section.trim_end(), &old[end..]);
-        }
-        if let Some(cp) = old.find("\n## Control plane") {
-            return format!("{}{}\n{}", &old[..cp], section.trim_end(), &old[cp..]);
-        }
-        format!("{}\n{}\n", old.trim_end(), section.trim_end())
-    }
-
-    /// results.json with the cross-node rows, section note and raw samples replaced.
-    pub fn json(old: &mut Value, rows: Vec<Value>, section: &str, raw: Value) {
-        if let Some(list) = old["rows"].as_array_mut() {
-            list.retain(|r| !r["what"].as_str().unwrap_or("").starts_with(ROW_PREFIX));
-            list.extend(rows);
-        } else {
-            old["rows"] = Value::Array(rows);
-        }
-        let note = Value::String(section.to_string());
-        if let Some(notes) = old["notes"].as_array_mut() {
-            notes.retain(|n| !n.as_str().unwrap_or("").trim_start().starts_with(HEADING));
-            let at = notes
-                .iter()
-                .position(|n| {
-                    n.as_str()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with("## Control plane")
-                })
-                .unwrap_or(notes.len());
-            notes.insert(at, note);
-        } else {
-            old["notes"] = Value::Array(vec![note]);
-        }
-        if !old["raw"].is_object() {
-            old["raw"] = Value::Object(Default::default());
-        }
-        old["raw"]["cross_node"] = raw;
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn replaces_inserts_or_appends_the_section() {
-            let new = format!("\n{HEADING}\n\nnew\n");
-            let with_cp = "# r\n\n| t |\n\n## Control plane at scale\n\ncp\n";
-            let once = markdown(with_cp, &new);
-            assert_eq!(
-                once,
-                format!("# r\n\n| t |\n\n{HEADING}\n\nnew\n\n## Control plane at scale\n\ncp\n")
-            );
-            let again = markdown(&once, &format!("\n{HEADING}\n\nnewer\n"));
-            assert_eq!(again, once.replace("\nnew\n", "\nnewer\n"));
-            let at_end = markdown("# r\n", &new);
-            assert_eq!(at_end, format!("# r\n\n{HEADING}\n\nnew\n"));
-            assert_eq!(markdown(&at_end, &new), at_end);
-        }
-    }
-}

@@ -39,6 +39,16 @@ fn sockets(pid: u32) -> Vec<Socket> {
         .collect()
 }
 
+/// Established TCP connections on local port `port` in the network namespace `pid` lives in
+/// (e.g. the clients a proxy holds).
+pub fn established_on(pid: u32, port: u16) -> usize {
+    const ESTABLISHED: u8 = 0x01;
+    sockets(pid)
+        .iter()
+        .filter(|s| s.local_port == port && s.state == ESTABLISHED)
+        .count()
+}
+
 /// `  0: 0300CF0A:1F90 0200CF0A:D2F4 01 ...`
 fn parse_line(line: &str) -> Option<Socket> {
     let mut fields = line.split_whitespace().skip(1);

@@ -12,7 +12,11 @@
 //! - `cross_bed`, `cross_node`, `evidence`: two agents (node-1, node-2) following one control
 //!   plane, a client pod on one and a server pod on the other: HBONE (or, without it,
 //!   plaintext) across two agents against direct, with proof of the path taken.
-//! - `machine`, `report`: what it ran on, and results.md / results.json.
+//! - `http`, `http_bed`, `http_run`, `http_tools`, `http_extra`, `http_report`: the L7 path
+//!   (Service ports with `protocol: http`) against direct and nginx as a reverse proxy, on one
+//!   node and across two (issue 8).
+//! - `machine`, `report`, `sections`: what it ran on, results.md / results.json, and the
+//!   sections after the same-node table that partial runs replace.
 
 mod capture;
 mod churn;
@@ -20,11 +24,18 @@ mod cpu;
 mod cross_bed;
 mod cross_node;
 mod evidence;
+mod http;
+mod http_bed;
+mod http_extra;
+mod http_report;
+mod http_run;
+mod http_tools;
 mod machine;
 mod memory;
 mod report;
 mod same_node;
 mod scenario;
+mod sections;
 mod testbed;
 
 use std::path::PathBuf;
@@ -78,6 +89,9 @@ pub enum Only {
     SameNode,
     /// HBONE across two agents (node-1, node-2) against direct.
     CrossNode,
+    /// HTTP through the agent's L7 path against direct and nginx as a reverse proxy, on one
+    /// node and across two.
+    Http,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -86,6 +100,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.only {
         Some(Only::CrossNode) => return cross_node_only(args),
         Some(Only::SameNode) => return same_node_only(args),
+        Some(Only::Http) => return http_only(args),
         None => {}
     }
     let (iptables, out_dir, plan) = same_node_setup(&args)?;
@@ -100,9 +115,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("cross-node: {e:#}");
     }
     notes.push(cross_node::section(&cross, &machine, args.quick));
-    let more_rows = cross_node::json_rows(&cross);
+    let mut more_rows = cross_node::json_rows(&cross);
     raw["cross_node"] = match cross {
         Ok(c) => c.raw,
+        Err(e) => json!({"error": format!("{e:#}")}),
+    };
+    progress("http: the L7 path against direct and nginx");
+    let http = http::run(&args.agent_or_default(), &release_dir(), &plan);
+    if let Err(e) = &http {
+        eprintln!("http: {e:#}");
+    }
+    notes.push(http_report::section(&http, &machine, args.quick));
+    more_rows.extend(http_report::json_rows(&http));
+    raw[sections::HTTP.raw_key] = match http {
+        Ok(h) => h.raw,
         Err(e) => json!({"error": format!("{e:#}")}),
     };
     if let Some(left) = leftovers() {
@@ -175,6 +201,47 @@ fn same_node_only(args: BenchArgs) -> Result<()> {
 /// `cargo xtask bench cross-node`: only the cross-node scenario; its section, rows and raw
 /// samples replace the old ones in results.md and results.json, the rest stays.
 fn cross_node_only(args: BenchArgs) -> Result<()> {
+    let quick = args.quick;
+    section_only(args, &sections::CROSS_NODE, |plan, machine| {
+        let cross = cross_node::run(&release_dir(), plan);
+        // A failed scenario leaves the last results alone.
+        let cross = Ok(cross.context("cross-node scenario (results files left unchanged)")?);
+        Ok(SectionRun {
+            text: cross_node::section(&cross, machine, quick),
+            rows: cross_node::json_rows(&cross),
+            raw: cross.map(|c| c.raw).unwrap_or_default(),
+        })
+    })
+}
+
+/// `cargo xtask bench http`: only the HTTP scenario, its section replaced as above.
+fn http_only(args: BenchArgs) -> Result<()> {
+    let (quick, agent) = (args.quick, args.agent_or_default());
+    section_only(args, &sections::HTTP, |plan, machine| {
+        let http = http::run(&agent, &release_dir(), plan);
+        let http = Ok(http.context("HTTP scenario (results files left unchanged)")?);
+        Ok(SectionRun {
+            text: http_report::section(&http, machine, quick),
+            rows: http_report::json_rows(&http),
+            raw: http.map(|h| h.raw).unwrap_or_default(),
+        })
+    })
+}
+
+/// What a scenario with a section of its own produced.
+struct SectionRun {
+    text: String,
+    rows: Vec<serde_json::Value>,
+    raw: serde_json::Value,
+}
+
+/// Builds (unless --no-build), runs `measure` and puts its section in place of the old one in
+/// results.md and results.json (or writes files with only this section when there are none).
+fn section_only(
+    args: BenchArgs,
+    which: &sections::Section,
+    measure: impl FnOnce(&Plan, &Machine) -> Result<SectionRun>,
+) -> Result<()> {
     if !args.no_build {
         setup::build_all(true)?;
     }
@@ -182,37 +249,36 @@ fn cross_node_only(args: BenchArgs) -> Result<()> {
     let plan = Plan::new(args.quick, args.repeats);
     let mut machine = Machine::describe();
     let started = Instant::now();
-    let cross = cross_node::run(&release_dir(), &plan);
+    let mut run = measure(&plan, &machine)?;
     machine.took_seconds = started.elapsed().as_secs_f64();
-    // A failed scenario leaves the last results alone.
-    let cross = Ok(cross.context("cross-node scenario (results files left unchanged)")?);
-    let mut section = cross_node::section(&cross, &machine, args.quick);
     if let Some(left) = leftovers() {
-        section.push_str(&format!("\nWarning: left behind after cleanup: {left}\n"));
+        run.text
+            .push_str(&format!("\nWarning: left behind after cleanup: {left}\n"));
     }
-    let rows = cross_node::json_rows(&cross);
-    let raw = cross.map(|c| c.raw).unwrap_or_default();
-
     let md_path = out_dir.join("results.md");
     match report::earlier_results(&out_dir)? {
         Some((md, mut js)) => {
-            cross_node::splice::json(&mut js, rows, &section, raw);
-            report::write_results(&out_dir, &cross_node::splice::markdown(&md, &section), &js)?;
+            which.splice_json(&mut js, run.rows, &run.text, run.raw);
+            report::write_results(&out_dir, &which.splice_markdown(&md, &run.text), &js)?;
         }
-        // No earlier full run: a results file with only this section.
-        None => Report {
-            machine: &machine,
-            rows: &[],
-            notes: std::slice::from_ref(&section),
-            raw: json!({ "cross_node": raw }),
-            quick: args.quick,
-            more_rows: rows,
+        None => {
+            let mut raw = json!({});
+            raw[which.raw_key] = run.raw;
+            Report {
+                machine: &machine,
+                rows: &[],
+                notes: std::slice::from_ref(&run.text),
+                raw,
+                quick: args.quick,
+                more_rows: run.rows,
+            }
+            .write(&out_dir)?
         }
-        .write(&out_dir)?,
     }
-    println!("{section}");
+    println!("{}", run.text);
     progress(&format!(
-        "updated the cross-node section of {} and results.json",
+        "updated the {} section of {} and results.json",
+        which.heading.trim_start_matches("## "),
         md_path.display()
     ));
     Ok(())

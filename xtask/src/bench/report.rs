@@ -176,6 +176,8 @@ fn decimals(unit: &str) -> usize {
         "MB" => 1,
         "KB" => 1,
         "s/GB" => 3,
+        "req/s" => 0,
+        "%" => 1,
         _ => 2,
     }
 }

@@ -8,11 +8,11 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use super::cross_node;
 use super::machine::{Machine, Noise};
 use super::report::{Report, Row};
 use super::scenario::{Bench, Plan, Samples};
 use super::section;
+use super::sections;
 use super::testbed::Testbed;
 use crate::cmd::progress;
 use crate::setup;
@@ -87,7 +87,7 @@ pub fn run(agent: &Path, plan: &Plan, iptables: Result<(), String>) -> Result<Sa
 }
 
 /// results.md and results.json with the same-node part (header, table, notes) replaced by
-/// `report`'s and the sections after it (cross-node, control plane) kept from `old_md` /
+/// `report`'s and the sections after it (cross-node, HTTP, control plane) kept from `old_md` /
 /// `old_json`.
 pub mod splice {
     use super::*;
@@ -112,33 +112,31 @@ pub mod splice {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|r| {
-                r["what"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with(cross_node::ROW_PREFIX)
-            })
+            .filter(|r| sections::is_section_row(r["what"].as_str().unwrap_or("")))
             .cloned()
             .collect();
         let kept_notes: Vec<Value> = old["notes"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|n| n.as_str().unwrap_or("").trim_start().starts_with("## "))
+            .filter(|n| sections::is_section_note(n.as_str().unwrap_or("")))
             .cloned()
             .collect();
         let mut rows = new["rows"].as_array().cloned().unwrap_or_default();
         rows.extend(kept_rows);
         let mut notes = new["notes"].as_array().cloned().unwrap_or_default();
         notes.extend(kept_notes);
-        let cross = old["raw"]["cross_node"].take();
+        let kept_raw: Vec<(&str, Value)> = sections::ALL
+            .iter()
+            .map(|s| (s.raw_key, old["raw"][s.raw_key].take()))
+            .collect();
         old["machine"] = new["machine"].clone();
         old["quick"] = new["quick"].clone();
         old["rows"] = Value::Array(rows);
         old["notes"] = Value::Array(notes);
         old["raw"] = new["raw"].clone();
-        if !cross.is_null() {
-            old["raw"]["cross_node"] = cross;
+        for (key, raw) in kept_raw.into_iter().filter(|(_, v)| !v.is_null()) {
+            old["raw"][key] = raw;
         }
     }
 }

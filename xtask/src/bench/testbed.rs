@@ -234,7 +234,7 @@ impl Testbed {
 
 /// The bench's own subnet, away from the low indices the tests and the demo use, so it can
 /// run while they do.
-fn new_bridge() -> Result<Bridge> {
+pub(super) fn new_bridge() -> Result<Bridge> {
     let mut last = None;
     for index in (40..=55).rev() {
         match Bridge::new(index) {

@@ -20,7 +20,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 pub const ROUTES_HELP: &str = "\
-Every response carries `x-served-by: <NAME>` and `server: pod-tool`. By path (the query is \
+Every response carries `x-served-by: <NAME>` and `server: pod-tool`; with `--delay-ms`, \
+every answer but `/stats` comes that much later. By path (the query is \
 ignored for routing):
   /, anything unlisted  `name=<NAME> peer=<client addr> local=<local addr>`
   /status/<code>        answers <code> (200-599)
@@ -50,6 +51,8 @@ pub struct Server {
     connections: AtomicU64,
     /// Requests per path (no query), which also numbers the requests of `/flaky/<n>`.
     by_path: Mutex<BTreeMap<String, u64>>,
+    /// Added before every answer but `/stats`: a slower endpoint for balancing tests.
+    delay: Duration,
 }
 
 impl Server {
@@ -62,7 +65,13 @@ impl Server {
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             by_path: Mutex::default(),
+            delay: Duration::ZERO,
         })
+    }
+
+    /// Answers every request but `/stats` `delay` later.
+    pub fn with_delay(self, delay: Duration) -> Server {
+        Server { delay, ..self }
     }
 
     /// Counts the request; returns how many came to this path before it.
@@ -166,6 +175,9 @@ async fn respond(server: &Server, default_body: Bytes, req: Request<Incoming>) -
         Route::Stats => 0,
         _ => server.count(&path),
     };
+    if route != Route::Stats && !server.delay.is_zero() {
+        tokio::time::sleep(server.delay).await;
+    }
     match route {
         Route::Default => full(StatusCode::OK, default_body),
         Route::Status(code) => full(code, format!("status={}\n", code.as_u16())),

@@ -72,6 +72,9 @@ enum Cmd {
         /// Name reported in every response.
         #[arg(long)]
         name: String,
+        /// Answer every request (but `/stats`) this many milliseconds later.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// One HTTP request (GET unless --method); prints the body. Exit 1 on network errors, 22
     /// on a non-2xx status.
@@ -226,8 +229,13 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::HttpServe { listen, name } => {
-            let server = http_serve::Server::new(&name)?;
+        Cmd::HttpServe {
+            listen,
+            name,
+            delay_ms,
+        } => {
+            let server =
+                http_serve::Server::new(&name)?.with_delay(Duration::from_millis(delay_ms));
             tcp::serve(&listen, tcp::Handler::Http(server.into()))
         }
         Cmd::BannerServe { listen, banner } => {

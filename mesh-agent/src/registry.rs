@@ -153,8 +153,14 @@ impl Registry {
             }
             None => (service, None, port.target()),
         };
-        let client = source.client(snapshot, backend, None);
-        let endpoints = self.endpoints(snapshot, backend, subset, target, original.ip(), &client);
+        // HTTP ports pick per request (a pick here would advance the policy's state for
+        // nothing); `auto` ports need endpoints in case the client does not speak HTTP.
+        let endpoints = if port.protocol.is_http() {
+            Picked::fixed(Vec::new())
+        } else {
+            let client = source.client(snapshot, backend, None);
+            self.endpoints(snapshot, backend, subset, target, original.ip(), &client)
+        };
         if endpoints.order.is_empty() && !port.protocol.may_be_http() {
             return Route::Refused(Failure::NoEndpoint);
         }
@@ -453,6 +459,44 @@ spec: {uid: c, ips: ["10.0.1.1"], node: n1, locality: {region: r, zone: b}}
             .map(|_| first("10.96.0.21:80", "10.0.1.1"))
             .collect();
         assert_eq!(local, HashSet::from([sa("10.0.0.2:80"), sa("10.0.0.4:80")]));
+    }
+
+    /// An HTTP port's connection picks nothing: each of its requests does. (A pick per
+    /// connection as well would shift `weighted` and round robin by one per connection.)
+    #[test]
+    fn http_ports_pick_per_request_not_per_connection() {
+        let yaml = r#"
+apiVersion: mesh/v1
+kind: Service
+metadata: {name: web}
+spec:
+  vips: ["10.96.0.10"]
+  ports: [{port: 80, targetPort: 8080, protocol: http}]
+  selector: {app: web}
+---
+apiVersion: mesh/v1
+kind: Workload
+metadata: {name: web-1}
+spec: {uid: w1, ips: ["10.0.0.1"], node: n1, labels: {app: web}}
+---
+apiVersion: mesh/v1
+kind: Workload
+metadata: {name: web-2}
+spec: {uid: w2, ips: ["10.0.0.2"], node: n1, labels: {app: web}}
+"#;
+        let snapshot = Snapshot::from_resources(mesh_api::load_str("t.yaml", yaml).unwrap());
+        let r = Registry::new(snapshot.unwrap(), "test".into());
+        for _ in 0..3 {
+            match r.route_from_client(sa("10.96.0.10:80")) {
+                Route::Service { endpoints, .. } => assert!(endpoints.order.is_empty()),
+                other => panic!("{other:?}"),
+            }
+        }
+        let snapshot = r.snapshot();
+        let web = snapshot.service("default", "web").unwrap();
+        let ip = "10.96.0.10".parse().unwrap();
+        let first = r.endpoints(&snapshot, web, None, 8080, ip, &Client::default());
+        assert_eq!(first.order, [sa("10.0.0.1:8080"), sa("10.0.0.2:8080")]);
     }
 
     #[test]

@@ -174,10 +174,10 @@ pub struct ConnectionPool {
     /// Retries in flight. Default 3.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
-    /// Omitted: the agent's connect timeout.
+    /// Omitted: MeshConfig `connectTimeoutMs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
-    /// A connection idle this long is closed. Omitted: no idle timeout of the service's own.
+    /// A connection idle this long is closed. Omitted: MeshConfig `idleTimeoutMs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
 }

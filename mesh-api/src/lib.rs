@@ -3,7 +3,8 @@
 //! connection.
 //!
 //! Kinds: [`Service`], [`Workload`], [`Route`], [`AuthorizationPolicy`],
-//! [`PeerAuthentication`] (all namespaced) and [`MeshConfig`] (cluster-scoped singleton).
+//! [`PeerAuthentication`], [`RequestAuthentication`] (all namespaced) and [`MeshConfig`]
+//! (cluster-scoped singleton).
 //!
 //! ```
 //! let resources = mesh_api::load_str("example.yaml", r#"
@@ -27,6 +28,7 @@ mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod jwt;
 mod key;
 pub mod limits;
 mod load;
@@ -35,6 +37,7 @@ mod meta;
 mod observability;
 mod peer_auth;
 mod percent;
+mod request_auth;
 mod resource;
 mod route;
 mod service;
@@ -45,7 +48,8 @@ mod workload;
 mod yaml_events;
 
 pub use authz::{
-    AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzRule, Operation, Peer, Source,
+    normalize_path, AuthorizationPolicy, AuthorizationPolicySpec, AuthzAction, AuthzRule,
+    Condition, ConditionKey, HttpRequest, Operation, Peer, Source,
 };
 pub use balancing::{
     ConnectionPool, HashKey, HashOn, LbPolicy, LoadBalancer, Locality, OutlierDetection,
@@ -64,6 +68,9 @@ pub use meta::{Labels, ObjectKey, ObjectMeta, DEFAULT_NAMESPACE};
 pub use observability::{AccessLog, AccessLogFormat, Observability, Tracing, ACCESS_LOG_STDOUT};
 pub use peer_auth::{MtlsMode, PeerAuthentication, PeerAuthenticationSpec};
 pub use percent::Percent;
+pub use request_auth::{
+    ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication, RequestAuthenticationSpec,
+};
 pub use resource::{Resource, API_VERSION};
 pub use route::{
     parse_query, Backend, CompiledRoute, Fault, FaultAbort, FaultDelay, HeaderOps, HeaderRules,

@@ -14,6 +14,7 @@ use crate::key::ResourceKey;
 use crate::mesh_config::MeshConfig;
 use crate::meta::{ObjectKey, ObjectMeta, DEFAULT_NAMESPACE};
 use crate::peer_auth::PeerAuthentication;
+use crate::request_auth::RequestAuthentication;
 use crate::route::Route;
 use crate::service::Service;
 use crate::validate::Checker;
@@ -115,6 +116,7 @@ resources!(
     Route,
     AuthorizationPolicy,
     PeerAuthentication,
+    RequestAuthentication,
     MeshConfig,
 );
 

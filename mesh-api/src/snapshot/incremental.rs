@@ -130,7 +130,8 @@ impl ConfigIndex {
                             Resource::Service(s) => self.service_fits(s),
                             Resource::Route(r) => self.route_fits(r),
                             // No cross-resource rules.
-                            Resource::AuthorizationPolicy(_) => true,
+                            Resource::AuthorizationPolicy(_)
+                            | Resource::RequestAuthentication(_) => true,
                             Resource::PeerAuthentication(_) | Resource::MeshConfig(_) => false,
                         }
                 }

@@ -2,8 +2,10 @@
 //! connection. Build a new one on every config change and swap it in.
 //!
 //! This file holds construction and the service/workload indexes; `traffic.rs` adds routes,
-//! `security.rs` authorization and peer authentication, `mesh.rs` the mesh config.
+//! `security.rs` authorization and peer authentication, `authn.rs` request authentication,
+//! `mesh.rs` the mesh config.
 
+mod authn;
 mod incremental;
 #[cfg(test)]
 mod incremental_tests;
@@ -20,6 +22,7 @@ use crate::error::{ConfigError, Issue};
 use crate::mesh_config::{MeshConfig, MeshConfigSpec};
 use crate::meta::ObjectKey;
 use crate::peer_auth::PeerAuthentication;
+use crate::request_auth::RequestAuthentication;
 use crate::resource::{Kind, Resource};
 use crate::route::Route;
 use crate::service::Service;
@@ -57,6 +60,9 @@ pub struct Snapshot {
     /// namespace -> its selector policies, ascending.
     peer_auth_selectors: HashMap<String, Vec<usize>>,
 
+    request_authentications: Vec<RequestAuthentication>,
+    authn: authn::AuthnIndex,
+
     mesh_config: Option<MeshConfig>,
     /// `mesh_config`'s spec, or the defaults.
     mesh: MeshConfigSpec,
@@ -76,6 +82,7 @@ impl Snapshot {
         let mut routes = BTreeMap::new();
         let mut authz = BTreeMap::new();
         let mut peer_auths = BTreeMap::new();
+        let mut request_auths = BTreeMap::new();
         let mut mesh_configs = BTreeMap::new();
         for resource in resources {
             issues.extend(resource.issues());
@@ -87,6 +94,9 @@ impl Snapshot {
                 Resource::Route(r) => insert_new(&mut routes, key.clone(), r),
                 Resource::AuthorizationPolicy(r) => insert_new(&mut authz, key.clone(), r),
                 Resource::PeerAuthentication(r) => insert_new(&mut peer_auths, key.clone(), r),
+                Resource::RequestAuthentication(r) => {
+                    insert_new(&mut request_auths, key.clone(), r)
+                }
                 Resource::MeshConfig(r) => insert_new(&mut mesh_configs, key.clone(), r),
             };
             if duplicate {
@@ -105,6 +115,7 @@ impl Snapshot {
             routes: routes.into_values().collect(),
             authorization_policies: authz.into_values().collect(),
             peer_authentications: peer_auths.into_values().collect(),
+            request_authentications: request_auths.into_values().collect(),
             ..Snapshot::default()
         };
         snap.index_workloads(&mut issues);
@@ -114,6 +125,7 @@ impl Snapshot {
         snap.index_routes(&mut issues);
         snap.index_authorization_policies();
         snap.index_peer_authentications(&mut issues);
+        snap.index_request_authentications();
 
         if issues.is_empty() {
             Ok(snap)
@@ -335,7 +347,8 @@ impl Snapshot {
     }
 
     /// Everything back as resources, kind by kind in [`Resource::KINDS`] order (services,
-    /// workloads, routes, authorization policies, peer authentications, mesh config), each
+    /// workloads, routes, authorization policies, peer authentications, request
+    /// authentications, mesh config), each
     /// in key order; for config dumps and `meshctl get`. A defaulted mesh config is not
     /// included.
     pub fn resources(&self) -> Vec<Resource> {
@@ -347,6 +360,7 @@ impl Snapshot {
             .chain(all(&self.routes))
             .chain(all(&self.authorization_policies))
             .chain(all(&self.peer_authentications))
+            .chain(all(&self.request_authentications))
             .chain(self.mesh_config.iter().cloned().map(Resource::from))
             .collect()
     }

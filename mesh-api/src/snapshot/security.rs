@@ -1,11 +1,11 @@
 //! Authorization policies and peer authentication in a snapshot: which apply to a workload,
-//! and what they decide.
+//! and what they decide, for a connection or for one HTTP request.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{find_sorted, issue, Snapshot};
-use crate::authz::{AuthorizationPolicy, AuthzAction, Peer};
+use crate::authz::{AuthorizationPolicy, AuthzAction, HttpRequest, Peer, Subject};
 use crate::error::Issue;
 use crate::mesh_config::DefaultPolicy;
 use crate::peer_auth::{MtlsMode, PeerAuthentication};
@@ -48,20 +48,34 @@ impl Snapshot {
     /// its labels. In `(namespace, name)` order.
     pub fn policies_for(&self, workload: &Workload) -> Vec<&AuthorizationPolicy> {
         let root = self.mesh.root_namespace.as_str();
+        self.in_scope(workload, &self.authz_by_namespace, |i| {
+            self.authorization_policies[i].applies_to(workload, root)
+        })
+        .into_iter()
+        .map(|i| &self.authorization_policies[i])
+        .collect()
+    }
+
+    /// Indexes (ascending) from `by_namespace` of the workload's namespace and the root
+    /// namespace for which `applies` holds: how workload policies of any kind are scoped.
+    pub(super) fn in_scope(
+        &self,
+        workload: &Workload,
+        by_namespace: &HashMap<String, Vec<usize>>,
+        applies: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        let root = self.mesh.root_namespace.as_str();
         let ns = workload.metadata.namespace.as_str();
         let namespaces: &[&str] = if ns == root { &[ns] } else { &[ns, root] };
         let mut found: Vec<usize> = namespaces
             .iter()
-            .filter_map(|n| self.authz_by_namespace.get(*n))
+            .filter_map(|n| by_namespace.get(*n))
             .flatten()
             .copied()
-            .filter(|&i| self.authorization_policies[i].applies_to(workload, root))
+            .filter(|&i| applies(i))
             .collect();
         found.sort_unstable();
         found
-            .into_iter()
-            .map(|i| &self.authorization_policies[i])
-            .collect()
     }
 
     /// Whether `peer` may connect to `port` (the port the workload listens on) of `workload`:
@@ -71,7 +85,29 @@ impl Snapshot {
     /// 3. otherwise the mesh's `defaultPolicy` decides (ALLOW unless configured).
     ///
     /// AUDIT policies never change the outcome; a match is reported in `audit`.
+    ///
+    /// Judged without HTTP: a rule that needs the request (see
+    /// [`crate::AuthzRule::needs_http`]) matches in a DENY policy and not in the others. On
+    /// a port where [`Snapshot::needs_request_security`] holds, judge each request with
+    /// [`Snapshot::authorize_request`] instead.
     pub fn authorize(&self, workload: &Workload, peer: &Peer<'_>, port: u16) -> AuthzDecision<'_> {
+        self.decide(workload, &Subject::new(peer, port, None))
+    }
+
+    /// Whether `request`, from `peer` to `port` of `workload`, may pass: the same order as
+    /// [`Snapshot::authorize`], with every rule judged on the request (its method, path,
+    /// host, headers and verified JWT).
+    pub fn authorize_request(
+        &self,
+        workload: &Workload,
+        peer: &Peer<'_>,
+        port: u16,
+        request: &HttpRequest<'_>,
+    ) -> AuthzDecision<'_> {
+        self.decide(workload, &Subject::new(peer, port, Some(request)))
+    }
+
+    fn decide(&self, workload: &Workload, subject: &Subject<'_>) -> AuthzDecision<'_> {
         let policies = self.policies_for(workload);
         let matching = |action: AuthzAction| {
             policies
@@ -79,13 +115,13 @@ impl Snapshot {
                 .copied()
                 .filter(move |p| p.spec.action == action)
         };
-        let audit = matching(AuthzAction::Audit).find(|p| p.matches(peer, port));
+        let audit = matching(AuthzAction::Audit).find(|p| p.matches_subject(subject));
         let decide = |allowed, reason| AuthzDecision {
             allowed,
             reason,
             audit,
         };
-        if let Some(p) = matching(AuthzAction::Deny).find(|p| p.matches(peer, port)) {
+        if let Some(p) = matching(AuthzAction::Deny).find(|p| p.matches_subject(subject)) {
             return decide(false, AuthzReason::Denied(p));
         }
         let mut allows = matching(AuthzAction::Allow).peekable();
@@ -96,7 +132,7 @@ impl Snapshot {
                 AuthzReason::Default(default),
             );
         }
-        match allows.find(|p| p.matches(peer, port)) {
+        match allows.find(|p| p.matches_subject(subject)) {
             Some(p) => decide(true, AuthzReason::Allowed(p)),
             None => decide(false, AuthzReason::NoAllowMatched),
         }

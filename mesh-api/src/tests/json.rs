@@ -63,7 +63,7 @@ fn from_json_reports_like_the_loader() {
     );
     assert_eq!(
         json_err(r#"{"apiVersion":"mesh/v1","kind":"Nope","metadata":{"name":"n"}}"#),
-        ["Nope default/n: kind: unknown kind \"Nope\", expected one of: Service, Workload, Route, AuthorizationPolicy, PeerAuthentication, MeshConfig"]
+        ["Nope default/n: kind: unknown kind \"Nope\", expected one of: Service, Workload, Route, AuthorizationPolicy, PeerAuthentication, RequestAuthentication, MeshConfig"]
     );
     assert_eq!(
         json_err(r#"{"apiVersion":"mesh/v1","kind":"#),

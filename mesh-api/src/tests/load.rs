@@ -79,6 +79,7 @@ fn loads_a_file_with_every_kind() {
             "PeerAuthentication mesh-system/default",
             "PeerAuthentication bookinfo/ratings-metrics",
             "PeerAuthentication bookinfo/productpage-edge",
+            "RequestAuthentication bookinfo/productpage-users",
         ]
     );
     let Resource::Route(route) = &resources[10] else {
@@ -267,7 +268,7 @@ fn error_for_envelope_problems() {
     let unknown_kind = svc_doc(GOOD_SPEC).replace("kind: Service", "kind: Gateway");
     assert_eq!(
         load_err(&unknown_kind),
-        ["config.yaml: Gateway default/reviews: kind: unknown kind \"Gateway\", expected one of: Service, Workload, Route, AuthorizationPolicy, PeerAuthentication, MeshConfig"]
+        ["config.yaml: Gateway default/reviews: kind: unknown kind \"Gateway\", expected one of: Service, Workload, Route, AuthorizationPolicy, PeerAuthentication, RequestAuthentication, MeshConfig"]
     );
     let no_kind = svc_doc(GOOD_SPEC).replace("kind: Service\n", "");
     assert_eq!(

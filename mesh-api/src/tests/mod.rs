@@ -3,9 +3,11 @@
 mod balancing;
 mod fuzz;
 mod json;
+pub(crate) mod jwt_keys;
 mod limits;
 mod load;
 mod policy;
+mod request_security;
 mod route_checks;
 mod route_matching;
 mod routes;

@@ -94,9 +94,9 @@ fn authorization_policy_parse_errors_have_paths() {
     assert_eq!(
         load_err(&authz(
             "{name: p}",
-            "  action: DENY\n  rules: [{to: {methods: [GET]}}]\n"
+            "  action: DENY\n  rules: [{to: {verbs: [GET]}}]\n"
         )),
-        ["config.yaml: AuthorizationPolicy default/p: spec.rules[0].to.methods: unknown field `methods`, expected `ports`"]
+        ["config.yaml: AuthorizationPolicy default/p: spec.rules[0].to.verbs: unknown field `verbs`, expected one of `ports`, `hosts`, `methods`, `paths`, `notHosts`, `notMethods`, `notPaths`"]
     );
     assert_eq!(
         load_err(&authz("{name: p}", "  rules: []\n")),

@@ -123,6 +123,7 @@ fn every_kind_round_trips_through_a_snapshot() {
         ("Route", 1),
         ("AuthorizationPolicy", 5),
         ("PeerAuthentication", 3),
+        ("RequestAuthentication", 1),
         ("MeshConfig", 1),
     ] {
         expected.extend(std::iter::repeat_n(kind, n));
@@ -144,6 +145,7 @@ fn every_kind_round_trips_through_a_snapshot() {
             "bookinfo/productpage-edge",
             "bookinfo/ratings-metrics",
             "mesh-system/default",
+            "bookinfo/productpage-users",
             "mesh",
         ]
     );

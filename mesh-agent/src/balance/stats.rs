@@ -31,3 +31,8 @@ pub fn chi_square(observed: &[u64], expected_weights: &[f64]) -> f64 {
         })
         .sum()
 }
+
+/// Critical values at the 10^-6 significance level for 2 and 3 degrees of freedom (index =
+/// df), for tests that draw from the thread's RNG and so cannot be seeded: loose enough that
+/// a correct balancer fails once in a million runs, far below what a biased one produces.
+pub const CHI_SQUARE_1E_6: [f64; 4] = [f64::NAN, 23.928, 27.631, 30.665];

@@ -7,8 +7,14 @@
 //! [`FuzzRequest`]) and matched against a route using every kind of condition, and its
 //! query string is parsed: the parts of route matching that see network input.
 
+mod request_security;
+
 use std::net::IpAddr;
 use std::sync::OnceLock;
+
+pub use request_security::{
+    exercise_request_security, sample_request, NOW, SAMPLE_JWKS, SAMPLE_TOKENS,
+};
 
 use crate::{
     load_str, parse_query, CompiledRoute, Peer, RequestAttributes, Resource, ResourceKey, Snapshot,

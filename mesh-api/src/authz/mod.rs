@@ -61,6 +61,17 @@ pub enum AuthzAction {
     Audit,
 }
 
+impl AuthzAction {
+    /// As written in a policy: `ALLOW`, `DENY` or `AUDIT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthzAction::Allow => "ALLOW",
+            AuthzAction::Deny => "DENY",
+            AuthzAction::Audit => "AUDIT",
+        }
+    }
+}
+
 /// One rule: the connection (or request) must satisfy `from`, `to` and every `when`
 /// condition (an omitted one always holds).
 ///

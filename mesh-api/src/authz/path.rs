@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 
 /// The normalised form of a request path (without the query): percent-escapes of unreserved
-/// characters (`A-Z a-z 0-9 - . _ ~`) decoded and other escapes' hex digits uppercased, runs
+/// characters (`A-Z a-z 0-9 - . _ ~`) decoded, other escapes' hex digits uppercased, a `%`
+/// that starts no escape written as `%25`, runs
 /// of `/` merged, and `.` and `..` segments removed (RFC 3986, section 5.2.4; `..` above
 /// the root stays at the root). A trailing `/` is kept. Escaped slashes (`%2F`) stay escaped:
 /// they are not segment boundaries. Text not starting with `/` (`*`, an absolute URI) is
@@ -72,6 +73,12 @@ fn decode_unreserved(raw: &str) -> Cow<'_, str> {
                 out.extend(digits.map(|d| b"0123456789ABCDEF"[usize::from(d)]));
                 i += 3;
             }
+            // A `%` that starts no escape is written as one (`%25`), so decoding never
+            // makes a new escape out of it and what follows (`%%61` is `%25a`, not `%a`).
+            None if b == b'%' => {
+                out.extend(b"%25");
+                i += 1;
+            }
             None => {
                 out.push(b);
                 i += 1;
@@ -111,7 +118,10 @@ mod tests {
             ("//", "/"),
             ("/a%2fb", "/a%2Fb"),
             ("/a%2Fb/../c", "/c"),
-            ("/%zz/%4", "/%zz/%4"),
+            ("/%zz/%4", "/%25zz/%254"),
+            // Decoding never makes a new escape: normalising twice changes nothing.
+            ("/%%61d", "/%25ad"),
+            ("/%2%61", "/%252a"),
             ("/%c3%a9", "/%C3%A9"),
             ("/é/./x", "/é/x"),
             ("/.well-known/x", "/.well-known/x"),
@@ -123,5 +133,9 @@ mod tests {
         }
         assert!(matches!(normalize_path("/api/v1"), Cow::Borrowed(_)));
         assert!(matches!(normalize_path("/.well-known/x"), Cow::Borrowed(_)));
+        for raw in ["/%%61d", "/%2%61", "/%%%32%35", "/a/%2e%2E/%2e/b"] {
+            let once = normalize_path(raw);
+            assert_eq!(normalize_path(&once), once, "{raw}");
+        }
     }
 }

@@ -158,28 +158,17 @@ impl Authenticated {
     }
 }
 
-/// A claim as header text: scalars as their text, lists of scalars comma-separated.
+/// A claim as header text: scalars as their text, lists of scalars comma-separated;
+/// `None` for objects, nulls, and text a header cannot carry.
 fn header_text(value: &Value) -> Option<String> {
     let mut parts = Vec::new();
-    let whole = match value {
-        Value::Array(_) => {
-            any_claim_text(value, &mut |t| {
-                parts.push(t.to_owned());
-                false
-            });
-            parts.join(",")
-        }
-        Value::Object(_) | Value::Null => return None,
-        _ => {
-            any_claim_text(value, &mut |t| {
-                parts.push(t.to_owned());
-                false
-            });
-            parts.pop()?
-        }
-    };
+    any_claim_text(value, &mut |text| {
+        parts.push(text.to_owned());
+        false
+    });
+    let whole = parts.join(",");
     let fits = whole.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-    fits.then_some(whole)
+    (!parts.is_empty() && fits).then_some(whole)
 }
 
 /// One `jwtRule`, ready to use.
@@ -316,7 +305,7 @@ impl JwtRules {
                     return Ok(Some(Authenticated {
                         principal,
                         payload: parsed.payload.to_owned(),
-                        claims: parsed.claims.clone(),
+                        claims: parsed.claims,
                         locations,
                         rule: rule.clone(),
                     }))

@@ -700,6 +700,20 @@ fn summary(resource: &Resource) -> String {
         ),
         // `service=reviews rules=2 canary: GET /api* x-canary=true -> reviews/v2:10,...`
         Resource::Route(r) => r.summary(),
+        // `action=ALLOW rules=2 http`: `http` when some rule is judged per request.
+        Resource::AuthorizationPolicy(p) => {
+            let http = p.spec.rules.iter().any(|r| r.needs_http());
+            format!(
+                "action={} rules={}{}",
+                p.spec.action.as_str(),
+                p.spec.rules.len(),
+                if http { " http" } else { "" }
+            )
+        }
+        Resource::RequestAuthentication(r) => {
+            let issuers: Vec<&str> = r.spec.jwt_rules.iter().map(|j| j.issuer.as_str()).collect();
+            format!("issuers={}", table::list(&issuers, 2 * LIST_BUDGET))
+        }
         _ => String::new(),
     }
 }

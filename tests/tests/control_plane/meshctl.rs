@@ -187,6 +187,8 @@ fn meshctl_commands_work_end_to_end() {
         "{security}"
     );
     assert!(!security.contains("web-route"), "{security}");
+    // A policy's row shows its action and rule count (and `http` if judged per request).
+    assert!(security.contains("action=ALLOW rules=1"), "{security}");
     let not_a_rule = write_temp(&mesh_tests::mesh::service_yaml(
         "x",
         &[ip("10.96.0.41")],

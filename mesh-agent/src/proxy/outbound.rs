@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use super::dial::{connect_first, Upstream};
 use super::http::{self, HttpTarget};
 use super::relay::{relay, relay_stream};
-use super::telemetry::{rfc3339, ConnectionRecord, PeerLabels};
+use super::telemetry::{ConnectionRecord, PeerLabels};
 use super::PodContext;
 use crate::balance::Picked;
 use crate::metrics::Failure;
@@ -99,7 +99,7 @@ async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context:
     telemetry.tcp_closed(&labels, sent, received);
     if let Some(path) = log_path {
         let record = ConnectionRecord {
-            start_time: rfc3339(started.1),
+            start_time: started.1,
             protocol: "tcp",
             duration_ms: started.0.elapsed().as_secs_f64() * 1000.0,
             bytes_sent: sent,

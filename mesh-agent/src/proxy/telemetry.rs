@@ -4,6 +4,7 @@
 //! flags; never paths or addresses.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mesh_api::{Service, Snapshot, Workload};
@@ -106,11 +107,35 @@ pub struct RequestLabels {
     pub response_flags: String,
     /// Last: the derive hands its encoder to a flattened field.
     #[prometheus(flatten)]
-    pub peers: PeerLabels,
+    pub peers: SharedPeerLabels,
+}
+
+/// [`PeerLabels`] shared by the requests of a connection to one endpoint: built once, not
+/// per request (they are a dozen strings).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct SharedPeerLabels(pub Arc<PeerLabels>);
+
+impl EncodeLabelSet for SharedPeerLabels {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+}
+
+/// The series of one request label set, shared with the families that export them.
+#[derive(Clone)]
+struct RequestHandles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
 }
 
 pub struct Telemetry {
     registry: Mutex<Registry>,
+    handles: parking_lot::RwLock<rustc_hash::FxHashMap<RequestLabels, RequestHandles>>,
     tcp_opened: Family<PeerLabels, Counter>,
     tcp_closed: Family<PeerLabels, Counter>,
     tcp_sent: Family<PeerLabels, Counter>,
@@ -132,6 +157,7 @@ impl Default for Telemetry {
     fn default() -> Telemetry {
         let telemetry = Telemetry {
             registry: Mutex::new(Registry::default()),
+            handles: Default::default(),
             tcp_opened: Family::default(),
             tcp_closed: Family::default(),
             tcp_sent: Family::default(),
@@ -197,7 +223,8 @@ fn bytes_histogram() -> Histogram {
 /// One finished request, for the metrics and the access log line.
 #[derive(Serialize)]
 pub struct RequestRecord {
-    pub start_time: String,
+    #[serde(serialize_with = "serialize_rfc3339")]
+    pub start_time: SystemTime,
     pub method: String,
     pub path: String,
     pub protocol: &'static str,
@@ -222,7 +249,8 @@ pub struct RequestRecord {
 /// One finished L4 connection, for the access log.
 #[derive(Serialize)]
 pub struct ConnectionRecord {
-    pub start_time: String,
+    #[serde(serialize_with = "serialize_rfc3339")]
+    pub start_time: SystemTime,
     pub protocol: &'static str,
     pub duration_ms: f64,
     /// Bytes from the source app, and to it.
@@ -254,20 +282,31 @@ impl Telemetry {
 
     pub fn record(&self, mut record: RequestRecord, metrics: bool, log: Option<&str>) {
         if let (true, Some(labels)) = (metrics, record.labels.take()) {
-            self.requests.get_or_create(&labels).inc();
-            self.duration
-                .get_or_create(&labels)
-                .observe(record.duration_ms);
-            self.request_bytes
-                .get_or_create(&labels)
-                .observe(record.bytes_received as f64);
-            self.response_bytes
-                .get_or_create(&labels)
-                .observe(record.bytes_sent as f64);
+            let handles = self.request_handles(labels);
+            handles.requests.inc();
+            handles.duration.observe(record.duration_ms);
+            handles.request_bytes.observe(record.bytes_received as f64);
+            handles.response_bytes.observe(record.bytes_sent as f64);
         }
         if let Some(path) = log {
             self.log(path, &record);
         }
+    }
+
+    /// The four request series of `labels`, looked up once (with a fast hash) rather than
+    /// once per family: this runs for every request.
+    fn request_handles(&self, labels: RequestLabels) -> RequestHandles {
+        if let Some(handles) = self.handles.read().get(&labels) {
+            return handles.clone();
+        }
+        let handles = RequestHandles {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+        };
+        self.handles.write().insert(labels, handles.clone());
+        handles
     }
 
     /// Writes one JSON line to stdout or to the file `path` (opened on first use, reopened
@@ -308,6 +347,11 @@ impl Telemetry {
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry.lock());
         out
     }
+}
+
+/// Formatted only when a line is written (not per request when the log is off).
+fn serialize_rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*time))
 }
 
 /// RFC 3339 UTC with milliseconds, as access logs usually carry.

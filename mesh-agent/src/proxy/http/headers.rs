@@ -171,8 +171,14 @@ pub fn ensure_ids(headers: &mut HeaderMap, tracing: Option<f64>) -> (String, Opt
 
 /// N random bytes as lowercase hex.
 fn random_hex<const N: usize>() -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let bytes: [u8; N] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(2 * N);
+    for b in bytes {
+        hex.push(char::from(DIGITS[usize::from(b >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    hex
 }
 
 #[cfg(test)]

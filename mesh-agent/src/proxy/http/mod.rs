@@ -29,16 +29,17 @@ mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use mesh_api::{ObjectKey, Protocol};
+use mesh_api::{ObjectKey, Protocol, Service, Snapshot};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
 use super::counted_io::CountedIo;
-use super::telemetry::PeerLabels;
+use super::dial::Security;
+use super::telemetry::{PeerLabels, SharedPeerLabels};
 use super::PodContext;
 use crate::registry::Route;
 
@@ -97,6 +98,55 @@ pub struct Downstream {
     pub context: Arc<PodContext>,
     pub app: SocketAddr,
     pub target: HttpTarget,
+    /// The metric labels of the last destination this connection's requests reached.
+    labels: parking_lot::Mutex<Option<CachedLabels>>,
+}
+
+struct CachedLabels {
+    snapshot: Weak<Snapshot>,
+    service: Option<ObjectKey>,
+    endpoint: Option<SocketAddr>,
+    security: Option<Security>,
+    labels: SharedPeerLabels,
+}
+
+impl Downstream {
+    /// The metric labels for a request of this connection that reached `endpoint` of
+    /// `service`: built when the destination (or the config) changes, else reused.
+    pub fn peer_labels(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        service: Option<&Service>,
+        endpoint: Option<SocketAddr>,
+        security: Option<Security>,
+    ) -> SharedPeerLabels {
+        let service_key = service.map(|s| s.metadata.key());
+        let mut cached = self.labels.lock();
+        if let Some(c) = cached.as_ref() {
+            if Weak::ptr_eq(&c.snapshot, &Arc::downgrade(snapshot))
+                && c.service == service_key
+                && c.endpoint == endpoint
+                && c.security == security
+            {
+                return c.labels.clone();
+            }
+        }
+        let labels = SharedPeerLabels(Arc::new(PeerLabels::new(
+            snapshot,
+            &self.context,
+            service,
+            endpoint,
+            security,
+        )));
+        *cached = Some(CachedLabels {
+            snapshot: Arc::downgrade(snapshot),
+            service: service_key,
+            endpoint,
+            security,
+            labels: labels.clone(),
+        });
+        labels
+    }
 }
 
 /// Serves the app's connection as HTTP/1.1 or HTTP/2 (whichever it speaks) until it closes.
@@ -124,6 +174,7 @@ pub async fn serve_outbound(
         context,
         app,
         target,
+        labels: Default::default(),
     });
     let service = hyper::service::service_fn(move |request| {
         let downstream = downstream.clone();

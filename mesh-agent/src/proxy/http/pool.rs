@@ -26,8 +26,9 @@ use crate::metrics::Failure;
 /// An idle HTTP/1.1 connection older than this is closed rather than reused: servers close
 /// idle keep-alive connections after a while, and a request sent as they do fails.
 const IDLE_LIFETIME: Duration = Duration::from_secs(60);
-/// Idle HTTP/1.1 connections kept per endpoint; more are closed when they go idle.
-const MAX_IDLE: usize = 64;
+/// HTTP/1.1 connections kept per endpoint (busy or idle); one over this serves its request
+/// and closes.
+const MAX_POOLED: usize = 64;
 
 /// Why a request could not be sent.
 #[derive(Debug)]
@@ -40,14 +41,16 @@ pub enum SendError {
 
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// HTTP/1.1 connections by endpoint, busy or idle (`is_ready`).
+    h1: Mutex<HashMap<SocketAddr, Vec<Pooled>>>,
     shared: Mutex<HashMap<SocketAddr, H2Slot>>,
 }
 
-struct Idle {
+struct Pooled {
     sender: http1::SendRequest<ReplayBody>,
     security: Security,
-    since: Instant,
+    /// When it last took a request.
+    used: Instant,
 }
 
 type H2Slot = Arc<tokio::sync::Mutex<Option<(http2::SendRequest<ReplayBody>, Security)>>>;
@@ -71,24 +74,17 @@ impl Pool {
                 .map_err(SendError::Upstream)?;
             return Ok((response, security));
         }
-        let (mut sender, security) = match self.take_idle(endpoint) {
-            Some(idle) => (idle.sender, idle.security),
+        let (mut sender, security) = match self.take_ready(endpoint) {
+            Some(pooled) => (pooled.sender, pooled.security),
             None => self.dial_h1(context, endpoint, app, false).await?,
         };
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(SendError::Upstream)?;
-        // Back to the pool once this response is read to its end (hyper makes the sender
-        // ready then); a connection the server closes or the response leaves unusable is not.
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                if let Some(pool) = pool.upgrade() {
-                    pool.put_idle(endpoint, sender, security);
-                }
-            }
-        });
+        let sending = sender.send_request(request);
+        // Back in the pool at once, busy until hyper makes it ready again (when this response
+        // has been read to its end): no task or wake-up per request to return it. A
+        // connection the server closes, or that the response leaves unusable, never becomes
+        // ready and is dropped by a later checkout.
+        self.put_back(endpoint, sender, security);
+        let response = sending.await.map_err(SendError::Upstream)?;
         Ok((response, security))
     }
 
@@ -103,38 +99,33 @@ impl Pool {
         self.dial_h1(context, endpoint, app, true).await
     }
 
-    /// Connections held (idle HTTP/1.1, shared HTTP/2), for status.
-    pub fn counts(&self) -> (usize, usize) {
-        let idle = self.idle.lock().values().map(Vec::len).sum();
-        let shared = self.shared.lock().len();
-        (idle, shared)
+    /// A pooled connection to `endpoint` that can take a request now. Drops closed ones and
+    /// ones idle for longer than [`IDLE_LIFETIME`].
+    fn take_ready(&self, endpoint: SocketAddr) -> Option<Pooled> {
+        let mut pooled = self.h1.lock();
+        let list = pooled.get_mut(&endpoint)?;
+        let usable = |p: &Pooled| {
+            let idle_too_long = p.sender.is_ready() && p.used.elapsed() >= IDLE_LIFETIME;
+            !p.sender.is_closed() && !idle_too_long
+        };
+        list.retain(usable);
+        let ready = list.iter().position(|p| p.sender.is_ready())?;
+        Some(list.swap_remove(ready))
     }
 
-    fn take_idle(&self, endpoint: SocketAddr) -> Option<Idle> {
-        let mut idle = self.idle.lock();
-        let list = idle.get_mut(&endpoint)?;
-        while let Some(candidate) = list.pop() {
-            if candidate.since.elapsed() < IDLE_LIFETIME && candidate.sender.is_ready() {
-                return Some(candidate);
-            }
-        }
-        None
-    }
-
-    fn put_idle(
+    fn put_back(
         &self,
         endpoint: SocketAddr,
         sender: http1::SendRequest<ReplayBody>,
         security: Security,
     ) {
-        let mut idle = self.idle.lock();
-        let list = idle.entry(endpoint).or_default();
-        list.retain(|i| i.since.elapsed() < IDLE_LIFETIME && !i.sender.is_closed());
-        if list.len() < MAX_IDLE {
-            list.push(Idle {
+        let mut pooled = self.h1.lock();
+        let list = pooled.entry(endpoint).or_default();
+        if list.len() < MAX_POOLED {
+            list.push(Pooled {
                 sender,
                 security,
-                since: Instant::now(),
+                used: Instant::now(),
             });
         }
     }

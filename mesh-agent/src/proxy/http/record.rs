@@ -13,7 +13,7 @@ use super::body::{Observed, RequestBytes};
 use super::errors::{ProxyBody, ProxyError};
 use super::forward::Reached;
 use super::Downstream;
-use crate::proxy::telemetry::{rfc3339, PeerLabels, RequestLabels, RequestRecord};
+use crate::proxy::telemetry::{RequestLabels, RequestRecord};
 
 /// What is known about a request while it is under way.
 pub struct Pending {
@@ -71,22 +71,26 @@ impl Pending {
         // A try that timed out or failed still names the endpoint it went to (as Envoy's
         // upstream host does): a dashboard shows which workload is slow, not "unknown".
         let endpoint = reached.as_ref().map(|r| r.endpoint).or(self.upstream);
-        let peers = PeerLabels::new(
-            snapshot,
-            context,
-            service,
-            endpoint,
-            reached.as_ref().map(|r| r.security),
-        );
+        let security = reached.as_ref().map(|r| r.security);
+        let peers = conn.peer_labels(snapshot, service, endpoint, security);
         let status = response.status().as_u16();
         let header_grpc_status = response
             .headers()
             .get("grpc-status")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok());
-        let source_principal = peers.source_principal.clone();
-        let destination_principal = peers.destination_principal.clone();
-        let destination_service = peers.destination_service.clone();
+        // Owned copies only for an access log line; metrics share the labels.
+        let (source_principal, destination_principal, destination_service) = match log_path {
+            Some(_) => {
+                let p = &peers.0;
+                (
+                    p.source_principal.clone(),
+                    p.destination_principal.clone(),
+                    p.destination_service.clone(),
+                )
+            }
+            None => Default::default(),
+        };
         let labels = RequestLabels {
             peers,
             request_protocol: if self.grpc { "grpc" } else { "http" },
@@ -109,7 +113,7 @@ impl Pending {
                     .unwrap_or_default();
             }
             let record = RequestRecord {
-                start_time: rfc3339(self.started_at),
+                start_time: self.started_at,
                 method: self.method,
                 path: self.path,
                 protocol: labels.request_protocol,

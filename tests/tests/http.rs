@@ -7,6 +7,8 @@
 //! - `resilience`: timeouts, retries, the retry budget, faults, the proxy's own errors.
 //! - `tcp_telemetry`: Istio's TCP metrics and access log lines for L4 connections.
 //! - `status`: `mesh-agent status` and `/config_dump`: protocols, routes, requests per rule.
+//! - `framing`: chunked bodies with trailers, `Expect: 100-continue`, `Connection: close`,
+//!   response trailers on HTTP/1.1 and HTTP/2.
 //! - `protocols`: WebSocket, `auto` ports (HTTP/1, HTTP/2, server-first), gRPC, TCP ports.
 //! - `crossnode`: two nodes: requests routed to another node over HBONE (only TLS on the
 //!   wire), HTTP/2 requests spread over endpoints on both nodes, pooled upstream connections.
@@ -21,6 +23,8 @@
 mod bad_input;
 #[path = "http/crossnode.rs"]
 mod crossnode;
+#[path = "http/framing.rs"]
+mod framing;
 #[path = "http/protocols.rs"]
 mod protocols;
 #[path = "http/resilience.rs"]

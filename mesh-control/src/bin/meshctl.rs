@@ -509,15 +509,25 @@ async fn endpoints(client: &mut AdminClient, command: EndpointsCommand) -> Resul
                     } else {
                         format!("{} ({})", e.health, e.health_detail)
                     };
+                    let locality = if e.locality.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        e.locality.clone()
+                    };
                     vec![
                         format!("{}/{}", e.namespace, e.workload),
                         e.ips.join(","),
                         e.node.clone(),
+                        e.weight.to_string(),
+                        locality,
                         health,
                     ]
                 })
                 .collect();
-            print_table(&["WORKLOAD", "IPS", "NODE", "HEALTH"], rows);
+            print_table(
+                &["WORKLOAD", "IPS", "NODE", "WEIGHT", "LOCALITY", "HEALTH"],
+                rows,
+            );
         }
         EndpointsCommand::Register {
             name,

@@ -382,6 +382,16 @@ impl MeshAdmin for Admin {
                     }
                     .into(),
                     health_detail: health.map(|h| h.detail).unwrap_or_default(),
+                    weight: w.spec.weight(),
+                    locality: w
+                        .spec
+                        .locality
+                        .as_ref()
+                        .map(|l| match &l.zone {
+                            Some(zone) => format!("{}/{zone}", l.region),
+                            None => l.region.clone(),
+                        })
+                        .unwrap_or_default(),
                 }
             })
             .collect();

@@ -130,7 +130,12 @@ fn meshctl_commands_work_end_to_end() {
         .find(|l| l.starts_with("default/web-vm"))
         .unwrap_or_else(|| panic!("no web-vm in:\n{list}"));
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cells[1..], ["10.250.0.9", "node-2", "unknown"], "{list}");
+    // Default weight, no locality.
+    assert_eq!(
+        cells[1..],
+        ["10.250.0.9", "node-2", "100", "-", "unknown"],
+        "{list}"
+    );
     assert_eq!(endpoints(cp, "web")["default/web"], "healthy", "{list}");
     let workload: Value = serde_json::from_str(
         &cp.meshctl_ok(&["get", "workload", "web-vm", "-o", "json"])

@@ -134,7 +134,8 @@ pub fn endpoints(cp: &ControlPlane, service: &str) -> BTreeMap<String, String> {
         .skip(1)
         .filter_map(|line| {
             let cells: Vec<&str> = line.split_whitespace().collect();
-            Some((cells.first()?.to_string(), cells.get(3)?.to_string()))
+            // WORKLOAD IPS NODE WEIGHT LOCALITY HEALTH [(detail)]
+            Some((cells.first()?.to_string(), cells.get(5)?.to_string()))
         })
         .collect()
 }

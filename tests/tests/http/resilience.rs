@@ -224,6 +224,18 @@ fn a_subset_without_endpoints_answers_503_uh() {
 /// The endpoint's app is gone, so its port refuses: 503, flag UF (and the agent keeps
 /// serving: the next request after the app is back succeeds).
 #[test]
+fn a_refusing_endpoint_is_skipped_for_another_without_a_route() {
+    // No Route, so no retries configured: the connect retry alone hides the dead endpoint.
+    let mut mesh = Versions::new(&["v1", "v2"], &web_service("http", &["v1", "v2"]));
+    mesh.servers[1].kill();
+    let url = format!("http://{VIP}/");
+    let summary = load(&mesh.client, &url, 20, &[]);
+    // Round robin alone would send every other request to web-v2 and answer it 503 UF.
+    assert_eq!(summary["statuses"], json!({"200": 20}), "{summary}");
+    assert_eq!(summary["served_by"], json!({"web-v1": 20}), "{summary}");
+}
+
+#[test]
 fn a_refusing_endpoint_answers_503_uf() {
     let mut mesh = Versions::new(&["v1"], &web_service("http", &["v1"]));
     mesh.servers[0].kill();

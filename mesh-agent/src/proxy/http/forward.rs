@@ -27,6 +27,10 @@ use crate::proxy::dial::Security;
 /// (HTTP/2 heads are bounded tighter by hyper's 16 KiB header list size.)
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
+/// Other endpoints tried when connecting to one fails, before any retry of the route's:
+/// three tries in all, like a TCP connection gets.
+const CONNECT_RETRIES: u32 = 2;
+
 pub async fn handle(conn: Arc<Downstream>, mut request: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
     let started_at = SystemTime::now();
@@ -163,6 +167,7 @@ async fn send_with_retries<'s>(
     let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut retries_done = 0;
+    let mut connect_retries = 0;
     loop {
         let Destination {
             service,
@@ -211,6 +216,12 @@ async fn send_with_retries<'s>(
             Some(Err(e)) => TryOutcome::Failed(send_error(e)),
         };
         let unsent = matches!(outcome, TryOutcome::Failed(ProxyError::ConnectFailure));
+        // Nothing of the request left the proxy: try another endpoint at once, whatever the
+        // route's retry settings (as the L4 path does), and without taking from the budget.
+        if unsent && connect_retries < CONNECT_RETRIES && !overall_expired {
+            connect_retries += 1;
+            continue;
+        }
         let wants_retry = retries_done < plan.attempts()
             && !overall_expired
             && body.can_resend(unsent)

@@ -40,7 +40,7 @@ pub struct Registry {
     snapshot: ArcSwap<Snapshot>,
     /// Health of workloads by `namespace/name` (true = healthy); absent = not checked yet,
     /// which counts as healthy.
-    health: ArcSwap<HashMap<ObjectKey, bool>>,
+    health: ArcSwap<HealthByWorkload>,
     /// Load-balancing state per service (and subset).
     balancers: Balancers,
     /// Where the snapshot came from and its version, for status.
@@ -92,12 +92,19 @@ impl Registry {
     }
 
     pub fn set_health(&self, health: HashMap<ObjectKey, bool>) {
-        self.health.store(Arc::new(health));
+        let mut by_namespace = HealthByWorkload::new();
+        for (key, healthy) in health {
+            by_namespace
+                .entry(key.namespace)
+                .or_default()
+                .insert(key.name, healthy);
+        }
+        self.health.store(Arc::new(by_namespace));
     }
 
     /// `Some(true)` healthy, `Some(false)` unhealthy, `None` not checked.
     pub fn health_of(&self, workload: &ObjectKey) -> Option<bool> {
-        self.health.load().get(workload).copied()
+        lookup_health(&self.health.load(), &workload.namespace, &workload.name)
     }
 
     /// Balancing state, for status.
@@ -194,7 +201,8 @@ impl Registry {
                 Some(Candidate {
                     workload: w,
                     addr: SocketAddr::new(endpoint_ip(w, dialled)?, target_port),
-                    healthy: health.get(&w.metadata.key()) != Some(&false),
+                    healthy: lookup_health(&health, &w.metadata.namespace, &w.metadata.name)
+                        != Some(false),
                 })
             })
             .collect();
@@ -257,6 +265,14 @@ pub fn warn_unenforced_settings(snapshot: &Snapshot) {
     }
 }
 
+/// Health by namespace, then workload name: looked up by `&str` for every endpoint of every
+/// pick (a key of owned strings would cost two allocations per endpoint per connection).
+type HealthByWorkload = HashMap<String, HashMap<String, bool>>;
+
+fn lookup_health(health: &HealthByWorkload, namespace: &str, name: &str) -> Option<bool> {
+    health.get(namespace)?.get(name).copied()
+}
+
 /// A backend of `rule` chosen at random in proportion to the weights (None if all are 0,
 /// which validation refuses).
 pub fn pick_backend(rule: &mesh_api::RouteRule) -> Option<&mesh_api::Backend> {
@@ -316,6 +332,19 @@ spec:
   selector: {app: web}
 ---
 apiVersion: mesh/v1
+kind: Service
+metadata: {name: empty}
+spec:
+  vips: ["10.96.0.11"]
+  ports: [{port: 80}]
+  selector: {app: none}
+"#;
+        registry_of(&(yaml.to_owned() + WEB_WORKLOADS))
+    }
+
+    /// Workloads web-1 (10.0.0.1) and web-2 (10.0.0.2), label app=web.
+    const WEB_WORKLOADS: &str = r#"---
+apiVersion: mesh/v1
 kind: Workload
 metadata: {name: web-1}
 spec: {uid: w1, ips: ["10.0.0.1"], node: n1, labels: {app: web}}
@@ -324,18 +353,11 @@ apiVersion: mesh/v1
 kind: Workload
 metadata: {name: web-2}
 spec: {uid: w2, ips: ["10.0.0.2"], node: n1, labels: {app: web}}
----
-apiVersion: mesh/v1
-kind: Service
-metadata: {name: empty}
-spec:
-  vips: ["10.96.0.11"]
-  ports: [{port: 80}]
-  selector: {app: none}
 "#;
-        let snapshot =
-            Snapshot::from_resources(mesh_api::load_str("t.yaml", yaml).unwrap()).unwrap();
-        Registry::new(snapshot, "test".into())
+
+    fn registry_of(yaml: &str) -> Registry {
+        let snapshot = Snapshot::from_resources(mesh_api::load_str("t.yaml", yaml).unwrap());
+        Registry::new(snapshot.unwrap(), "test".into())
     }
 
     fn sa(s: &str) -> SocketAddr {
@@ -430,8 +452,7 @@ spec: {uid: c, ips: ["10.0.1.1"], node: n1, locality: {region: r, zone: b}}
             let zone = if i % 2 == 0 { "b" } else { "a" };
             yaml += &format!("---\napiVersion: mesh/v1\nkind: Workload\nmetadata: {{name: web-{i}}}\nspec: {{uid: w{i}, ips: [\"10.0.0.{i}\"], node: n1, labels: {{app: web}}, locality: {{region: r, zone: {zone}}}}}\n");
         }
-        let snapshot = Snapshot::from_resources(mesh_api::load_str("t.yaml", &yaml).unwrap());
-        let r = Registry::new(snapshot.unwrap(), "test".into());
+        let r = registry_of(&yaml);
         let client = ObjectKey::new("default", "client");
         let first = |vip: &str, ip: &str| {
             let source = Source {
@@ -465,7 +486,7 @@ spec: {uid: c, ips: ["10.0.1.1"], node: n1, locality: {region: r, zone: b}}
     /// connection as well would shift `weighted` and round robin by one per connection.)
     #[test]
     fn http_ports_pick_per_request_not_per_connection() {
-        let yaml = r#"
+        let service = r#"
 apiVersion: mesh/v1
 kind: Service
 metadata: {name: web}
@@ -473,19 +494,8 @@ spec:
   vips: ["10.96.0.10"]
   ports: [{port: 80, targetPort: 8080, protocol: http}]
   selector: {app: web}
----
-apiVersion: mesh/v1
-kind: Workload
-metadata: {name: web-1}
-spec: {uid: w1, ips: ["10.0.0.1"], node: n1, labels: {app: web}}
----
-apiVersion: mesh/v1
-kind: Workload
-metadata: {name: web-2}
-spec: {uid: w2, ips: ["10.0.0.2"], node: n1, labels: {app: web}}
 "#;
-        let snapshot = Snapshot::from_resources(mesh_api::load_str("t.yaml", yaml).unwrap());
-        let r = Registry::new(snapshot.unwrap(), "test".into());
+        let r = registry_of(&(service.to_owned() + WEB_WORKLOADS));
         for _ in 0..3 {
             match r.route_from_client(sa("10.96.0.10:80")) {
                 Route::Service { endpoints, .. } => assert!(endpoints.order.is_empty()),

@@ -83,16 +83,12 @@ mod tests {
     use super::*;
     use crate::balance::stats::{chi_square, CHI_SQUARE_0_001};
 
-    fn ids(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("default/web-{i}")).collect()
-    }
+    use crate::balance::stats::{endpoint_ids as ids, owners, user_key as key, PickByHash};
 
-    fn key(i: u64) -> u64 {
-        stable_hash(&[b"user-", &i.to_le_bytes()])
-    }
-
-    fn owners(table: &Maglev, ids: &[String], keys: u64) -> Vec<String> {
-        (0..keys).map(|k| ids[table.pick(key(k))].clone()).collect()
+    impl PickByHash for Maglev {
+        fn pick_index(&self, hash: u64) -> usize {
+            self.pick(hash)
+        }
     }
 
     #[test]

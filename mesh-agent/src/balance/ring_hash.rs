@@ -52,16 +52,12 @@ impl Ring {
 mod tests {
     use super::*;
 
-    fn ids(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("default/web-{i}")).collect()
-    }
+    use crate::balance::stats::{endpoint_ids as ids, owners, user_key as key, PickByHash};
 
-    fn key(i: u64) -> u64 {
-        stable_hash(&[b"user-", &i.to_le_bytes()])
-    }
-
-    fn owners(ring: &Ring, ids: &[String], keys: u64) -> Vec<String> {
-        (0..keys).map(|k| ids[ring.pick(key(k))].clone()).collect()
+    impl PickByHash for Ring {
+        fn pick_index(&self, hash: u64) -> usize {
+            self.pick(hash)
+        }
     }
 
     #[test]

@@ -270,23 +270,14 @@ pub fn section(result: &Result<CrossNode>, machine: &Machine, quick: bool) -> St
          machine, and direct runs use a second, unenrolled pod pair on the same bridge.\n",
         machine.date, machine.git_commit, cross.took
     );
-    out.push_str(&report::table(&cross.rows));
-    for note in &cross.notes {
-        let _ = write!(out, "\n{note}\n");
-    }
+    out.push_str(&report::table_and_notes(&cross.rows, &cross.notes));
     out
 }
 
 /// The rows for results.json: the measured ones, or one saying why there are none.
 pub fn json_rows(result: &Result<CrossNode>) -> Vec<Value> {
-    match result {
-        Ok(cross) => cross.rows.iter().map(Row::to_json).collect(),
-        Err(e) => vec![Row::failed(
-            format!("{ROW_PREFIX}: HBONE across two agents"),
-            format!("{e:#}"),
-        )
-        .to_json()],
-    }
+    let rows = result.as_ref().map(|r| r.rows.as_slice());
+    report::json_rows_or_failure(rows, format!("{ROW_PREFIX}: HBONE across two agents"))
 }
 
 struct Runner<'a> {

@@ -482,21 +482,12 @@ pub fn section(result: &Result<HttpResult>, machine: &Machine, quick: bool) -> S
          Fixed rate: {RATE:.0} requests/s over {RATE_CONNECTIONS} connections.\n",
         machine.date, machine.git_commit, http.took
     );
-    out.push_str(&report::table(&http.rows));
-    for note in &http.notes {
-        let _ = write!(out, "\n{note}\n");
-    }
+    out.push_str(&report::table_and_notes(&http.rows, &http.notes));
     out
 }
 
 /// The rows for results.json: the measured ones, or one saying why there are none.
 pub fn json_rows(result: &Result<HttpResult>) -> Vec<Value> {
-    match result {
-        Ok(http) => http.rows.iter().map(Row::to_json).collect(),
-        Err(e) => vec![Row::failed(
-            format!("{}: the L7 path", sections::HTTP.row_prefix),
-            format!("{e:#}"),
-        )
-        .to_json()],
-    }
+    let rows = result.as_ref().map(|r| r.rows.as_slice());
+    report::json_rows_or_failure(rows, format!("{}: the L7 path", sections::HTTP.row_prefix))
 }

@@ -186,6 +186,23 @@ fn fmt(v: f64, unit: &str) -> String {
     format!("{v:.*}", decimals(unit))
 }
 
+/// A section's table followed by its numbered notes.
+pub fn table_and_notes(rows: &[Row], notes: &[String]) -> String {
+    let mut out = table(rows);
+    for note in notes {
+        let _ = write!(out, "\n{note}\n");
+    }
+    out
+}
+
+/// Rows for results.json: the measured ones, or one row saying `what` failed and why.
+pub fn json_rows_or_failure(rows: Result<&[Row], &anyhow::Error>, what: String) -> Vec<Value> {
+    match rows {
+        Ok(rows) => rows.iter().map(Row::to_json).collect(),
+        Err(e) => vec![Row::failed(what, format!("{e:#}")).to_json()],
+    }
+}
+
 /// The markdown table.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();

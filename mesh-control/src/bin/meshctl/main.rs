@@ -5,10 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use mesh_api::{table, Resource};
+use mesh_api::Resource;
 use mesh_control::client::{connect_admin, AdminClient};
 use mesh_control::server::canonical_kind;
 use mesh_proto::v1 as pb;
+
+mod print;
+use print::{print_resources, print_results, print_status, print_structured, print_table};
 
 #[derive(Parser)]
 #[command(name = "meshctl", version, about = "Manage the mesh")]
@@ -632,160 +635,4 @@ fn split_name(name: Option<&str>, namespace: Option<&str>) -> (String, String) {
         },
         None => (namespace.unwrap_or_default().to_owned(), String::new()),
     }
-}
-
-fn print_results(response: &pb::ApplyResponse, dry_run: bool) {
-    let suffix = if dry_run { " (dry run)" } else { "" };
-    for result in &response.results {
-        if let Some(r) = &result.r#ref {
-            let name = if r.namespace.is_empty() {
-                r.name.clone()
-            } else {
-                format!("{}/{}", r.namespace, r.name)
-            };
-            println!("{} {name} {}{suffix}", r.kind, result.outcome);
-        }
-    }
-}
-
-fn print_resources(resources: &[pb::Resource], output: Output) -> Result<()> {
-    let parsed: Vec<Resource> = resources
-        .iter()
-        .map(|r| {
-            Resource::from_json(&r.json)
-                .map_err(|e| anyhow::anyhow!("server sent an unreadable resource: {e}"))
-        })
-        .collect::<Result<_>>()?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&parsed)?),
-        Output::Yaml => {
-            for r in &parsed {
-                print!("---\n{}", serde_yaml_ng::to_string(r)?);
-            }
-        }
-        Output::Table => {
-            let rows = parsed
-                .iter()
-                .map(|r| {
-                    let key = r.key();
-                    vec![
-                        r.kind().to_owned(),
-                        key.namespace.clone(),
-                        key.name.clone(),
-                        summary(r),
-                    ]
-                })
-                .collect();
-            print_table(&["KIND", "NAMESPACE", "NAME", "SUMMARY"], rows);
-        }
-    }
-    Ok(())
-}
-
-/// The SUMMARY cell. Lists are shortened to what fits a table cell, saying how many more
-/// there are (`-o yaml` shows them all).
-fn summary(resource: &Resource) -> String {
-    /// Characters for each list: two of them, each with its "(+N more, see -o yaml)", and
-    /// their labels fit in one cell (`table::MAX_CELL_WIDTH`).
-    const LIST_BUDGET: usize = 24;
-    match resource {
-        Resource::Service(s) => {
-            let ports: Vec<String> = s
-                .spec
-                .ports
-                .iter()
-                .map(|p| format!("{}->{}", p.port, p.target()))
-                .collect();
-            format!(
-                "vips={} ports={}",
-                table::list(&s.spec.vips, LIST_BUDGET),
-                table::list(&ports, LIST_BUDGET)
-            )
-        }
-        Resource::Workload(w) => format!(
-            "ips={} node={} sa={}",
-            table::list(&w.spec.ips, LIST_BUDGET),
-            w.spec.node,
-            w.spec.service_account
-        ),
-        // `service=reviews rules=2 canary: GET /api* x-canary=true -> reviews/v2:10,...`
-        Resource::Route(r) => r.summary(),
-        // `action=ALLOW rules=2 http`: `http` when some rule is judged per request.
-        Resource::AuthorizationPolicy(p) => {
-            let http = p.spec.rules.iter().any(|r| r.needs_http());
-            format!(
-                "action={} rules={}{}",
-                p.spec.action.as_str(),
-                p.spec.rules.len(),
-                if http { " http" } else { "" }
-            )
-        }
-        Resource::RequestAuthentication(r) => {
-            let issuers: Vec<&str> = r.spec.jwt_rules.iter().map(|j| j.issuer.as_str()).collect();
-            format!("issuers={}", table::list(&issuers, 2 * LIST_BUDGET))
-        }
-        _ => String::new(),
-    }
-}
-
-/// `-o json` or `-o yaml` of a value built for output.
-fn print_structured(value: &serde_json::Value, output: Output) -> Result<()> {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        _ => print!("{}", serde_yaml_ng::to_string(value)?),
-    }
-    Ok(())
-}
-
-fn print_status(status: pb::StatusResponse, output: Output) -> Result<()> {
-    if output != Output::Table {
-        let agents: Vec<serde_json::Value> = status
-            .agents
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "node": a.node, "replica": a.replica, "connected": a.connected,
-                    "ackedVersion": a.acked_version, "lastNack": a.last_nack,
-                    "lastNackVersion": a.last_nack_version, "lastSeen": a.last_seen,
-                })
-            })
-            .collect();
-        let value = serde_json::json!({"version": status.version, "replica": status.replica, "store": status.store, "agents": agents});
-        return print_structured(&value, output);
-    }
-    println!(
-        "Control plane: {} (store {}), config version {}",
-        status.replica, status.store, status.version
-    );
-    let rows = status
-        .agents
-        .iter()
-        .map(|a| {
-            let nack = if a.last_nack.is_empty() {
-                "-".to_owned()
-            } else {
-                format!("v{}: {}", a.last_nack_version, a.last_nack)
-            };
-            vec![
-                a.node.clone(),
-                if a.connected {
-                    "connected".into()
-                } else {
-                    "disconnected".into()
-                },
-                a.replica.clone(),
-                a.acked_version.to_string(),
-                nack,
-            ]
-        })
-        .collect();
-    print_table(
-        &["NODE", "STREAM", "REPLICA", "ACKED VERSION", "LAST NACK"],
-        rows,
-    );
-    Ok(())
-}
-
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
-    print!("{}", table::render(header, &rows));
 }

@@ -69,7 +69,7 @@ pub use observability::{AccessLog, AccessLogFormat, Observability, Tracing, ACCE
 pub use peer_auth::{MtlsMode, PeerAuthentication, PeerAuthenticationSpec};
 pub use percent::Percent;
 pub use request_auth::{
-    ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication, RequestAuthenticationSpec,
+    check_jwks, ClaimToHeader, JwtHeader, JwtRule, RequestAuthentication, RequestAuthenticationSpec,
 };
 pub use resource::{Resource, API_VERSION};
 pub use route::{

@@ -43,8 +43,9 @@ pub struct JwtRule {
     /// The issuer's public keys, a JSON Web Key Set as a JSON string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<String>,
-    /// Where the issuer publishes its key set (https only). The control plane is to fetch it
-    /// and fill in `jwks` (not done yet): until then tokens of this issuer are refused.
+    /// Where the issuer publishes its key set (https only), when `jwks` is not given. The
+    /// control plane fetches it and fills in `jwks` in the copy it pushes to agents (which
+    /// make no outbound calls); until a fetch succeeds, tokens of this issuer are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
     /// Headers the token may come in; with `fromParams`, both empty: `Authorization` with
@@ -94,6 +95,23 @@ const RESERVED_HEADERS: [&str; 9] = [
     "content-length",
     "authorization",
 ];
+
+impl JwtRule {
+    /// The URI the control plane fetches this rule's key set from: `jwksUri` when no inline
+    /// `jwks` is given (inline keys win, as written).
+    pub fn uri_to_fetch(&self) -> Option<&str> {
+        match (&self.jwks, &self.jwks_uri) {
+            (None, Some(uri)) => Some(uri),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a JSON Web Key Set as `jwks` is checked at apply: what the control plane requires
+/// of a set it fetched before pushing it, so agents never receive one they would reject.
+pub fn check_jwks(text: &str) -> Result<(), String> {
+    parse_jwks(text).map(|_| ())
+}
 
 impl RequestAuthentication {
     /// Whether it governs requests to `workload`, given the mesh's root namespace.

@@ -2,6 +2,8 @@
 //!
 //! - `/mesh/v1/<Kind>/<namespace>/<name>`: resources (JSON), what agents receive.
 //! - `/mesh/health/<namespace>/<workload>`: endpoint health reported by agents.
+//! - `/mesh/jwks/<hex of the URI>`: the last good JSON Web Key Set fetched from a
+//!   RequestAuthentication's `jwksUri` (`server/jwks/`), pushed inline to agents.
 //! - `/mesh/agents/<node>`: the state of each agent's config stream (for `meshctl status`).
 //! - `/mesh/admin/token`: the admin token, shared by all replicas.
 //! - `/mesh/ca/state`: the CA (roots, signing key, rotation phase; `server/ca.rs`).
@@ -13,6 +15,7 @@ use mesh_proto::v1::ResourceRef;
 pub const RESOURCES: &str = "/mesh/v1/";
 pub const HEALTH: &str = "/mesh/health/";
 pub const AGENTS: &str = "/mesh/agents/";
+pub const JWKS: &str = "/mesh/jwks/";
 pub const ADMIN_TOKEN: &str = "/mesh/admin/token";
 /// Everything a replica's cache follows.
 pub const WATCHED: &str = "/mesh/";
@@ -38,6 +41,18 @@ pub fn parse_resource(key: &str) -> Option<ResourceRef> {
 
 pub fn health(namespace: &str, workload: &str) -> String {
     format!("{HEALTH}{namespace}/{workload}")
+}
+
+/// Where the key set fetched from `uri` is kept: the URI's bytes in hex, so any URI makes
+/// one key segment of only safe characters.
+pub fn jwks(uri: &str) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(JWKS.len() + 2 * uri.len());
+    key.push_str(JWKS);
+    for byte in uri.bytes() {
+        let _ = write!(key, "{byte:02x}");
+    }
+    key
 }
 
 pub fn agent(node: &str) -> String {
@@ -66,5 +81,14 @@ mod tests {
             ""
         );
         assert!(parse_resource("/mesh/health/default/web").is_none());
+    }
+
+    #[test]
+    fn jwks_keys_are_one_segment_per_uri() {
+        let a = jwks("https://issuer.example/keys?x=/y");
+        let b = jwks("https://issuer.example/keys?x=/z");
+        assert!(a.starts_with(JWKS));
+        assert!(!a[JWKS.len()..].contains('/'), "{a}");
+        assert_ne!(a, b);
     }
 }

@@ -47,6 +47,14 @@ enum Command {
         /// open-file limit.
         #[arg(long, default_value_t = mesh_control::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
+        /// A PEM bundle of certificate authorities that the servers of RequestAuthentication
+        /// `jwksUri`s must chain to (repeatable). Nothing else is trusted: for public issuers
+        /// pass the system bundle (e.g. /etc/ssl/certs/ca-certificates.crt).
+        #[arg(long = "jwks-ca", value_name = "FILE")]
+        jwks_ca: Vec<PathBuf>,
+        /// How often each `jwksUri` is fetched again (a failed fetch is retried sooner).
+        #[arg(long, default_value_t = mesh_control::server::jwks::DEFAULT_REFRESH.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+        jwks_refresh_secs: u64,
     },
 }
 
@@ -85,6 +93,8 @@ async fn run(command: Command) -> Result<()> {
             ca_cert,
             ca_key,
             max_connections,
+            jwks_ca,
+            jwks_refresh_secs,
         } => {
             let ca_root = match (ca_cert, ca_key) {
                 (Some(cert), Some(key)) => Some(mesh_control::server::ca::OperatorRoot {
@@ -105,6 +115,10 @@ async fn run(command: Command) -> Result<()> {
                     replica,
                     ca_root,
                     max_connections: max_connections as usize,
+                    jwks: mesh_control::server::jwks::JwksOptions {
+                        ca_files: jwks_ca,
+                        refresh: std::time::Duration::from_secs(jwks_refresh_secs),
+                    },
                 },
             )
             .await

@@ -5,7 +5,7 @@
 //! Fed by one watch on `/mesh/`; every replica on the same etcd sees the same revisions, so an
 //! agent can resume from its version on any replica.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::jwks::{uris_to_fetch, with_fetched_keys, StoredJwks};
 use crate::keys;
 use crate::store::{Event, Revision, SharedStore, StoreError};
 
@@ -54,6 +55,9 @@ struct State {
     /// Health by `namespace/workload`, with the revision it last changed at.
     health: BTreeMap<String, (EndpointHealth, Revision)>,
     agents: BTreeMap<String, AgentRecord>,
+    /// Key sets fetched from `jwksUri`s, by store key (`keys::jwks`): filled into the
+    /// RequestAuthentications that name them when those are pushed.
+    jwks: BTreeMap<String, (String, Arc<str>)>,
     /// A diff can be computed from any base >= this.
     history_start: Revision,
     /// The cross-resource indexes of `resources`, for checking a change without validating
@@ -94,7 +98,7 @@ impl ConfigCache {
         // have this version get no push at all, instead of a full one each.
         let mut config_version = 0;
         for kv in entries {
-            if kv.key.starts_with(keys::RESOURCES) || kv.key.starts_with(keys::HEALTH) {
+            if is_config(&kv.key) {
                 config_version = config_version.max(kv.mod_revision);
             }
             apply_put(&mut state, &kv.key, &kv.value, kv.mod_revision, false);
@@ -117,8 +121,7 @@ impl ConfigCache {
         let version = {
             let mut state = self.state.write();
             for event in &events {
-                let is_config = event.key().starts_with(keys::RESOURCES)
-                    || event.key().starts_with(keys::HEALTH);
+                let is_config = is_config(event.key());
                 match event {
                     Event::Put(kv) => {
                         apply_put(&mut state, &kv.key, &kv.value, kv.mod_revision, true)
@@ -214,6 +217,33 @@ impl ConfigCache {
         counts
     }
 
+    /// The URIs the stored RequestAuthentications need key sets fetched from.
+    pub fn jwks_uris_to_fetch(&self) -> BTreeSet<String> {
+        let state = self.state.read();
+        let prefix = format!("{}RequestAuthentication/", keys::RESOURCES);
+        state
+            .resources
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .flat_map(|(_, c)| uris_to_fetch(&c.resource).map(str::to_owned))
+            .collect()
+    }
+
+    /// The URIs of the stored key sets.
+    pub fn stored_jwks_uris(&self) -> Vec<String> {
+        let state = self.state.read();
+        state.jwks.values().map(|(uri, _)| uri.clone()).collect()
+    }
+
+    /// The stored key set fetched from `uri`.
+    pub fn jwks(&self, uri: &str) -> Option<Arc<str>> {
+        let state = self.state.read();
+        state
+            .jwks
+            .get(&keys::jwks(uri))
+            .map(|(_, jwks)| jwks.clone())
+    }
+
     /// Whether the config after `change` provably passes the full check, judged from the
     /// indexes of the current config (which must itself be validated, see
     /// [`ConfigCache::validate_current`]).
@@ -271,7 +301,11 @@ impl ConfigCache {
             ..ConfigPush::default()
         };
         if full {
-            push.upserts = state.resources.values().map(to_proto).collect();
+            push.upserts = state
+                .resources
+                .values()
+                .map(|c| to_proto(&state, c))
+                .collect();
             push.health = state.health.values().map(|(h, _)| h.clone()).collect();
             return push;
         }
@@ -284,7 +318,7 @@ impl ConfigCache {
         changed.dedup();
         for key in changed {
             match state.resources.get(key) {
-                Some(cached) => push.upserts.push(to_proto(cached)),
+                Some(cached) => push.upserts.push(to_proto(&state, cached)),
                 None => push.deletes.extend(keys::parse_resource(key)),
             }
         }
@@ -298,10 +332,61 @@ impl ConfigCache {
     }
 }
 
-fn to_proto(cached: &CachedResource) -> mesh_proto::v1::Resource {
+/// Config for agents: resources and endpoint health (agent records change the store revision
+/// too, but are nothing to push), and fetched key sets, which change what is pushed.
+fn is_config(key: &str) -> bool {
+    key.starts_with(keys::RESOURCES) || key.starts_with(keys::HEALTH) || key.starts_with(keys::JWKS)
+}
+
+/// A resource as agents get it: as stored, but a RequestAuthentication with the key sets
+/// fetched for its `jwksUri`s inline.
+fn to_proto(state: &State, cached: &CachedResource) -> mesh_proto::v1::Resource {
+    let filled = match &*cached.resource {
+        Resource::RequestAuthentication(auth) => with_fetched_keys(auth, |uri| {
+            state
+                .jwks
+                .get(&keys::jwks(uri))
+                .map(|(_, jwks)| jwks.clone())
+        }),
+        _ => None,
+    };
     mesh_proto::v1::Resource {
-        json: cached.json.to_vec(),
+        json: match filled {
+            Some(resource) => resource.to_json().into_bytes(),
+            None => cached.json.to_vec(),
+        },
     }
+}
+
+/// Records a change, at `revision`, of every RequestAuthentication that names `uri`, so
+/// agents get them again with the key set that changed.
+fn jwks_changed(state: &mut State, uri: &str, revision: Revision) {
+    let prefix = format!("{}RequestAuthentication/", keys::RESOURCES);
+    let naming: Vec<String> = state
+        .resources
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .filter(|(_, c)| uris_to_fetch(&c.resource).any(|u| u == uri))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if !naming.is_empty() {
+        state.changes.entry(revision).or_default().extend(naming);
+    }
+}
+
+/// A stored key set, if it is one agents can take: it was checked before it was stored, but
+/// the store is not trusted to hold only what this control plane wrote, and a set an agent
+/// rejects would make it refuse the whole push.
+fn read_jwks(key: &str, value: &[u8]) -> Result<StoredJwks, String> {
+    let stored: StoredJwks = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    if keys::jwks(&stored.uri) != key {
+        return Err(format!(
+            "it is for {:?}, stored under another key",
+            stored.uri
+        ));
+    }
+    mesh_api::check_jwks(&stored.jwks).map_err(|e| format!("the key set {e}"))?;
+    Ok(stored)
 }
 
 fn apply_put(state: &mut State, key: &str, value: &[u8], revision: Revision, record_change: bool) {
@@ -348,6 +433,21 @@ fn apply_put(state: &mut State, key: &str, value: &[u8], revision: Revision, rec
             }
             Err(e) => tracing::error!(%key, error = %e, "ignoring unreadable health in the store"),
         }
+    } else if key.starts_with(keys::JWKS) {
+        match read_jwks(key, value) {
+            Ok(stored) => {
+                let uri = stored.uri.clone();
+                state
+                    .jwks
+                    .insert(key.to_owned(), (stored.uri, stored.jwks.into()));
+                if record_change {
+                    jwks_changed(state, &uri, revision);
+                }
+            }
+            Err(e) => {
+                tracing::error!(%key, error = %e, "ignoring an unusable key set in the store")
+            }
+        }
     } else if let Some(node) = key.strip_prefix(keys::AGENTS) {
         if let Ok(record) = serde_json::from_slice::<AgentRecord>(value) {
             state.agents.insert(node.to_owned(), record);
@@ -376,6 +476,10 @@ fn apply_delete(state: &mut State, key: &str, revision: Revision) {
         }
     } else if let Some(id) = key.strip_prefix(keys::HEALTH) {
         state.health.remove(id);
+    } else if key.starts_with(keys::JWKS) {
+        if let Some((uri, _)) = state.jwks.remove(key) {
+            jwks_changed(state, &uri, revision);
+        }
     } else if let Some(node) = key.strip_prefix(keys::AGENTS) {
         state.agents.remove(node);
     }

@@ -7,6 +7,7 @@ pub mod cache;
 mod change_check;
 mod distribution;
 pub mod identity;
+pub mod jwks;
 mod metrics;
 pub mod tls;
 pub mod tokens;
@@ -37,6 +38,8 @@ pub struct ServeOptions {
     pub ca_root: Option<ca::OperatorRoot>,
     /// Connections served at once (`--max-connections`); past it new ones are closed.
     pub max_connections: usize,
+    /// Fetching `jwksUri`s: trusted CAs and refresh interval.
+    pub jwks: jwks::JwksOptions,
 }
 
 /// `--max-connections` by default: one connection per agent (plus a few short-lived ones
@@ -108,6 +111,8 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
     let cache = cache::ConfigCache::start(store.clone())
         .await
         .context("loading the store")?;
+    let _jwks_status = jwks::start(cache.clone(), store.clone(), options.jwks)
+        .context("starting the jwksUri fetcher")?;
     let ca = ca::Ca::start(
         store.clone(),
         options.ca_root,

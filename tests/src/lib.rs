@@ -26,6 +26,7 @@ pub mod control;
 pub mod etcd;
 pub mod http;
 pub mod janitor;
+pub mod jwt;
 pub mod mesh;
 pub mod net;
 pub mod observe;

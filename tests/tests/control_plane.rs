@@ -15,6 +15,9 @@
 //!   apply is NACKed while the old one serves; a wrong or missing admin token is refused.
 //! - `health`: an endpoint whose app dies is reported unhealthy and avoided, then recovers.
 //! - `meshctl`: every meshctl command against a live control plane and agent.
+//! - `security_rules`: `meshctl rules add/list` of the security rule (AuthorizationPolicy +
+//!   RequestAuthentication + PeerAuthentication), and the apply warning for HTTP policy
+//!   rules on TCP ports.
 //! - `identity`: joining with a token (and every way a token is refused), mTLS required for
 //!   the config stream and certificate signing, workload CSRs only for the node's own
 //!   workloads, meshctl verifying the control plane, root rotation with overlap, and an
@@ -38,5 +41,7 @@ mod outage;
 mod rejected;
 #[path = "control_plane/replicas.rs"]
 mod replicas;
+#[path = "control_plane/security_rules.rs"]
+mod security_rules;
 #[path = "control_plane/support.rs"]
 mod support;

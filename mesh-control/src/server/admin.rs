@@ -50,10 +50,11 @@ impl Admin {
     ) -> Result<pb::ApplyResponse, Status> {
         let _guard = self.apply_lock.lock().await;
         let checked = super::change_check::check_changes(&self.cache, &changes, source)?;
+        let mut warnings = super::http_rule_warnings::for_changes(&self.cache, &changes);
         let mut response = pb::ApplyResponse::default();
         // (key, new JSON; `None` = delete), in request order.
         let mut writes: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        for (key, resource) in changes {
+        for (i, (key, resource)) in changes.into_iter().enumerate() {
             let Some(resource) = resource else {
                 if !dry_run {
                     writes.push((key, None));
@@ -74,6 +75,7 @@ impl Admin {
             response.results.push(pb::ApplyResult {
                 r#ref: Some(resource_ref(&resource)),
                 outcome: outcome.into(),
+                warnings: std::mem::take(&mut warnings[i]),
             });
         }
         // A key given twice: only its last value is written (what writing both in order
@@ -109,12 +111,13 @@ impl Admin {
         Ok(response)
     }
 
+    /// Applies `resources`; with `only_kinds`, each must be of one of those kinds.
     async fn apply_resources(
         &self,
         resources: Vec<pb::Resource>,
         source: &str,
         dry_run: bool,
-        only_kind: Option<&str>,
+        only_kinds: Option<&[&str]>,
     ) -> Result<pb::ApplyResponse, Status> {
         let mut changes = Vec::new();
         for (i, r) in resources.iter().enumerate() {
@@ -126,10 +129,11 @@ impl Admin {
                 };
                 Status::invalid_argument(format!("{at}: {e}"))
             })?;
-            if let Some(kind) = only_kind {
-                if resource.kind() != kind {
+            if let Some(kinds) = only_kinds {
+                if !kinds.contains(&resource.kind()) {
                     return Err(Status::invalid_argument(format!(
-                        "expected a {kind}, got a {}",
+                        "expected {}, got a {}",
+                        one_of(kinds),
                         resource.kind()
                     )));
                 }
@@ -140,18 +144,18 @@ impl Admin {
     }
 
     /// The single-resource RPCs (AddTrafficRule, AddSecurityRule, SetMeshConfig): one
-    /// resource of one kind.
+    /// resource of one of `kinds`.
     async fn apply_one(
         &self,
         request: Request<pb::ResourceRequest>,
         rpc: &str,
-        kind: &str,
+        kinds: &[&str],
     ) -> Result<pb::ApplyResponse, Status> {
         let resource = request
             .into_inner()
             .resource
             .ok_or_else(|| Status::invalid_argument("resource is required"))?;
-        self.apply_resources(vec![resource], rpc, false, Some(kind))
+        self.apply_resources(vec![resource], rpc, false, Some(kinds))
             .await
     }
 
@@ -196,6 +200,31 @@ impl Admin {
     fn snapshot(&self) -> Result<Snapshot, Status> {
         Snapshot::from_resources(self.cache.resources().into_iter().map(|r| (*r).clone()))
             .map_err(|e| Status::internal(format!("stored config is inconsistent: {e}")))
+    }
+}
+
+/// The kinds of a security rule (AddSecurityRule, ListSecurityRules): the original design's
+/// rule (who may call whom, with which methods, with which end-user token, over which mTLS
+/// mode) is one resource of each.
+pub const SECURITY_RULE_KINDS: &[&str] = &[
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+    "PeerAuthentication",
+];
+
+/// `a Route`, `an AuthorizationPolicy, a RequestAuthentication or a PeerAuthentication`.
+fn one_of(kinds: &[&str]) -> String {
+    let article = |kind: &str| {
+        let vowel = kind.starts_with(['A', 'E', 'I', 'O', 'U']);
+        format!("{} {kind}", if vowel { "an" } else { "a" })
+    };
+    match kinds {
+        [] => String::new(),
+        [one] => article(one),
+        [rest @ .., last] => {
+            let rest: Vec<String> = rest.iter().map(|k| article(k)).collect();
+            format!("{} or {}", rest.join(", "), article(last))
+        }
     }
 }
 
@@ -403,7 +432,8 @@ impl MeshAdmin for Admin {
         request: Request<pb::ResourceRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         Ok(Response::new(
-            self.apply_one(request, "AddTrafficRule", "Route").await?,
+            self.apply_one(request, "AddTrafficRule", &["Route"])
+                .await?,
         ))
     }
 
@@ -423,7 +453,7 @@ impl MeshAdmin for Admin {
         request: Request<pb::ResourceRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         Ok(Response::new(
-            self.apply_one(request, "AddSecurityRule", "AuthorizationPolicy")
+            self.apply_one(request, "AddSecurityRule", SECURITY_RULE_KINDS)
                 .await?,
         ))
     }
@@ -432,11 +462,14 @@ impl MeshAdmin for Admin {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        Ok(Response::new(self.list(
-            "AuthorizationPolicy",
-            &request.into_inner().namespace,
-            "",
-        )?))
+        let namespace = request.into_inner().namespace;
+        let mut rules = pb::GetResponse::default();
+        for kind in SECURITY_RULE_KINDS {
+            let listed = self.list(kind, &namespace, "")?;
+            rules.resources.extend(listed.resources);
+            rules.version = listed.version;
+        }
+        Ok(Response::new(rules))
     }
 
     async fn get_ca_certificate(
@@ -566,7 +599,7 @@ impl MeshAdmin for Admin {
         request: Request<pb::ResourceRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         Ok(Response::new(
-            self.apply_one(request, "SetMeshConfig", "MeshConfig")
+            self.apply_one(request, "SetMeshConfig", &["MeshConfig"])
                 .await?,
         ))
     }

@@ -6,13 +6,14 @@ pub mod ca;
 pub mod cache;
 mod change_check;
 mod distribution;
+mod http_rule_warnings;
 pub mod identity;
 pub mod jwks;
 mod metrics;
 pub mod tls;
 pub mod tokens;
 
-pub use admin::canonical_kind;
+pub use admin::{canonical_kind, SECURITY_RULE_KINDS};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

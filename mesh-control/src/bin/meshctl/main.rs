@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use mesh_api::Resource;
 use mesh_control::client::{connect_admin, AdminClient};
-use mesh_control::server::canonical_kind;
+use mesh_control::server::{canonical_kind, SECURITY_RULE_KINDS};
 use mesh_proto::v1 as pb;
 
 mod print;
@@ -81,7 +81,8 @@ enum Command {
         #[command(subcommand)]
         command: EndpointsCommand,
     },
-    /// Traffic rules (Route) and security rules (AuthorizationPolicy).
+    /// Traffic rules (Route) and security rules (AuthorizationPolicy, RequestAuthentication,
+    /// PeerAuthentication).
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
@@ -144,7 +145,8 @@ enum EndpointsCommand {
 
 #[derive(Subcommand)]
 enum RulesCommand {
-    /// Add a Route (traffic rule) or AuthorizationPolicy (security rule) from a file.
+    /// Add traffic rules (Route) and security rules (AuthorizationPolicy,
+    /// RequestAuthentication, PeerAuthentication) from a file, one document at a time.
     Add {
         #[arg(short = 'f', long = "filename")]
         file: String,
@@ -589,8 +591,13 @@ async fn rules(client: &mut AdminClient, command: RulesCommand) -> Result<()> {
                 };
                 let response = match kind {
                     "Route" => call(client.add_traffic_rule(request).await)?,
-                    "AuthorizationPolicy" => call(client.add_security_rule(request).await)?,
-                    other => bail!("{file}: rules are Route or AuthorizationPolicy, not {other}"),
+                    kind if SECURITY_RULE_KINDS.contains(&kind) => {
+                        call(client.add_security_rule(request).await)?
+                    }
+                    other => bail!(
+                        "{file}: rules are Route, {}, not {other}",
+                        SECURITY_RULE_KINDS.join(", ")
+                    ),
                 };
                 print_results(&response, false);
             }

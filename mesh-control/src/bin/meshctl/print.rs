@@ -6,6 +6,8 @@ use mesh_proto::v1 as pb;
 
 use super::Output;
 
+/// One line per resource on stdout; the server's warnings (applied, but probably not what
+/// was meant) on stderr, so scripts reading stdout see the same lines either way.
 pub fn print_results(response: &pb::ApplyResponse, dry_run: bool) {
     let suffix = if dry_run { " (dry run)" } else { "" };
     for result in &response.results {
@@ -16,6 +18,9 @@ pub fn print_results(response: &pb::ApplyResponse, dry_run: bool) {
                 format!("{}/{}", r.namespace, r.name)
             };
             println!("{} {name} {}{suffix}", r.kind, result.outcome);
+        }
+        for warning in &result.warnings {
+            eprintln!("warning: {warning}");
         }
     }
 }

@@ -291,7 +291,7 @@ pub fn pick_backend(rule: &mesh_api::RouteRule) -> Option<&mesh_api::Backend> {
 }
 
 /// The Service (and its protocol) whose HTTP port targets `port` on `workload`, if any.
-fn http_service_of(
+pub fn http_service_of(
     snapshot: &Snapshot,
     workload: &Workload,
     port: u16,

@@ -318,6 +318,7 @@ impl Agent {
             identities: self.identities.clone(),
             shared: self.proxy.clone(),
             http_pool: Default::default(),
+            security: Default::default(),
         });
         self.identities.acquire(&pod_context.identity);
         self.local_pods.insert(&pod_context);

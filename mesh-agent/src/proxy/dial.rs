@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use super::hbone::HboneTarget;
 use super::inbound::{self, Delivered};
-use super::policy::{admit_counted, PeerInfo, Transport};
+use super::policy::{admit_counted, Carries, PeerInfo, Transport};
 use super::tracker::{NewConnection, Registration};
 use super::{upstream, PodContext};
 use crate::balance::{InFlight, Picked};
@@ -151,7 +151,7 @@ pub async fn connect_first(
     let mut failure = Failure::UpstreamConnect;
     for target in candidates.order.iter().take(3) {
         let load = candidates.start(*target);
-        let result = connect(context, *target, app).await;
+        let result = connect(context, *target, app, Carries::Bytes).await;
         if let Some(load) = &load {
             match &result {
                 Ok(_) => load.succeeded(),
@@ -167,28 +167,32 @@ pub async fn connect_first(
     Err(failure)
 }
 
-/// Opens a connection to one endpoint for the app at `app`.
+/// Opens a connection to one endpoint for the app at `app`. `carries` says whether the
+/// caller parses HTTP on it (then same-node delivery leaves request-level policy to it).
 pub async fn connect(
     context: &Arc<PodContext>,
     target: SocketAddr,
     app: SocketAddr,
+    carries: Carries,
 ) -> Result<Upstream, Failure> {
     match context.local_pods.get(target.ip()) {
-        Some(peer) => connect_local(context, peer, target, app.port()).await,
+        Some(peer) => connect_local(context, peer, target, app.port(), carries).await,
         // Boxed: the HBONE handshake's state is large, and a task's future is as big as
         // its largest state; unboxed, every proxied connection (also same-node ones)
         // would carry it for its whole life.
-        None => Box::pin(connect_remote(context, target, app)).await,
+        None => Box::pin(connect_remote(context, target, app, carries)).await,
     }
 }
 
 /// Same node: the destination's policy is checked here, with the source pod's identity
-/// (this agent enrolled it, so it vouches for it).
+/// (this agent enrolled it, so it vouches for it). For HTTP, per request as well
+/// (`request_security::judge`, called by the HTTP proxy before each request goes out).
 async fn connect_local(
     context: &PodContext,
     peer: Arc<PodContext>,
     target: SocketAddr,
     app_port: u16,
+    carries: Carries,
 ) -> Result<Upstream, Failure> {
     // The destination app sees this pod's own address as the client.
     let client = context
@@ -207,13 +211,14 @@ async fn connect_local(
         &source,
         target.port(),
         Transport::Local,
+        carries,
         counters,
     )?;
     let delivered = inbound::deliver(&peer, target, client).await.map_err(|e| {
         tracing::debug!(pod = %context.pod, %target, error = %e, "same-node delivery failed");
         Failure::UpstreamConnect
     })?;
-    let registration = inbound::track(&peer, Transport::Local, source, client, target);
+    let registration = inbound::track(&peer, Transport::Local, source, client, target, carries);
     Ok(Upstream::Local(delivered, peer, registration))
 }
 
@@ -223,6 +228,7 @@ async fn connect_remote(
     context: &PodContext,
     target: SocketAddr,
     app: SocketAddr,
+    carries: Carries,
 ) -> Result<Upstream, Failure> {
     let snapshot = context.registry.snapshot();
     let hbone_peer = snapshot
@@ -281,6 +287,7 @@ async fn connect_remote(
             },
             peer_address: target,
             destination: target,
+            carries,
         },
         None,
     );

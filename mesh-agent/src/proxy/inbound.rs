@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::policy::{admit_counted, PeerInfo, Transport};
+use super::http::sniff;
+use super::policy::{admit_counted, Carries, PeerInfo, Transport};
+use super::request_security::{self, serve::serve_inbound, serve::Inbound};
 use super::tracker::{NewConnection, Registration};
 use super::{relay::relay, upstream, PodContext};
 use crate::metrics::{Direction, Failure};
@@ -29,29 +31,69 @@ pub async fn handle(client_stream: TcpStream, client: SocketAddr, context: Arc<P
     };
     let snapshot = context.registry.snapshot();
     let port = destination.port();
+    // Ports whose requests are judged one by one are served as HTTP (`auto` ones only when
+    // the client's first bytes are HTTP); the rest are relayed.
+    let mut http = request_security::inbound_http(&snapshot, &context, port);
+    let mut client_stream = client_stream;
+    if let Some(protocol) = http {
+        match sniff::decide(client_stream, protocol).await {
+            Ok((stream, is_http)) => {
+                client_stream = stream;
+                http = http.filter(|_| is_http);
+            }
+            Err(_) => return,
+        }
+    }
+    let carries = if http.is_some() {
+        Carries::Http
+    } else {
+        Carries::Bytes
+    };
     if admit_counted(
         &snapshot,
         &context.workload,
         &peer,
         port,
         Transport::Plaintext,
+        carries,
         counters,
     )
     .is_err()
     {
         return;
     }
-    match deliver(&context, destination, client).await {
-        Ok(delivered) => {
-            let registration = track(&context, Transport::Plaintext, peer, client, destination);
+    let delivered = match deliver(&context, destination, client).await {
+        Ok(delivered) => delivered,
+        Err(e) => {
+            tracing::debug!(pod = %context.pod, %destination, error = %e, "delivering to the app failed");
+            counters.fail(Failure::UpstreamConnect);
+            return;
+        }
+    };
+    let registration = track(
+        &context,
+        Transport::Plaintext,
+        peer.clone(),
+        client,
+        destination,
+        carries,
+    );
+    match http {
+        Some(protocol) => {
+            let inbound = Inbound {
+                pod: context.clone(),
+                peer,
+                peer_address: client,
+                destination,
+                protocol,
+            };
+            serve_inbound(client_stream, delivered.stream, inbound, registration).await;
+        }
+        None => {
             tokio::select! {
                 _ = relay(delivered.stream, client_stream, counters, None) => {}
                 _ = registration.closed() => {}
             }
-        }
-        Err(e) => {
-            tracing::debug!(pod = %context.pod, %destination, error = %e, "delivering to the app failed");
-            counters.fail(Failure::UpstreamConnect);
         }
     }
 }
@@ -63,6 +105,7 @@ pub fn track(
     peer: PeerInfo,
     peer_address: SocketAddr,
     destination: SocketAddr,
+    carries: Carries,
 ) -> Registration {
     context.shared.connections.register(
         NewConnection {
@@ -72,6 +115,7 @@ pub fn track(
             peer,
             peer_address,
             destination,
+            carries,
         },
         Some((context.workload.clone(), context.counters.inbound.clone())),
     )

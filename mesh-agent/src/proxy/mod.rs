@@ -8,6 +8,7 @@
 //! - `upstream`: opening sockets from inside the pod's network namespace.
 //! - `hbone`: mutual-TLS HTTP/2 CONNECT tunnels between nodes, both sides.
 //! - `policy`: the inbound decision (PeerAuthentication, AuthorizationPolicy).
+//! - `request_security`: the same per HTTP request where policy needs the request, and JWTs.
 //! - `tracker`: open connections, re-checked when policy changes.
 //! - `relay`: moving bytes both ways and counting them.
 //! - `telemetry`: Istio's metrics for connections and requests, and the access log.
@@ -20,6 +21,7 @@ mod inbound;
 mod outbound;
 mod policy;
 mod relay;
+pub mod request_security;
 mod telemetry;
 mod tracker;
 mod upstream;
@@ -65,6 +67,8 @@ pub struct PodContext {
     pub shared: Arc<Shared>,
     /// This pod's upstream HTTP connections, reused across its requests.
     pub http_pool: Arc<http::Pool>,
+    /// What this pod's request-level policy needs, for the current config.
+    pub security: request_security::SecurityCache,
 }
 
 /// Proxy state shared by every pod of the node.

@@ -4,6 +4,11 @@
 //!
 //! Order: PeerAuthentication first (STRICT refuses plaintext), then AuthorizationPolicy
 //! (any DENY match denies; with ALLOW policies one must match; else the mesh default).
+//!
+//! A connection that carries HTTP requests to a port where the destination's policies or
+//! JWT rules need the request ([`Snapshot::needs_request_security`]) is only checked for
+//! PeerAuthentication here: its AuthorizationPolicy decision is made per request
+//! (`proxy::request_security`), since a connection-level answer would be wrong both ways.
 
 use std::net::IpAddr;
 
@@ -33,6 +38,15 @@ pub struct PeerInfo {
     pub ip: IpAddr,
 }
 
+/// What a connection into a pod carries, as far as the proxy knows when it opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carries {
+    /// Opaque bytes (or HTTP the proxy will not look into): judged per connection.
+    Bytes,
+    /// HTTP requests the proxy parses: judged per request where policy needs it.
+    Http,
+}
+
 /// Whether `peer` may reach `workload` on `port` over `transport`, and which AUDIT policy
 /// matched. A pod whose workload vanished from the config is judged by the mesh defaults.
 pub fn admit(
@@ -41,6 +55,7 @@ pub fn admit(
     peer: &PeerInfo,
     port: u16,
     transport: Transport,
+    carries: Carries,
 ) -> Verdict {
     let verdict = |outcome, audited| Verdict { outcome, audited };
     let Some(workload) = snapshot.workload(&workload.namespace, &workload.name) else {
@@ -58,6 +73,9 @@ pub fn admit(
         && snapshot.mtls_mode_for(workload, port) == MtlsMode::Strict
     {
         return verdict(Err(Failure::PlaintextRefused), None);
+    }
+    if carries == Carries::Http && snapshot.needs_request_security(workload, port) {
+        return verdict(Ok(()), None);
     }
     let decision = snapshot.authorize(
         workload,
@@ -89,9 +107,10 @@ pub fn admit_counted(
     peer: &PeerInfo,
     port: u16,
     transport: Transport,
+    carries: Carries,
     counters: &DirectionCounters,
 ) -> Result<(), Failure> {
-    let verdict = admit(snapshot, workload, peer, port, transport);
+    let verdict = admit(snapshot, workload, peer, port, transport, carries);
     if let Some(policy) = &verdict.audited {
         counters.audited.inc();
         tracing::info!(audit_policy = %policy, %workload, principal = ?peer.principal, ip = %peer.ip, port, allowed = verdict.outcome.is_ok(), "audited connection");
@@ -142,6 +161,7 @@ spec: {uid: web, ips: ["10.0.0.6"], node: n1, serviceAccount: web, labels: {app:
             peer,
             5432,
             transport,
+            Carries::Bytes,
         )
         .outcome
     }
@@ -185,6 +205,47 @@ spec:
         );
         // No ALLOW policy selects web: the default (ALLOW) applies.
         assert_eq!(decide(&s, "web", &other, Transport::Hbone), Ok(()));
+    }
+
+    #[test]
+    fn http_connections_to_ports_judged_per_request_are_left_to_the_requests() {
+        let s = snapshot(
+            r#"apiVersion: mesh/v1
+kind: AuthorizationPolicy
+metadata: {name: db-get-only, namespace: prod}
+spec:
+  selector: {app: db}
+  action: ALLOW
+  rules: [{to: {methods: [GET]}}]
+---
+apiVersion: mesh/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: prod}
+spec: {mode: STRICT}
+"#,
+        );
+        let admit_as = |transport, carries| {
+            admit(
+                &s,
+                &ObjectKey::new("prod", "db"),
+                &peer(WEB),
+                5432,
+                transport,
+                carries,
+            )
+            .outcome
+        };
+        // Opaque bytes can't show a method: the HTTP-only ALLOW rule never matches.
+        assert_eq!(
+            admit_as(Transport::Hbone, Carries::Bytes),
+            Err(Failure::AuthzDenied)
+        );
+        // HTTP requests are judged one by one later; STRICT still applies now.
+        assert_eq!(admit_as(Transport::Hbone, Carries::Http), Ok(()));
+        assert_eq!(
+            admit_as(Transport::Plaintext, Carries::Http),
+            Err(Failure::PlaintextRefused)
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use super::dial::Security;
+use super::request_security::counters::{AuthzCounters, RefusedRequest};
 use super::PodContext;
 
 /// Istio's labels for who talks to whom (`reporter="source"`: the client's node reports).
@@ -145,6 +146,8 @@ pub struct Telemetry {
     request_bytes: Family<RequestLabels, Histogram>,
     response_bytes: Family<RequestLabels, Histogram>,
     access_log: Mutex<Option<(String, Box<dyn Write + Send>)>>,
+    /// Requests judged by request-level policy at their destination.
+    pub authz: AuthzCounters,
 }
 
 /// Istio's request duration buckets, in milliseconds.
@@ -167,6 +170,7 @@ impl Default for Telemetry {
             request_bytes: Family::new_with_constructor(bytes_histogram),
             response_bytes: Family::new_with_constructor(bytes_histogram),
             access_log: Mutex::new(None),
+            authz: AuthzCounters::default(),
         };
         {
             let mut r = telemetry.registry.lock();
@@ -211,6 +215,11 @@ impl Default for Telemetry {
                 "Response body sizes",
                 telemetry.response_bytes.clone(),
             );
+            r.register(
+                "mesh_request_authz",
+                "Requests judged by request-level policy at their destination",
+                telemetry.authz.family.clone(),
+            );
         }
         telemetry
     }
@@ -242,6 +251,9 @@ pub struct RequestRecord {
     pub request_id: String,
     pub trace_id: Option<String>,
     pub attempts: u32,
+    /// The destination's policy that refused the request, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authz_policy: Option<String>,
     #[serde(skip)]
     pub labels: Option<RequestLabels>,
 }
@@ -266,6 +278,11 @@ pub struct ConnectionRecord {
 impl Telemetry {
     /// Writes `record` to the access log at `path` (see [`Telemetry::record`]).
     pub fn log_connection(&self, path: &str, record: &ConnectionRecord) {
+        self.log(path, record);
+    }
+
+    /// Writes the line of a request the destination refused to the access log at `path`.
+    pub fn log_refused(&self, path: &str, record: &RefusedRequest<'_>) {
         self.log(path, record);
     }
 
@@ -350,7 +367,7 @@ impl Telemetry {
 }
 
 /// Formatted only when a line is written (not per request when the log is off).
-fn serialize_rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+pub fn serialize_rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(*time))
 }
 

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::policy::{admit, PeerInfo, Transport};
+use super::policy::{admit, Carries, PeerInfo, Transport};
 use crate::metrics::{Direction, DirectionCounters};
 use crate::registry::Registry;
 
@@ -28,6 +28,7 @@ struct Tracked {
     peer: PeerInfo,
     peer_address: SocketAddr,
     destination: SocketAddr,
+    carries: Carries,
     /// The pod's workload when this connection is subject to its inbound policy.
     enforced: Option<Enforced>,
     close: Arc<Notify>,
@@ -58,6 +59,9 @@ pub struct NewConnection<'a> {
     pub peer: PeerInfo,
     pub peer_address: SocketAddr,
     pub destination: SocketAddr,
+    /// HTTP requests are judged one by one where policy needs it; re-checks of the
+    /// connection then only apply PeerAuthentication.
+    pub carries: Carries,
 }
 
 /// Keeps a connection listed while alive; [`Registration::closed`] resolves when policy
@@ -99,6 +103,7 @@ impl ConnectionTable {
                 peer: connection.peer,
                 peer_address: connection.peer_address,
                 destination: connection.destination,
+                carries: connection.carries,
                 enforced: enforced_for.map(|(workload, counters)| Enforced { workload, counters }),
                 close: close.clone(),
             },
@@ -125,6 +130,7 @@ impl ConnectionTable {
                 &tracked.peer,
                 port,
                 tracked.transport,
+                tracked.carries,
             )
             .outcome
             {

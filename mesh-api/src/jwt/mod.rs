@@ -270,6 +270,24 @@ impl JwtRules {
         names
     }
 
+    /// Every header (lowercase name) a token is read from. [`JwtRules::authenticate`] reads
+    /// a header's first value only, so the proxy refuses a request that sends one of these
+    /// twice: the app could read the other copy.
+    pub fn token_headers(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .rules
+            .iter()
+            .flat_map(|r| &r.locations)
+            .filter_map(|l| match l {
+                TokenLocation::Header { name, .. } => Some(name.as_str()),
+                TokenLocation::Param(_) => None,
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// Finds the request's token and verifies it, at `now` (seconds since the Unix epoch):
     /// `Ok(None)` when it carries none (unauthenticated, not refused), `Ok(Some(..))` when
     /// it verified, `Err` when it must be refused (401).

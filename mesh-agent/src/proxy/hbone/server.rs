@@ -20,9 +20,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Failure;
+use crate::proxy::http::sniff;
 use crate::proxy::inbound::{deliver, track};
-use crate::proxy::policy::{admit_counted, PeerInfo, Transport};
+use crate::proxy::policy::{admit_counted, Carries, PeerInfo, Transport};
 use crate::proxy::relay::relay_stream;
+use crate::proxy::request_security::{self, serve::serve_inbound, serve::Inbound};
 use crate::proxy::PodContext;
 
 pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>) {
@@ -158,12 +160,22 @@ async fn connect(
         principal: Some(peer.to_string()),
         ip: source.ip(),
     };
+    let port = target.port();
+    // Ports whose requests are judged one by one are served as HTTP (`auto` ones only if
+    // the stream's first bytes are HTTP: then judged per connection after all).
+    let http = request_security::inbound_http(&snapshot, &destination, port);
+    let carries = if http.is_some() {
+        Carries::Http
+    } else {
+        Carries::Bytes
+    };
     let admitted = admit_counted(
         &snapshot,
         &destination.workload,
         &peer_info,
-        target.port(),
+        port,
         Transport::Hbone,
+        carries,
         counters,
     );
     if admitted.is_err() {
@@ -177,21 +189,71 @@ async fn connect(
             return answer(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
-    let registration = track(&destination, Transport::Hbone, peer_info, source, target);
+    let registration = track(
+        &destination,
+        Transport::Hbone,
+        peer_info.clone(),
+        source,
+        target,
+        carries,
+    );
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
-        // The whole of `delivered` (not just its stream) must live as long as the relay: it
-        // keeps the peer rewrite the app's accept()/getpeername() read.
-        let delivered = delivered;
-        let counters = &destination.counters.inbound;
-        match upgrade.await {
-            Ok(upgraded) => {
-                tokio::select! {
-                    _ = relay_stream(delivered.stream, TokioIo::new(upgraded), counters) => {}
-                    _ = registration.closed() => {}
-                }
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(e) => {
+                tracing::debug!(error = %e, "HBONE stream upgrade failed");
+                return;
             }
-            Err(e) => tracing::debug!(error = %e, "HBONE stream upgrade failed"),
+        };
+        let Some(protocol) = http else {
+            let counters = &destination.counters.inbound;
+            tokio::select! {
+                _ = relay_stream(delivered.stream, upgraded, counters) => {}
+                _ = registration.closed() => {}
+            }
+            return;
+        };
+        let (stream, is_http) = sniff::decide_buffered(upgraded, protocol).await;
+        if is_http {
+            let inbound = Inbound {
+                pod: destination,
+                peer: peer_info,
+                peer_address: source,
+                destination: target,
+                protocol,
+            };
+            serve_inbound(stream, delivered.stream, inbound, registration).await;
+            return;
+        }
+        // Not HTTP after all: the connection-level decision applies.
+        let snapshot = destination.registry.snapshot();
+        let counters = &destination.counters.inbound;
+        let workload = &destination.workload;
+        if admit_counted(
+            &snapshot,
+            workload,
+            &peer_info,
+            port,
+            Transport::Hbone,
+            Carries::Bytes,
+            counters,
+        )
+        .is_ok()
+        {
+            drop(registration);
+            let registration = track(
+                &destination,
+                Transport::Hbone,
+                peer_info,
+                source,
+                target,
+                Carries::Bytes,
+            );
+            tokio::select! {
+                _ = relay_stream(delivered.stream, stream, counters) => {}
+                _ = registration.closed() => {}
+            }
         }
     });
     answer(StatusCode::OK)

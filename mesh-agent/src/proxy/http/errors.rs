@@ -2,9 +2,12 @@
 //! HTTP status or, to a gRPC client, a trailers-only response with the matching
 //! `grpc-status` (a gRPC client can't read an HTML error page).
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use mesh_api::jwt::JwtError;
 
 use super::body::BoxError;
 
@@ -23,8 +26,11 @@ pub enum ProxyError {
     UpstreamReset,
     /// A rule names a backend port the backend Service lacks (NR).
     NoRoute,
-    /// The destination's policy refused the connection the request would ride on (RBAC).
+    /// The destination's policy refused the request, or the connection it would ride on
+    /// (RBAC).
     Denied,
+    /// The request's JWT did not verify (JWT): 401 with `WWW-Authenticate`.
+    Unauthenticated(JwtError),
     /// A fault rule aborted the request with this status (FI).
     FaultAbort(u16),
     /// The request head is over the proxy's limit (DPE, a downstream protocol error).
@@ -41,6 +47,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => "UC",
             ProxyError::NoRoute => "NR",
             ProxyError::Denied => "RBAC",
+            ProxyError::Unauthenticated(_) => "JWT",
             ProxyError::FaultAbort(_) => "FI",
             ProxyError::HeadTooLarge => "DPE",
         }
@@ -55,6 +62,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Denied => StatusCode::FORBIDDEN,
+            ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ProxyError::FaultAbort(code) => {
                 StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
@@ -63,25 +71,29 @@ impl ProxyError {
     }
 
     /// What the body (or `grpc-message`) says.
-    fn message(self) -> &'static str {
-        match self {
+    fn message(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             ProxyError::NoHealthyEndpoint => "no healthy upstream",
             ProxyError::ConnectFailure => "upstream connect error",
             ProxyError::Timeout => "upstream request timeout",
             ProxyError::UpstreamReset => "upstream connection reset before response",
             ProxyError::NoRoute => "no route to a backend port",
             ProxyError::Denied => "RBAC: access denied",
+            ProxyError::Unauthenticated(e) => {
+                return Cow::Owned(format!("Jwt verification fails: {e}"))
+            }
             ProxyError::FaultAbort(_) => "fault filter abort",
             ProxyError::HeadTooLarge => "request header fields too large",
-        }
+        })
     }
 
     /// The gRPC status code for a gRPC client.
     pub fn grpc_status(self) -> u8 {
         match self {
-            ProxyError::Timeout => 4,  // DEADLINE_EXCEEDED
-            ProxyError::NoRoute => 12, // UNIMPLEMENTED
-            ProxyError::Denied => 7,   // PERMISSION_DENIED
+            ProxyError::Timeout => 4,             // DEADLINE_EXCEEDED
+            ProxyError::NoRoute => 12,            // UNIMPLEMENTED
+            ProxyError::Denied => 7,              // PERMISSION_DENIED
+            ProxyError::Unauthenticated(_) => 16, // UNAUTHENTICATED
             ProxyError::FaultAbort(code) => grpc_status_of_http(code),
             // Not UNAVAILABLE: the same request would fail again.
             ProxyError::HeadTooLarge => 8, // RESOURCE_EXHAUSTED
@@ -103,7 +115,10 @@ impl ProxyError {
                 "grpc-status",
                 HeaderValue::from(u16::from(self.grpc_status())),
             );
-            h.insert("grpc-message", HeaderValue::from_static(self.message()));
+            // The texts are ASCII without control characters: always a valid value.
+            if let Ok(message) = HeaderValue::from_str(&self.message()) {
+                h.insert("grpc-message", message);
+            }
             r
         } else {
             let mut r = Response::new(full(format!("{}\n", self.message())));
@@ -114,10 +129,16 @@ impl ProxyError {
             );
             r
         };
-        response.headers_mut().insert(
+        let headers = response.headers_mut();
+        headers.insert(
             "x-mesh-response-flags",
             HeaderValue::from_static(self.flag()),
         );
+        if let ProxyError::Unauthenticated(e) = self {
+            if let Ok(challenge) = HeaderValue::from_str(&e.www_authenticate()) {
+                headers.insert(http::header::WWW_AUTHENTICATE, challenge);
+            }
+        }
         response
     }
 }

@@ -20,6 +20,8 @@ use super::routing::{choose, Destination, Plan};
 use super::{headers, upgrade, Downstream};
 use crate::metrics::Failure;
 use crate::proxy::dial::Security;
+use crate::proxy::policy::PeerInfo;
+use crate::proxy::request_security;
 
 /// Largest request head (request line and headers) the proxy takes, like Envoy's 60 KiB
 /// default. hyper's own HTTP/1 bound is its read buffer (~400 KiB), which a large read can
@@ -62,6 +64,7 @@ pub async fn handle(conn: Arc<Downstream>, mut request: Request<Incoming>) -> Re
         flags: Vec::new(),
         upstream: None,
         attempts: 0,
+        authz_policy: None,
     };
     if head_size(&parts) > MAX_REQUEST_HEAD {
         let mut response = record.error(&conn, &snapshot, ProxyError::HeadTooLarge);
@@ -188,7 +191,7 @@ async fn send_with_retries<'s>(
             // Only reachable for a retry, which checks replayability first.
             return Err(ProxyError::UpstreamReset);
         };
-        let request = rebuild(&parts, try_body);
+        let request = judge_same_node(conn, snapshot, endpoint, rebuild(&parts, try_body), record)?;
         let send = context
             .http_pool
             .send(context, endpoint, version, conn.app, request);
@@ -257,6 +260,36 @@ async fn send_with_retries<'s>(
     }
 }
 
+/// A request to a pod of this node is judged by that pod's request-level policy here, with
+/// this pod's identity: the request never passes another proxy. Requests to other nodes
+/// are judged by their destination's agent.
+pub fn judge_same_node<B>(
+    conn: &Downstream,
+    snapshot: &Arc<Snapshot>,
+    endpoint: SocketAddr,
+    request: Request<B>,
+    record: &mut Pending,
+) -> Result<Request<B>, ProxyError> {
+    let context = &conn.context;
+    let Some(destination) = context.local_pods.get(endpoint.ip()) else {
+        return Ok(request);
+    };
+    let peer = PeerInfo {
+        principal: Some(context.identity.to_string()),
+        ip: context
+            .address_towards(endpoint.ip())
+            .unwrap_or(conn.app.ip()),
+    };
+    let (mut parts, body) = request.into_parts();
+    match request_security::judge(&destination, snapshot, &peer, endpoint.port(), &mut parts) {
+        Ok(()) => Ok(Request::from_parts(parts, body)),
+        Err(refusal) => {
+            record.authz_policy = refusal.policy;
+            Err(refusal.error)
+        }
+    }
+}
+
 fn send_error(e: &SendError) -> ProxyError {
     match e {
         SendError::Connect(Failure::AuthzDenied) => ProxyError::Denied,
@@ -267,7 +300,7 @@ fn send_error(e: &SendError) -> ProxyError {
 
 /// HTTP/2 and gRPC ports speak HTTP/2 upstream; `http` (and `auto`) ports speak what the
 /// client spoke.
-fn upstream_version(protocol: Protocol, client: Version) -> Version {
+pub(crate) fn upstream_version(protocol: Protocol, client: Version) -> Version {
     match protocol {
         Protocol::Http2 | Protocol::Grpc => Version::HTTP_2,
         _ if client == Version::HTTP_2 => Version::HTTP_2,
@@ -299,7 +332,7 @@ fn head_size(parts: &Parts) -> usize {
     line + headers + 2
 }
 
-fn is_grpc<B>(request: &Request<B>) -> bool {
+pub(crate) fn is_grpc<B>(request: &Request<B>) -> bool {
     request
         .headers()
         .get(http::header::CONTENT_TYPE)

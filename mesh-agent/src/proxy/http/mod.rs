@@ -14,9 +14,9 @@
 //! - `headers`: hop-by-hop headers, request targets, header rules, request and trace ids.
 //! - `record`: a request's Istio metrics and access log line (`proxy::telemetry`).
 
-mod body;
+pub(crate) mod body;
 mod budget;
-mod errors;
+pub(crate) mod errors;
 mod forward;
 pub mod headers;
 mod keep_reading;
@@ -43,7 +43,9 @@ use super::telemetry::{PeerLabels, SharedPeerLabels};
 use super::PodContext;
 use crate::registry::Route;
 
+pub(crate) use forward::{is_grpc, upstream_version};
 pub use pool::Pool;
+pub(crate) use routing::Attributes;
 
 /// Node-wide HTTP state.
 #[derive(Default)]

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 
 use super::super::dial::{self, Security};
+use super::super::policy::Carries;
 use super::super::PodContext;
 use super::body::ReplayBody;
 use super::keep_reading::KeepReading;
@@ -199,7 +200,7 @@ async fn open(
     endpoint: SocketAddr,
     app: SocketAddr,
 ) -> Result<(dial::UpstreamIo, Security, Guard), SendError> {
-    let upstream = dial::connect(context, endpoint, app)
+    let upstream = dial::connect(context, endpoint, app, Carries::Http)
         .await
         .map_err(SendError::Connect)?;
     let security = upstream.security();

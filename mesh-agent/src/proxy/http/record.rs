@@ -31,6 +31,8 @@ pub struct Pending {
     pub flags: Vec<&'static str>,
     pub upstream: Option<SocketAddr>,
     pub attempts: u32,
+    /// The destination's policy that refused the request (same node), for the log.
+    pub authz_policy: Option<String>,
 }
 
 impl Pending {
@@ -131,6 +133,7 @@ impl Pending {
                 request_id: self.request_id,
                 trace_id: self.trace_id,
                 attempts: self.attempts,
+                authz_policy: self.authz_policy,
                 labels: Some(labels),
             };
             telemetry.record(record, metrics, log_path.as_deref());

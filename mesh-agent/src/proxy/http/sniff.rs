@@ -5,9 +5,12 @@
 //! nothing from the client until the server's greeting, so after [`SNIFF_WAIT`] without a
 //! byte the connection is relayed as opaque TCP and the greeting flows as usual.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh_api::Protocol;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// How long an `auto` port waits for the client's first bytes.
@@ -98,6 +101,88 @@ pub async fn decide(stream: TcpStream, protocol: Protocol) -> std::io::Result<(T
     }
 }
 
+/// [`decide`] for a stream that cannot be peeked (an HBONE stream): the first bytes are
+/// read (within [`SNIFF_WAIT`]) and handed back in front of the stream.
+pub async fn decide_buffered<S>(mut stream: S, protocol: Protocol) -> (Rewound<S>, bool)
+where
+    S: AsyncRead + Unpin,
+{
+    let mut first = Vec::new();
+    if protocol != Protocol::Auto {
+        return (Rewound::new(first, stream), protocol.is_http());
+    }
+    let deadline = tokio::time::Instant::now() + SNIFF_WAIT;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let is_http = loop {
+        let room = buf.len() - first.len();
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf[..room])).await {
+            Ok(Ok(n)) if n > 0 => first.extend_from_slice(&buf[..n]),
+            // Closed, failed or silent: not HTTP (whatever was read still goes on).
+            _ => break false,
+        }
+        match classify(&first) {
+            Sniffed::Http => break true,
+            Sniffed::Opaque => break false,
+            Sniffed::NeedMore if first.len() == buf.len() => break false,
+            Sniffed::NeedMore => {}
+        }
+    };
+    (Rewound::new(first, stream), is_http)
+}
+
+/// A stream whose first bytes were already read: they come first again.
+pub struct Rewound<S> {
+    first: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S> Rewound<S> {
+    fn new(first: Vec<u8>, inner: S) -> Self {
+        Rewound {
+            first,
+            offset: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let rest = &this.first[this.offset..];
+        if !rest.is_empty() {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.offset += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +200,24 @@ mod tests {
         assert_eq!(classify(b"SSH-2.0-OpenSSH"), Sniffed::Opaque);
         assert_eq!(classify(b"get / HTTP/1.1"), Sniffed::Opaque);
         assert_eq!(classify(b""), Sniffed::NeedMore);
+    }
+
+    #[tokio::test]
+    async fn bytes_read_to_decide_are_read_again() {
+        for (sent, http) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], true),
+            (&b"\x16\x03\x01 hello"[..], false),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1024);
+            tokio::io::AsyncWriteExt::write_all(&mut client, sent)
+                .await
+                .unwrap();
+            drop(client);
+            let (mut rewound, is_http) = decide_buffered(server, Protocol::Auto).await;
+            assert_eq!(is_http, http);
+            let mut all = Vec::new();
+            rewound.read_to_end(&mut all).await.unwrap();
+            assert_eq!(all, sent);
+        }
     }
 }

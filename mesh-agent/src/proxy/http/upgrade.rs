@@ -13,7 +13,7 @@ use mesh_api::Snapshot;
 
 use super::body::ReplayBody;
 use super::errors::{ProxyBody, ProxyError};
-use super::forward::{rebuild, Reached};
+use super::forward::{judge_same_node, rebuild, Reached};
 use super::pool::SendError;
 use super::record::Pending;
 use super::routing::{choose, Destination, Plan};
@@ -54,6 +54,7 @@ pub async fn forward<'s>(
         http::Version::HTTP_11,
         &fallback_authority,
     );
+    let request = judge_same_node(conn, snapshot, endpoint, rebuild(&parts, body), record)?;
     let (mut sender, security) = context
         .http_pool
         .dedicated_h1(context, endpoint, conn.app)
@@ -62,7 +63,7 @@ pub async fn forward<'s>(
             SendError::Connect(Failure::AuthzDenied) => ProxyError::Denied,
             _ => ProxyError::ConnectFailure,
         })?;
-    let send = sender.send_request(rebuild(&parts, body));
+    let send = sender.send_request(request);
     let mut response = match plan.timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await

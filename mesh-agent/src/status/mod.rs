@@ -1,6 +1,8 @@
 //! What `mesh-agent status` shows: built from the running agent, sent as JSON over the admin
 //! socket, rendered by the CLI as a table, JSON or YAML.
 
+mod security;
+
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -24,6 +26,9 @@ pub struct Status {
     /// Routes in force, with requests per rule on this node.
     #[serde(default)]
     pub routes: Vec<RouteStatus>,
+    /// Pods whose requests are judged one by one, and what was decided.
+    #[serde(default)]
+    pub request_security: Vec<security::PodRequestSecurity>,
     /// Destinations the kernel captures (prefixes).
     pub capture: Vec<String>,
     /// Counters kept by the eBPF programs.
@@ -230,6 +235,12 @@ impl Status {
                 })
                 .collect(),
             routes: route_statuses(agent),
+            request_security: security::pod_request_security(
+                &snapshot,
+                pods.values()
+                    .map(|p| (p.request.pod_name(), &p.context.workload)),
+                &agent.proxy.http.telemetry.authz.list(),
+            ),
             capture: agent
                 .datapath
                 .maps
@@ -375,6 +386,7 @@ impl Status {
             rows,
         );
         self.routes_table(&mut out);
+        security::table(&self.request_security, &mut out);
         self.identity_table(&mut out);
         let _ = writeln!(out, "\nOPEN CONNECTIONS: {}", self.connections.len());
         let rows = self

@@ -14,6 +14,9 @@
 //! - `rejected`: invalid and conflicting resources change nothing; a config the agent cannot
 //!   apply is NACKed while the old one serves; a wrong or missing admin token is refused.
 //! - `health`: an endpoint whose app dies is reported unhealthy and avoided, then recovers.
+//! - `jwks`: RequestAuthentication `jwksUri` key sets fetched by the control plane from an
+//!   HTTPS server in a test pod and pushed to the agent inline; rotations followed; an
+//!   untrusted server, an invalid set and a redirect refused with the last good set kept.
 //! - `meshctl`: every meshctl command against a live control plane and agent.
 //! - `security_rules`: `meshctl rules add/list` of the security rule (AuthorizationPolicy +
 //!   RequestAuthentication + PeerAuthentication), and the apply warning for HTTP policy
@@ -33,6 +36,8 @@ mod follow;
 mod health;
 #[path = "control_plane/identity.rs"]
 mod identity;
+#[path = "control_plane/jwks.rs"]
+mod jwks;
 #[path = "control_plane/meshctl.rs"]
 mod meshctl;
 #[path = "control_plane/outage.rs"]

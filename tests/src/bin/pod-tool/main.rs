@@ -39,6 +39,7 @@ mod http_hold;
 mod http_load;
 mod http_rate;
 mod http_serve;
+mod https_serve;
 mod raw_send;
 mod tcp;
 mod ws;
@@ -76,6 +77,9 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// HTTPS (HTTP/1.1) server answering every request with the current content of --file
+    /// (`/redirect`: 302 to `/`): an issuer's JSON Web Key Set for `jwksUri`.
+    HttpsServe(https_serve::ServeArgs),
     /// One HTTP request (GET unless --method); prints the body. Exit 1 on network errors, 22
     /// on a non-2xx status.
     HttpGet(http::GetArgs),
@@ -258,6 +262,7 @@ fn run(cmd: Cmd) -> Result<()> {
             close_first,
             expect_own_address,
         }),
+        Cmd::HttpsServe(args) => https_serve::serve(args),
         Cmd::HttpGet(args) => http::get(args),
         Cmd::HttpLoad(args) => http_load::load(args),
         Cmd::HttpRate(args) => http_rate::rate(args),

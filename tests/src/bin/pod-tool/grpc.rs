@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap, MetadataValue};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -134,6 +134,9 @@ pub struct CallArgs {
     /// as CANCELLED "Timeout expired"; a DEADLINE_EXCEEDED comes from someone else (the mesh).
     #[arg(long)]
     deadline_ms: Option<u64>,
+    /// Request metadata (an HTTP/2 header), `name: value`, on every call; repeat for more.
+    #[arg(short = 'H', long = "metadata")]
+    metadata: Vec<String>,
 }
 
 /// Prints `{"codes": {NAME: n}, "served_by": {name: n}, "messages": [first reply],
@@ -141,6 +144,11 @@ pub struct CallArgs {
 /// without one) counts as `LOCAL_TIMEOUT`. Exits non-zero only on bad arguments.
 pub fn call(args: CallArgs) -> Result<()> {
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let metadata = args
+        .metadata
+        .iter()
+        .map(|m| parse_metadata(m))
+        .collect::<Result<Vec<_>>>()?;
     let rt = runtime()?;
     let summary = rt.block_on(async {
         let client = EchoClient::new(channel(&args.connect)?);
@@ -155,6 +163,9 @@ pub fn call(args: CallArgs) -> Result<()> {
             });
             if let Some(d) = deadline {
                 req.set_timeout(d);
+            }
+            for (name, value) in &metadata {
+                req.metadata_mut().append(name.clone(), value.clone());
             }
             async move { tokio::time::timeout(give_up, client.call(req)).await }
         });
@@ -175,6 +186,18 @@ pub fn call(args: CallArgs) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// One `-H 'name: value'` of grpc-call, as ASCII metadata.
+fn parse_metadata(arg: &str) -> Result<(AsciiMetadataKey, AsciiMetadataValue)> {
+    let (name, value) = arg
+        .split_once(':')
+        .with_context(|| format!("metadata {arg:?} is not `name: value`"))?;
+    let name = AsciiMetadataKey::from_bytes(name.trim().as_bytes())
+        .with_context(|| format!("bad metadata name in {arg:?}"))?;
+    let value = AsciiMetadataValue::try_from(value.trim())
+        .with_context(|| format!("bad metadata value in {arg:?}"))?;
+    Ok((name, value))
 }
 
 #[derive(Default)]
@@ -322,6 +345,18 @@ mod tests {
         assert_eq!(code_name(Code::from(16)), "UNAUTHENTICATED");
         // Out-of-range codes are UNKNOWN, as the spec says.
         assert_eq!(code_name(Code::from(99)), "UNKNOWN");
+    }
+
+    #[test]
+    fn metadata_arguments() {
+        let (name, value) = parse_metadata("Authorization: Bearer a.b.c").unwrap();
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("authorization", "Bearer a.b.c")
+        );
+        for bad in ["no-colon", "bad name: v", "x-bin-bin: \u{7f}"] {
+            assert!(parse_metadata(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! `http-get`: one request with a real HTTP/1.1 or HTTP/2 client (hyper), so tests exercise the
 //! same protocol handling as real applications behind the mesh.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use http_body_util::BodyExt;
 use hyper::HeaderMap;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::http_client::RequestSpec;
+use crate::http_client::{RequestSpec, Sender};
 
 /// A response arrived but its status was not 2xx (exit code 22, like `curl -f`).
 #[derive(Debug)]
@@ -46,6 +47,18 @@ pub struct GetArgs {
     /// Send a body of this many bytes (`x`s).
     #[arg(long, default_value_t = 0)]
     body_bytes: usize,
+    /// Send the request this many times on one keep-alive connection and print each answer
+    /// as a JSON line as it arrives (`{"status", "headers": {name: first value}, "body"}`);
+    /// fails if the connection cannot carry the next request. `--timeout-ms` is per request.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// With `--repeat`: wait this long before each request after the first.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
+    /// With `--repeat`: before the k-th request (k >= 2), wait until this file has at least
+    /// k-1 lines, so a test decides when each next request goes (e.g. after changing config).
+    #[arg(long)]
+    wait_file: Option<PathBuf>,
 }
 
 struct Answer {
@@ -69,8 +82,17 @@ pub fn get(args: GetArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let what = format!("{} {}", spec.method, args.url);
+    if args.repeat != 1 || args.wait_file.is_some() || args.pause_ms != 0 {
+        return rt.block_on(repeat(&args, &spec, timeout)).context(what);
+    }
     let answer = rt
-        .block_on(async { tokio::time::timeout(timeout, fetch(&spec)).await })
+        .block_on(async {
+            tokio::time::timeout(timeout, async {
+                let mut sender = spec.connect().await?;
+                fetch(&mut sender, &spec).await
+            })
+            .await
+        })
         .map_err(|_| anyhow!("{what}: timed out after {timeout:?}"))?
         .map_err(|e| e.context(what))?;
     // Showing the status means any status is an answer worth exit code 0.
@@ -97,8 +119,60 @@ pub fn get(args: GetArgs) -> Result<()> {
     Ok(())
 }
 
-async fn fetch(spec: &RequestSpec) -> Result<Answer> {
-    let mut sender = spec.connect().await?;
+/// `--repeat`: every request on the one connection, each answer a JSON line on stdout as soon
+/// as it is complete.
+async fn repeat(args: &GetArgs, spec: &RequestSpec, timeout: Duration) -> Result<()> {
+    ensure!(args.repeat >= 1, "--repeat must be at least 1");
+    let mut sender = tokio::time::timeout(timeout, spec.connect())
+        .await
+        .map_err(|_| anyhow!("connecting: timed out after {timeout:?}"))??;
+    for k in 1..=args.repeat {
+        if k > 1 {
+            tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
+            if let Some(path) = &args.wait_file {
+                wait_for_lines(path, k - 1).await;
+            }
+            ensure!(
+                !sender.is_closed(),
+                "the connection closed before request {k}"
+            );
+        }
+        let answer = tokio::time::timeout(timeout, fetch(&mut sender, spec))
+            .await
+            .map_err(|_| anyhow!("request {k}: timed out after {timeout:?}"))?
+            .with_context(|| format!("request {k}"))?;
+        let headers: serde_json::Map<String, serde_json::Value> = answer
+            .headers
+            .keys()
+            .map(|name| {
+                let value = String::from_utf8_lossy(answer.headers[name].as_bytes());
+                (name.as_str().to_owned(), value.into_owned().into())
+            })
+            .collect();
+        let line = serde_json::json!({
+            "status": answer.status,
+            "headers": headers,
+            "body": String::from_utf8_lossy(&answer.body),
+        });
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Waits until `path` holds at least `lines` lines (a missing file holds none).
+async fn wait_for_lines(path: &Path, lines: usize) {
+    loop {
+        let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
+        if text.lines().count() >= lines {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn fetch(sender: &mut Sender, spec: &RequestSpec) -> Result<Answer> {
     let resp = sender.send(spec.request()?).await?;
     let (parts, body) = resp.into_parts();
     let collected = body

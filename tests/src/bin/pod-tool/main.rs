@@ -81,7 +81,8 @@ enum Cmd {
     /// (`/redirect`: 302 to `/`): an issuer's JSON Web Key Set for `jwksUri`.
     HttpsServe(https_serve::ServeArgs),
     /// One HTTP request (GET unless --method); prints the body. Exit 1 on network errors, 22
-    /// on a non-2xx status.
+    /// on a non-2xx status. With --repeat N: N requests on one keep-alive connection, each
+    /// answer a JSON line (any status).
     HttpGet(http::GetArgs),
     /// N requests, C at a time; prints a JSON summary: {"ok", "statuses", "served_by" (by
     /// x-served-by; responses without it are not counted there), "errors", "error_samples",

@@ -30,6 +30,8 @@ pub struct Admin {
     /// previous one left.
     pub apply_lock: tokio::sync::Mutex<()>,
     pub ca: Arc<super::ca::Ca>,
+    /// This replica's jwksUri fetches, for `status`.
+    pub jwks: Arc<super::jwks::JwksStatus>,
 }
 
 fn store_error(e: impl std::fmt::Display) -> Status {
@@ -518,6 +520,17 @@ impl MeshAdmin for Admin {
             replica: self.replica.clone(),
             store: self.store.describe(),
             agents,
+            jwks: self
+                .jwks
+                .snapshot()
+                .into_iter()
+                .map(|(uri, s)| pb::JwksFetchStatus {
+                    uri,
+                    last_attempt: s.last_attempt,
+                    last_success: s.last_success,
+                    last_error: s.last_error,
+                })
+                .collect(),
         }))
     }
 

@@ -112,7 +112,7 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
     let cache = cache::ConfigCache::start(store.clone())
         .await
         .context("loading the store")?;
-    let _jwks_status = jwks::start(cache.clone(), store.clone(), options.jwks)
+    let jwks_status = jwks::start(cache.clone(), store.clone(), options.jwks)
         .context("starting the jwksUri fetcher")?;
     let ca = ca::Ca::start(
         store.clone(),
@@ -159,6 +159,7 @@ pub async fn serve(store: SharedStore, options: ServeOptions) -> Result<()> {
         metrics,
         apply_lock: tokio::sync::Mutex::new(()),
         ca,
+        jwks: jwks_status,
     };
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await

@@ -13,7 +13,7 @@ use mesh_tests::{cargo_bin, wait_until, Pod, PodProcess, TempDir};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use serde_json::Value;
 
-use super::support::{apply_fails, url, vip, web, Mesh, APP_PORT, T, VIP};
+use super::support::{apply_fails, cp_status, url, vip, web, Mesh, APP_PORT, T, VIP};
 
 /// How often the control plane fetches each URI in these tests (`--jwks-refresh-secs`).
 const REFRESH: Duration = Duration::from_secs(1);
@@ -185,6 +185,15 @@ fn status_with_token(mesh: &Mesh, token: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
 }
 
+/// `meshctl status`'s entry for the fetches of `uri`.
+fn fetch_status(mesh: &Mesh, uri: &str) -> Value {
+    let status = cp_status(&mesh.cp);
+    let entry = status["jwks"]
+        .as_array()
+        .and_then(|all| all.iter().find(|j| j["uri"] == uri).cloned());
+    entry.unwrap_or_else(|| panic!("no fetch of {uri} in {status}"))
+}
+
 fn control_plane_log(mesh: &mut Mesh) -> String {
     mesh.cp.process().expect("mesh-control runs").log()
 }
@@ -207,6 +216,19 @@ fn fetched_keys_reach_the_agent_inline_and_rotations_follow() {
     let took = wait_agent_jwks(&mesh.node, &first);
     let rule = agent_rule(&mesh.node, RULE_NAME).unwrap();
     assert_eq!(rule["jwksUri"], issuer.uri(), "the URI is kept: {rule}");
+    let mut fetched = Value::Null;
+    let shown = wait_until(T, || {
+        fetched = fetch_status(&mesh, &issuer.uri());
+        fetched["lastSuccess"].as_u64() > Some(0) && fetched["lastError"] == ""
+    });
+    assert!(shown, "meshctl status -o json: {fetched}");
+    let table = mesh.cp.meshctl_ok(&["status"]).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&issuer.uri()) && l.trim_end().ends_with(" ok")),
+        "{table}"
+    );
     println!("first key set at the agent {took:?} after the apply");
     let stored = mesh
         .cp
@@ -275,6 +297,13 @@ fn untrusted_or_invalid_key_sets_are_not_pushed_and_the_last_good_stays() {
         logged,
         "no failed fetch logged: {}",
         control_plane_log(&mut mesh)
+    );
+    let failed = fetch_status(&mesh, &uri);
+    assert!(
+        failed["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("TLS handshake failed")),
+        "meshctl status shows why: {failed}"
     );
     assert_eq!(
         agent_jwks(&mesh.node, RULE_NAME).as_deref(),

@@ -127,7 +127,17 @@ pub fn print_status(status: pb::StatusResponse, output: Output) -> Result<()> {
                 })
             })
             .collect();
-        let value = serde_json::json!({"version": status.version, "replica": status.replica, "store": status.store, "agents": agents});
+        let jwks: Vec<serde_json::Value> = status
+            .jwks
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "uri": j.uri, "lastAttempt": j.last_attempt,
+                    "lastSuccess": j.last_success, "lastError": j.last_error,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({"version": status.version, "replica": status.replica, "store": status.store, "agents": agents, "jwks": jwks});
         return print_structured(&value, output);
     }
     println!(
@@ -160,7 +170,35 @@ pub fn print_status(status: pb::StatusResponse, output: Output) -> Result<()> {
         &["NODE", "STREAM", "REPLICA", "ACKED VERSION", "LAST NACK"],
         rows,
     );
+    print_jwks_fetches(&status.jwks);
     Ok(())
+}
+
+/// This replica's jwksUri fetches: when each last succeeded and why the last one failed.
+fn print_jwks_fetches(fetches: &[pb::JwksFetchStatus]) {
+    if fetches.is_empty() {
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let ago = |t: u64| match t {
+        0 => "never".to_owned(),
+        t => format!("{}s ago", now.saturating_sub(t)),
+    };
+    let rows = fetches
+        .iter()
+        .map(|j| {
+            let result = match (j.last_attempt, j.last_error.as_str()) {
+                (0, _) => "pending".to_owned(),
+                (_, "") => "ok".to_owned(),
+                (_, error) => format!("failed: {error}"),
+            };
+            vec![j.uri.clone(), ago(j.last_success), result]
+        })
+        .collect();
+    println!();
+    print_table(&["JWKS URI", "LAST SUCCESS", "LAST FETCH"], rows);
 }
 
 pub fn print_table(header: &[&str], rows: Vec<Vec<String>>) {

@@ -32,6 +32,8 @@ pub struct JwksClient {
     /// False when no `--jwks-ca` was given: every fetch fails saying so, instead of
     /// trusting nothing silently.
     has_roots: bool,
+    /// [`FETCH_TIMEOUT`] (shorter in tests).
+    timeout: Duration,
 }
 
 impl JwksClient {
@@ -64,6 +66,7 @@ impl JwksClient {
         Ok(JwksClient {
             tls: TlsConnector::from(Arc::new(config)),
             has_roots: !ca_files.is_empty(),
+            timeout: FETCH_TIMEOUT,
         })
     }
 
@@ -74,9 +77,10 @@ impl JwksClient {
             self.has_roots,
             "no --jwks-ca was given, so no issuer's certificate can be trusted"
         );
-        tokio::time::timeout(FETCH_TIMEOUT, self.get(uri))
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.get(uri))
             .await
-            .map_err(|_| anyhow!("no complete answer within {FETCH_TIMEOUT:?}"))?
+            .map_err(|_| anyhow!("no complete answer within {timeout:?}"))?
     }
 
     async fn get(&self, uri: &str) -> Result<String> {
@@ -134,7 +138,7 @@ impl JwksClient {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
             bail!(
-                "the key set is {} bytes; at most {MAX_JWKS_BYTES} are read",
+                "the key set is {} bytes; at most {MAX_JWKS_BYTES} bytes are read",
                 declared.unwrap_or(0)
             );
         }
@@ -146,6 +150,14 @@ impl JwksClient {
             })?
             .to_bytes();
         String::from_utf8(body.to_vec()).context("the key set is not UTF-8 text")
+    }
+}
+
+#[cfg(test)]
+impl JwksClient {
+    pub(super) fn with_timeout(mut self, timeout: Duration) -> JwksClient {
+        self.timeout = timeout;
+        self
     }
 }
 

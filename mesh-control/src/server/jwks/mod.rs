@@ -13,6 +13,8 @@
 pub mod fetch;
 
 #[cfg(test)]
+mod fetch_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -4,8 +4,10 @@
 //! (`pod-tool`) and real signed tokens (`mesh_tests::jwt`).
 //!
 //! - `http_rules`: methods, exact/prefix/suffix paths, header conditions, DENY over ALLOW,
-//!   per request, same node and plaintext; the access log; a denied request leaves its
-//!   keep-alive connection usable and a policy change applies to its next request.
+//!   per request; the access log.
+//! - `open_connections`: a denied request leaves its keep-alive connection usable; a policy
+//!   change, or authentication added later, applies to the next request on a connection
+//!   already open.
 //! - `tokens`: valid tokens and their claims in `when`, every kind of invalid token refused
 //!   with 401, a missing token refused only where a policy requires a request principal,
 //!   what the app sees of tokens (`forwardOriginalToken`, `outputPayloadToHeader`,
@@ -28,6 +30,8 @@ mod http_rules;
 #[allow(dead_code)]
 #[path = "http/support.rs"]
 mod http_support;
+#[path = "request_security/open_connections.rs"]
+mod open_connections;
 #[path = "request_security/support.rs"]
 mod support;
 #[path = "request_security/tokens.rs"]

@@ -27,10 +27,11 @@ fn grpc_calls_are_refused_with_permission_denied_or_unauthenticated() {
         &json!({"exp": now() - 3600}),
     )));
     let via_mesh = format!("{VIP}:{GRPC_PORT}");
-    let plaintext = format!("{}:{GRPC_PORT}", bed.web.ip());
+    let to_pod = format!("{}:{GRPC_PORT}", bed.web.ip());
     for (way, pod, addr) in [
-        ("same node", &bed.client, &via_mesh),
-        ("plaintext", &bed.outsider, &plaintext),
+        ("same node via the Service", &bed.client, &via_mesh),
+        ("same node to the pod", &bed.client, &to_pod),
+        ("plaintext", &bed.outsider, &to_pod),
     ] {
         let none = bed.grpc_call(pod, addr, 3, &[]);
         assert_eq!(

@@ -2,13 +2,14 @@
 //! (HTTP and gRPC apps) and a pod outside the mesh; the policies and the JWT issuer they
 //! use; what a refusal looks like.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use mesh_tests::jwt::{claims, jwks, SigningKey};
 use mesh_tests::mesh::{workload_yaml, MeshNode};
 use mesh_tests::observe::{grpc_server, http_server, pod_tool_json, AgentStatus};
 use mesh_tests::two_nodes::authz_policy;
-use mesh_tests::{temp_dir, wait_until_ok, Bridge, Pod, PodProcess, TempDir};
+use mesh_tests::{temp_dir, wait_until, wait_until_ok, Bridge, Pod, PodProcess, TempDir};
 use serde_json::Value;
 
 pub use crate::http_support::{served_on, show, Shown, APP_PORT, T};
@@ -18,6 +19,8 @@ const BRIDGES: [u8; 6] = [47, 48, 49, 43, 16, 19];
 
 /// The VIP of Service `web` (HTTP on port 80 and gRPC on [`GRPC_PORT`]).
 pub const VIP: &str = "10.96.0.47";
+/// How many ways into web [`Bed::every_way`] takes.
+pub const WAYS: u64 = 3;
 /// Where the gRPC app listens, on the VIP and in the pod.
 pub const GRPC_PORT: u16 = 9090;
 
@@ -208,6 +211,17 @@ impl Bed {
         )
     }
 
+    /// A request from `client` straight to web's app port: the same-node path without a
+    /// Service in between.
+    pub fn direct(&self, method: &str, path: &str, extra: &[&str]) -> Shown {
+        let url = format!("http://{}:{APP_PORT}{path}", self.web.ip());
+        show(
+            &self.client,
+            &url,
+            &[&["--method", method][..], extra].concat(),
+        )
+    }
+
     /// A request from `outsider` straight to web's app port: plaintext into the pod.
     pub fn plaintext(&self, method: &str, path: &str, extra: &[&str]) -> Shown {
         let url = format!("http://{}:{APP_PORT}{path}", self.web.ip());
@@ -218,15 +232,19 @@ impl Bed {
         )
     }
 
-    /// Both ways in, labelled for messages: `(label, response)`.
-    pub fn both_ways(
+    /// The request every way in ([`WAYS`]), labelled for messages: `(way, response)`.
+    pub fn every_way(
         &self,
         method: &str,
         path: &str,
         extra: &[&str],
-    ) -> [(&'static str, Shown); 2] {
-        [
-            ("same node", self.via_mesh(method, path, extra)),
+    ) -> Vec<(&'static str, Shown)> {
+        vec![
+            (
+                "same node via the Service",
+                self.via_mesh(method, path, extra),
+            ),
+            ("same node to the pod", self.direct(method, path, extra)),
             ("plaintext", self.plaintext(method, path, extra)),
         ]
     }
@@ -250,6 +268,117 @@ impl Bed {
 
 fn access_log_in(dir: &Path) -> PathBuf {
     dir.join("access.log")
+}
+
+/// Clients that each send several requests on one keep-alive connection (`pod-tool
+/// http-get --repeat`), each request after the first only once the test lets them (so it
+/// can change config in between).
+pub struct KeepAliveClients {
+    clients: Vec<(&'static str, PodProcess)>,
+    gate: PathBuf,
+    _dir: TempDir,
+}
+
+impl KeepAliveClients {
+    /// Starts one client per `(way, pod, url, extra args)`, sending `requests` requests.
+    pub fn start(requests: usize, clients: &[(&'static str, &Pod, String, &[&str])]) -> Self {
+        let dir = temp_dir().unwrap();
+        let gate = dir.path().join("gate");
+        let (repeat, gate_arg) = (requests.to_string(), gate.display().to_string());
+        let clients = clients
+            .iter()
+            .map(|(way, pod, url, extra)| {
+                let args = [
+                    &[
+                        "http-get",
+                        url,
+                        "--repeat",
+                        &repeat,
+                        "--wait-file",
+                        &gate_arg,
+                    ][..],
+                    extra,
+                ]
+                .concat();
+                let process = pod
+                    .spawn(env!("CARGO_BIN_EXE_pod-tool"), &args)
+                    .unwrap_or_else(|e| panic!("pod-tool {args:?}: {e:#}"));
+                (*way, process)
+            })
+            .collect();
+        KeepAliveClients {
+            clients,
+            gate,
+            _dir: dir,
+        }
+    }
+
+    /// Lets every client send its next request.
+    pub fn release(&self) {
+        let mut gate = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.gate)
+            .unwrap();
+        writeln!(gate, "next").unwrap();
+    }
+
+    /// Each client's `n`-th answer (from 1) as `(way, answer)`, once all have it or have
+    /// exited: `{"status", "headers", "body"}`, or `None` when the client failed first (its
+    /// connection closed); the client's error is then in `errors`.
+    pub fn nth(&mut self, n: usize) -> Vec<(&'static str, Option<Value>)> {
+        self.clients
+            .iter_mut()
+            .map(|(way, client)| {
+                wait_until(T, || printed(client).len() >= n || !client.is_running());
+                (*way, printed(client).into_iter().nth(n - 1))
+            })
+            .collect()
+    }
+
+    /// Each client's `n`-th answer as `(status, x-mesh-response-flags)`; fails if one is
+    /// missing.
+    pub fn statuses(&mut self, n: usize) -> Vec<(&'static str, u64, Value)> {
+        let answers = self.nth(n);
+        answers
+            .into_iter()
+            .map(|(way, answer)| {
+                let a = answer.unwrap_or_else(|| panic!("{way}: no answer {n}: {}", self.errors()));
+                (
+                    way,
+                    a["status"].as_u64().unwrap(),
+                    a["headers"]["x-mesh-response-flags"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// What the clients wrote on stderr.
+    pub fn errors(&self) -> String {
+        self.clients
+            .iter()
+            .map(|(way, c)| format!("{way}: {}", c.stderr()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Waits for every client to exit and fails unless all succeeded (every request went
+    /// out on its one connection).
+    pub fn finish(mut self) {
+        for (way, client) in &mut self.clients {
+            let out = client.wait_output(T).unwrap();
+            assert!(out.status.success(), "{way} failed: {}", client.stderr());
+        }
+    }
+}
+
+/// The answers a keep-alive client printed so far.
+fn printed(client: &PodProcess) -> Vec<Value> {
+    client
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }
 
 /// The lines of a JSON access log, parsed (none when the file does not exist yet).

@@ -50,7 +50,7 @@ fn valid_tokens_are_accepted_and_their_claims_usable_in_when() {
     for (i, (path, token, allowed)) in cases.into_iter().enumerate() {
         let header = token.map(bearer);
         let extra: Vec<&str> = header.iter().flat_map(|h| ["-H", h.as_str()]).collect();
-        for (way, r) in bed.both_ways("GET", path, &extra) {
+        for (way, r) in bed.every_way("GET", path, &extra) {
             let what = format!("case {i}: GET {path} ({way})");
             if allowed {
                 assert_served(&r, &what);
@@ -59,10 +59,10 @@ fn valid_tokens_are_accepted_and_their_claims_usable_in_when() {
             }
         }
     }
-    assert_eq!(served_on(&bed.web, "/admin/a"), 4);
-    assert_eq!(served_on(&bed.web, "/team/a"), 2);
-    assert_eq!(served_on(&bed.web, "/alice/a"), 2);
-    assert_eq!(served_on(&bed.web, "/public/a"), 4);
+    assert_eq!(served_on(&bed.web, "/admin/a"), 2 * WAYS);
+    assert_eq!(served_on(&bed.web, "/team/a"), WAYS);
+    assert_eq!(served_on(&bed.web, "/alice/a"), WAYS);
+    assert_eq!(served_on(&bed.web, "/public/a"), 2 * WAYS);
 }
 
 /// With a RequestAuthentication and no policy: requests without a token and with a valid one
@@ -145,7 +145,7 @@ fn invalid_tokens_are_refused_with_401_and_a_missing_one_is_not() {
     ];
     for (what, headers, description) in &tokens {
         let extra: Vec<&str> = headers.iter().flat_map(|h| ["-H", h.as_str()]).collect();
-        for (way, r) in bed.both_ways("GET", "/jwt", &extra) {
+        for (way, r) in bed.every_way("GET", "/jwt", &extra) {
             let said = assert_jwt_refused(&r, &format!("{what} ({way})"));
             assert!(said.contains(description), "{what} ({way}): {said:?}");
         }
@@ -156,15 +156,15 @@ fn invalid_tokens_are_refused_with_401_and_a_missing_one_is_not() {
         "the app saw a refused request"
     );
 
-    for (way, r) in bed.both_ways("GET", "/jwt", &[]) {
+    for (way, r) in bed.every_way("GET", "/jwt", &[]) {
         assert_served(&r, &format!("no token ({way})"));
     }
-    for (way, r) in bed.both_ways("GET", "/jwt", &["-H", &bearer(&good)]) {
+    for (way, r) in bed.every_way("GET", "/jwt", &["-H", &bearer(&good)]) {
         assert_served(&r, &format!("valid token ({way})"));
     }
-    assert_eq!(served_on(&bed.web, "/jwt"), 4);
+    assert_eq!(served_on(&bed.web, "/jwt"), 2 * WAYS);
 
-    let refused = 2 * tokens.len();
+    let refused = WAYS as usize * tokens.len();
     let jwt_lines = || {
         bed.access_log()
             .into_iter()
@@ -215,7 +215,7 @@ fn tokens_reach_the_app_only_as_configured() {
         "x-jwt-groups: admins",
     ];
 
-    for (way, r) in bed.both_ways("GET", "/headers", &["-H", &auth]) {
+    for (way, r) in bed.every_way("GET", "/headers", &["-H", &auth]) {
         let seen = seen_by_app(&r, way);
         assert_eq!(
             seen.get("authorization"),
@@ -227,13 +227,13 @@ fn tokens_reach_the_app_only_as_configured() {
         assert_eq!(seen["x-jwt-groups"], "dev,admins", "{way}: {seen}");
     }
     let with_forged = [&["-H", auth.as_str()][..], &forged].concat();
-    for (way, r) in bed.both_ways("GET", "/headers", &with_forged) {
+    for (way, r) in bed.every_way("GET", "/headers", &with_forged) {
         let seen = seen_by_app(&r, way);
         assert_eq!(seen["x-jwt-payload"], payload, "{way}: {seen}");
         assert_eq!(seen["x-jwt-sub"], "alice", "{way}: {seen}");
         assert_eq!(seen["x-jwt-groups"], "dev,admins", "{way}: {seen}");
     }
-    for (way, r) in bed.both_ways("GET", "/headers", &forged) {
+    for (way, r) in bed.every_way("GET", "/headers", &forged) {
         let seen = seen_by_app(&r, way);
         for name in ["x-jwt-payload", "x-jwt-sub", "x-jwt-groups"] {
             assert_eq!(
@@ -247,7 +247,7 @@ fn tokens_reach_the_app_only_as_configured() {
     bed.set_policies(
         &issuer.request_authentication("web-jwt", "      forwardOriginalToken: true\n"),
     );
-    for (way, r) in bed.both_ways("GET", "/headers", &["-H", &auth]) {
+    for (way, r) in bed.every_way("GET", "/headers", &["-H", &auth]) {
         let seen = seen_by_app(&r, way);
         assert_eq!(
             seen["authorization"],

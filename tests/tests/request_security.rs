@@ -3,8 +3,8 @@
 //! destination's agent on every path into a pod, with real agents, pods, HTTP and gRPC apps
 //! (`pod-tool`) and real signed tokens (`mesh_tests::jwt`).
 //!
-//! - `http_rules`: methods, exact/prefix/suffix paths, header conditions, DENY over ALLOW,
-//!   per request; the access log.
+//! - `http_rules`: methods, exact/prefix/suffix paths (normalised), header conditions, DENY
+//!   over ALLOW, per request, HTTP/1.1 and HTTP/2; WebSocket upgrades; the access log.
 //! - `open_connections`: a denied request leaves its keep-alive connection usable; a policy
 //!   change, or authentication added later, applies to the next request on a connection
 //!   already open.
@@ -15,6 +15,10 @@
 //! - `grpc`: refusals as gRPC statuses (PERMISSION_DENIED, UNAUTHENTICATED).
 //! - `crossnode`: the same policies over HBONE from another node and on the destination's
 //!   node.
+//!
+//! Single-node tests take every way into the pod (`support::Bed::every_way`): from a mesh
+//! pod on the same node through the Service and straight to the pod's address, and
+//! plaintext from a pod outside the mesh.
 //!
 //! Needs root; run with `--test-threads=1` after `cargo xtask build-ebpf && cargo build -p
 //! mesh-agent -p mesh-control`. Each test takes the first free of the suite's bridge subnets

@@ -83,7 +83,8 @@ fn methods_and_exact_prefix_suffix_paths_decide_each_request() {
 
 /// `when` on request headers (any listed value, header names without case) allows; a DENY
 /// policy refuses a request the ALLOW policy lets through, by path (also when the path
-/// only reaches it once normalised) or by a header; requests matching neither are allowed.
+/// only reaches it once normalised: `..`, `//`, an escaped letter) or by a header; requests
+/// matching neither are allowed. The same over HTTP/1.1 and HTTP/2.
 #[test]
 fn header_conditions_allow_and_deny_wins_over_allow_per_request() {
     require_root();
@@ -99,7 +100,7 @@ fn header_conditions_allow_and_deny_wins_over_allow_per_request() {
     );
     let bed = Bed::new(&(allow + &deny));
     // (path, headers, allowed)
-    let cases: [(&str, &[&str], bool); 10] = [
+    let cases: [(&str, &[&str], bool); 12] = [
         ("/tenant/a", &["-H", "x-tenant: acme"], true),
         ("/tenant/a", &["-H", "X-Tenant: globex"], true),
         ("/tenant/a", &["-H", "x-tenant: initech"], false),
@@ -110,18 +111,71 @@ fn header_conditions_allow_and_deny_wins_over_allow_per_request() {
         ("/open/a", &["-H", "x-debug: on"], false),
         ("/admin/a", &[], false),
         ("/open/../admin/a", &[], false),
+        ("//admin/a", &[], false),
+        ("/%61dmin/a", &[], false),
     ];
-    for (path, headers, allowed) in cases {
-        for (way, r) in bed.every_way("GET", path, headers) {
-            let what = format!("GET {path} {headers:?} ({way})");
-            if allowed {
-                assert_served(&r, &what);
-            } else {
-                assert_rbac_denied(&r, &what);
+    for version in [None, Some("--http2")] {
+        for (path, headers, allowed) in cases {
+            let extra = [headers, version.as_slice()].concat();
+            for (way, r) in bed.every_way("GET", path, &extra) {
+                let what = format!("GET {path} {extra:?} ({way})");
+                if allowed {
+                    assert_served(&r, &what);
+                } else {
+                    assert_rbac_denied(&r, &what);
+                }
             }
         }
     }
-    assert_eq!(served(&bed, "/tenant/a"), 2 * WAYS);
-    assert_eq!(served(&bed, "/open/a"), 2 * WAYS);
+    assert_eq!(served(&bed, "/tenant/a"), 2 * 2 * WAYS);
+    assert_eq!(served(&bed, "/open/a"), 2 * 2 * WAYS);
     assert_eq!(served(&bed, "/admin/a"), 0);
+}
+
+/// `pod-tool ws-echo` of three messages from `pod` to `url`: its summary, or its error.
+fn ws_echo(pod: &mesh_tests::Pod, url: &str) -> Result<Value, String> {
+    let args = ["ws-echo", "--url", url, "--messages", "3"];
+    let out = pod
+        .run(env!("CARGO_BIN_EXE_pod-tool"), args, T)
+        .map_err(|e| format!("{e:#}"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// Every way into web for a WebSocket: `(way, client pod, ws:// URL of /ws)`.
+fn ws_ways(bed: &Bed) -> [(&'static str, &mesh_tests::Pod, String); 3] {
+    let to_pod = format!("ws://{}:{APP_PORT}/ws", bed.web.ip());
+    [
+        (
+            "same node via the Service",
+            &bed.client,
+            format!("ws://{VIP}/ws"),
+        ),
+        ("same node to the pod", &bed.client, to_pod.clone()),
+        ("plaintext", &bed.outsider, to_pod),
+    ]
+}
+
+/// A WebSocket upgrade is judged by the request it starts with: allowed, the upgrade goes
+/// through and messages flow both ways; refused, the handshake gets 403.
+#[test]
+fn websocket_upgrades_are_judged_by_their_request() {
+    require_root();
+    let mut bed = Bed::new(&web_policy(
+        "web-ws",
+        "ALLOW",
+        "  - to: {paths: [\"/ws\"]}\n",
+    ));
+    for (way, pod, url) in &ws_ways(&bed) {
+        let echoed = ws_echo(pod, url).unwrap_or_else(|e| panic!("{way}: {e}"));
+        assert_eq!(echoed["echoed"], 3, "{way}: {echoed}");
+    }
+    bed.set_policies(&web_policy(
+        "web-ws",
+        "ALLOW",
+        "  - to: {paths: [\"/other\"]}\n",
+    ));
+    for (way, pod, url) in &ws_ways(&bed) {
+        let refused = ws_echo(pod, url).expect_err(way);
+        assert!(refused.contains("403"), "{way}: {refused}");
+    }
 }

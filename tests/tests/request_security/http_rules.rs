@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use mesh_tests::{require_root, wait_until};
+use mesh_tests::two_nodes::{metrics, sum_samples};
+use mesh_tests::{require_root, wait_until, wait_until_ok};
 use serde_json::Value;
 
 use super::support::*;
@@ -130,6 +131,29 @@ fn header_conditions_allow_and_deny_wins_over_allow_per_request() {
     assert_eq!(served(&bed, "/tenant/a"), 2 * 2 * WAYS);
     assert_eq!(served(&bed, "/open/a"), 2 * 2 * WAYS);
     assert_eq!(served(&bed, "/admin/a"), 0);
+
+    // Refusals name the DENY policy that matched (none when no ALLOW rule did), in the
+    // access log and in mesh_request_authz_total.
+    let line = wait_log_line(&bed, "/admin/a", 403, "RBAC");
+    assert_eq!(line["authz_policy"], "default/web-deny", "{line}");
+    let by_deny = 5 * 2 * WAYS;
+    let unmatched = 3 * 2 * WAYS;
+    wait_until_ok(T, || {
+        let text = metrics(&bed.node)?;
+        let refused = |policy: &str| {
+            sum_samples(&text, "mesh_request_authz_total", |labels| {
+                labels.contains(&format!("policy=\"{policy}\""))
+                    && labels.contains("decision=\"deny\"")
+            })
+        };
+        let counted = (refused("default/web-deny"), refused("-"));
+        anyhow::ensure!(
+            counted == (by_deny, unmatched),
+            "refusals counted {counted:?}: {text}"
+        );
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// `pod-tool ws-echo` of three messages from `pod` to `url`: its summary, or its error.

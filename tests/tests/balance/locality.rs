@@ -1,13 +1,7 @@
 //! `localityLb`: the client's zone first; when the zone's endpoints fail their health checks,
 //! traffic spills over to the region, in proportion to what the zone lost.
 
-use mesh_tests::wait::wait_until;
-
 use super::support::*;
-
-/// Health checks every 200 ms (default 2 s), 2 failures to go unhealthy: an endpoint whose
-/// app died is avoided within about half a second.
-const FAST_HEALTH: &str = "---\napiVersion: mesh/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec:\n  healthCheck: {intervalMs: 200, timeoutMs: 200}\n";
 
 /// Client in r1/a; a-0 and a-1 in its zone, b-0 and b-1 in zone b of the same region.
 /// 1. All healthy: every request to zone a (round robin over a-0, a-1), none to zone b.
@@ -31,15 +25,12 @@ fn the_clients_zone_first_then_spill_over_to_the_region() {
         Some(("r1", "a")),
         &(service("http", "{policy: round_robin, localityLb: true}", "") + FAST_HEALTH),
     );
-    wait_for_health(
-        &mesh,
-        &[
-            ("a-0", "healthy"),
-            ("a-1", "healthy"),
-            ("b-0", "healthy"),
-            ("b-1", "healthy"),
-        ],
-    );
+    mesh.wait_for_health(&[
+        ("a-0", "healthy"),
+        ("a-1", "healthy"),
+        ("b-0", "healthy"),
+        ("b-1", "healthy"),
+    ]);
     let local = load(&mesh.client, 200, &[]);
     assert_eq!(
         (count(&local, "a-0"), count(&local, "a-1")),
@@ -48,7 +39,7 @@ fn the_clients_zone_first_then_spill_over_to_the_region() {
     );
 
     mesh.servers[0].kill();
-    wait_for_health(&mesh, &[("a-0", "unhealthy")]);
+    mesh.wait_for_health(&[("a-0", "unhealthy")]);
     let spilled = load(&mesh.client, 1000, &[]);
     let (a0, a1) = (count(&spilled, "a-0"), count(&spilled, "a-1"));
     let zone_b = count(&spilled, "b-0") + count(&spilled, "b-1");
@@ -63,39 +54,11 @@ fn the_clients_zone_first_then_spill_over_to_the_region() {
     );
 
     mesh.servers[1].kill();
-    wait_for_health(&mesh, &[("a-1", "unhealthy")]);
+    mesh.wait_for_health(&[("a-1", "unhealthy")]);
     let region = load(&mesh.client, 100, &[]);
     assert_eq!(
         (count(&region, "b-0"), count(&region, "b-1")),
         (50, 50),
         "{region}"
-    );
-}
-
-/// Waits until the node's status shows each (endpoint, health).
-fn wait_for_health(mesh: &Backends, want: &[(&str, &str)]) {
-    let healths = || {
-        let status = mesh.node.status_json().unwrap();
-        let web = status["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["service"] == "default/web")
-            .cloned()
-            .unwrap();
-        web["endpoints"].as_array().unwrap().clone()
-    };
-    let reached = || {
-        let endpoints = healths();
-        want.iter().all(|(name, health)| {
-            endpoints
-                .iter()
-                .any(|e| e["workload"] == format!("default/{name}") && e["health"] == *health)
-        })
-    };
-    assert!(
-        wait_until(T, reached),
-        "health never became {want:?}: {:?}",
-        healths()
     );
 }

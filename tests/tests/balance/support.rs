@@ -1,11 +1,14 @@
 //! Building blocks of the balancing tests: a client pod and web pods (each an `http-serve`
 //! named after it) behind one Service `web`, on one node, with the weights and localities
-//! under test on their Workloads.
+//! under test on their Workloads; what the agent's status says of the service's endpoints;
+//! requests with one key each, and what the kernel counted in a pod.
 
 use std::time::Duration;
 
+use mesh_tests::cargo_bin;
 use mesh_tests::mesh::{workload_yaml, MeshNode};
 use mesh_tests::observe::{pod_tool_json, start_server};
+use mesh_tests::wait::wait_until;
 use mesh_tests::{Bridge, Pod, PodProcess};
 use serde_json::Value;
 
@@ -18,6 +21,15 @@ const BRIDGES: [u8; 5] = [42, 44, 46, 8, 9];
 /// Upper bound for anything a test waits for; the happy path takes milliseconds.
 pub const T: Duration = Duration::from_secs(10);
 
+/// Health checks every 200 ms (default 2 s), 2 failures to go unhealthy: an endpoint whose
+/// app died is avoided within about half a second.
+pub const FAST_HEALTH: &str = "---\napiVersion: mesh/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec:\n  healthCheck: {intervalMs: 200, timeoutMs: 200}\n";
+
+/// Health checks that never call an endpoint unhealthy within a test (one probe a minute,
+/// 1000 failures needed): an endpoint refusing connections stays in rotation, so what hides
+/// it from clients is the connect retry alone.
+pub const LAX_HEALTH: &str = "---\napiVersion: mesh/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec:\n  healthCheck: {intervalMs: 60000, timeoutMs: 1000, unhealthyThreshold: 1000}\n";
+
 /// One web pod: its name (also what its server answers as), and what its Workload declares.
 #[derive(Clone, Default)]
 pub struct Web {
@@ -27,6 +39,10 @@ pub struct Web {
     pub locality: Option<(String, String)>,
     /// The server answers this much later (`http-serve --delay-ms`).
     pub delay_ms: u64,
+    /// Nothing listens in the pod: every connection to it is refused.
+    pub refuses: bool,
+    /// Declared with label `app: spare`, so not an endpoint of `web` (until redeclared).
+    pub spare: bool,
 }
 
 pub fn web(name: &str) -> Web {
@@ -54,6 +70,21 @@ impl Web {
     pub fn slow(self, delay_ms: u64) -> Web {
         Web { delay_ms, ..self }
     }
+
+    pub fn refusing(self) -> Web {
+        Web {
+            refuses: true,
+            ..self
+        }
+    }
+
+    /// The same pod, selected by `web` or not.
+    pub fn selected(self, selected: bool) -> Web {
+        Web {
+            spare: !selected,
+            ..self
+        }
+    }
 }
 
 /// `client` (.2) and the web pods (.3, .4, ...; label app=web), all enrolled on one node
@@ -67,6 +98,8 @@ pub struct Backends {
     pub webs: Vec<Pod>,
     /// Held for its Drop (removes the bridge after the pods).
     pub _bridge: Bridge,
+    client_locality: Option<(String, String)>,
+    service_yaml: String,
 }
 
 impl Backends {
@@ -78,31 +111,18 @@ impl Backends {
     ) -> Backends {
         let bridge = Bridge::first_free(&BRIDGES).unwrap();
         let client = Pod::new(&bridge, "client", 2).unwrap();
-        let mut config =
-            workload_yaml("client", "client-uid", &[client.ip()], &[("app", "client")]);
-        if let Some((region, zone)) = client_locality {
-            config += &format!("  locality: {{region: {region}, zone: {zone}}}\n");
-        }
         let mut pods = Vec::new();
         let mut servers = Vec::new();
         for (i, w) in webs.iter().enumerate() {
             let pod = Pod::new(&bridge, &w.name, 3 + i as u8).unwrap();
-            config += &workload_yaml(
-                &w.name,
-                &format!("{}-uid", w.name),
-                &[pod.ip()],
-                &[("app", "web")],
-            );
-            if let Some(weight) = w.weight {
-                config += &format!("  weight: {weight}\n");
+            if !w.refuses {
+                servers.push(http_server(&pod, w));
             }
-            if let Some((region, zone)) = &w.locality {
-                config += &format!("  locality: {{region: {region}, zone: {zone}}}\n");
-            }
-            servers.push(http_server(&pod, w));
             pods.push(pod);
         }
-        config += service_yaml;
+        let client_locality =
+            client_locality.map(|(region, zone)| (region.to_owned(), zone.to_owned()));
+        let config = config_yaml(&client, client_locality.as_ref(), &pods, webs, service_yaml);
         let node = MeshNode::start(&config).unwrap();
         node.enroll(&client, "client-uid", "client").unwrap();
         for (pod, w) in pods.iter().zip(webs) {
@@ -115,8 +135,106 @@ impl Backends {
             client,
             webs: pods,
             _bridge: bridge,
+            client_locality,
+            service_yaml: service_yaml.to_owned(),
         }
     }
+
+    /// Declares the web pods anew as `webs` (same pods, same order: e.g. another one
+    /// selected), reloads the agent's config and waits until the service's endpoints are
+    /// the selected ones.
+    pub fn redeclare(&mut self, webs: &[Web]) {
+        assert_eq!(webs.len(), self.webs.len(), "one Web per pod");
+        let config = config_yaml(
+            &self.client,
+            self.client_locality.as_ref(),
+            &self.webs,
+            webs,
+            &self.service_yaml,
+        );
+        self.node.reload_config(&config).unwrap();
+        let mut want: Vec<String> = webs
+            .iter()
+            .filter(|w| !w.spare)
+            .map(|w| format!("default/{}", w.name))
+            .collect();
+        want.sort();
+        let current = || {
+            let mut names: Vec<String> = self
+                .endpoints()
+                .iter()
+                .filter_map(|e| e["workload"].as_str().map(str::to_owned))
+                .collect();
+            names.sort();
+            names
+        };
+        assert!(
+            wait_until(T, || current() == want),
+            "the endpoints of web never became {want:?}: {:?}",
+            current()
+        );
+    }
+
+    /// The endpoints of `default/web` in the agent's status (`workload`, `health`, ...).
+    pub fn endpoints(&self) -> Vec<Value> {
+        let status = self.node.status_json().unwrap();
+        let web = status["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == "default/web")
+            .cloned()
+            .unwrap_or_else(|| panic!("no service default/web in the status: {status}"));
+        web["endpoints"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the node's status shows each (endpoint, health).
+    pub fn wait_for_health(&self, want: &[(&str, &str)]) {
+        let reached = || {
+            let endpoints = self.endpoints();
+            want.iter().all(|(name, health)| {
+                endpoints
+                    .iter()
+                    .any(|e| e["workload"] == format!("default/{name}") && e["health"] == *health)
+            })
+        };
+        assert!(
+            wait_until(T, reached),
+            "health never became {want:?}: {:?}",
+            self.endpoints()
+        );
+    }
+}
+
+/// The client's Workload and the web pods' (weights, localities, `app: web` or `app: spare`)
+/// plus `service_yaml`.
+fn config_yaml(
+    client: &Pod,
+    client_locality: Option<&(String, String)>,
+    pods: &[Pod],
+    webs: &[Web],
+    service_yaml: &str,
+) -> String {
+    let mut config = workload_yaml("client", "client-uid", &[client.ip()], &[("app", "client")]);
+    if let Some((region, zone)) = client_locality {
+        config += &format!("  locality: {{region: {region}, zone: {zone}}}\n");
+    }
+    for (pod, w) in pods.iter().zip(webs) {
+        let app = if w.spare { "spare" } else { "web" };
+        config += &workload_yaml(
+            &w.name,
+            &format!("{}-uid", w.name),
+            &[pod.ip()],
+            &[("app", app)],
+        );
+        if let Some(weight) = w.weight {
+            config += &format!("  weight: {weight}\n");
+        }
+        if let Some((region, zone)) = &w.locality {
+            config += &format!("  locality: {{region: {region}, zone: {zone}}}\n");
+        }
+    }
+    config + service_yaml
 }
 
 fn http_server(pod: &Pod, web: &Web) -> PodProcess {
@@ -149,10 +267,14 @@ pub fn service(protocol: &str, lb: &str, more: &str) -> String {
 /// `pod-tool http-load` from `pod`: `requests` requests to the service (more flags in
 /// `extra`); its JSON summary (`served_by`, `errors`, ...).
 pub fn load(pod: &Pod, requests: usize, extra: &[&str]) -> Value {
-    let url = format!("http://{VIP}/");
+    load_url(pod, &format!("http://{VIP}/"), requests, extra)
+}
+
+/// [`load`] to any `url`.
+pub fn load_url(pod: &Pod, url: &str, requests: usize, extra: &[&str]) -> Value {
     let requests = requests.to_string();
     let args = [
-        &["http-load", "--url", &url, "--requests", &requests][..],
+        &["http-load", "--url", url, "--requests", &requests][..],
         extra,
     ]
     .concat();
@@ -164,4 +286,62 @@ pub fn load(pod: &Pod, requests: usize, extra: &[&str]) -> Value {
 /// Requests (connections) `server` answered, from an http-load summary.
 pub fn count(summary: &Value, server: &str) -> u64 {
     summary["served_by"][server].as_u64().unwrap_or(0)
+}
+
+/// Which server answered each of `requests` (`(path, header)`: a URL path and one
+/// `name: value` header), each a `pod-tool http-get` of its own (so its own connection),
+/// run one after the other by one shell in `pod`: hundreds of requests with different keys
+/// take a second or two this way.
+pub fn served_by_each(pod: &Pod, requests: &[(String, String)]) -> Vec<String> {
+    let tool = cargo_bin("pod-tool");
+    let mut script = String::from("set -u\n");
+    for (path, header) in requests {
+        assert!(
+            !format!("{path}{header}").contains('\''),
+            "no quotes in {path:?} {header:?}"
+        );
+        script += &format!(
+            "'{}' http-get 'http://{VIP}{path}' -H '{header}' || echo FAILED; echo\n",
+            tool.display()
+        );
+    }
+    let out = pod
+        .run("sh", ["-c", &script], T * 3)
+        .unwrap_or_else(|e| panic!("requests from {}: {e:#}", pod.name()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<String> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            // `name=<NAME> peer=... local=...`
+            l.strip_prefix("name=")
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("not an answer of http-serve: {l:?}"))
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(answers.len(), requests.len(), "{text}");
+    answers
+}
+
+/// TCP resets `pod`'s kernel sent (`Tcp: OutRsts` of its network namespace): one per
+/// connection attempt to a port where nothing listens, so the count of attempts on an
+/// endpoint that refuses connections.
+pub fn resets_sent(pod: &Pod) -> u64 {
+    let snmp = pod
+        .in_netns(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
+        .unwrap()
+        .unwrap();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let column = names
+        .split_whitespace()
+        .position(|n| n == "OutRsts")
+        .unwrap();
+    values
+        .split_whitespace()
+        .nth(column)
+        .unwrap()
+        .parse()
+        .unwrap()
 }

@@ -1,0 +1,66 @@
+//! Connect retry on one node: an endpoint that refuses connections stays in rotation (its
+//! health checks are too lax to notice within the test), yet no client request or connection
+//! fails: each try on it is refused and the agent tries another endpoint at once.
+
+use super::support::*;
+
+/// `web-0` and `web-1` serve, `dead` refuses every connection; round robin over the three.
+fn one_refusing(protocol: &str) -> Backends {
+    let mesh = Backends::new(
+        &[web("web-0"), web("web-1"), web("dead").refusing()],
+        None,
+        &(service(protocol, "{policy: round_robin}", "") + LAX_HEALTH),
+    );
+    // Still in rotation: not called unhealthy (one probe a minute, 1000 failures needed).
+    let dead = mesh
+        .endpoints()
+        .into_iter()
+        .find(|e| e["workload"] == "default/dead")
+        .expect("dead is an endpoint of web");
+    assert_ne!(dead["health"], "unhealthy", "{dead}");
+    mesh
+}
+
+/// Checks that every one of `n` requests of `summary` was answered 200 by a serving
+/// endpoint, and that `dead` refused at least n/3 connection attempts meanwhile
+/// (`resets_before`: its count of resets before the load).
+fn assert_hidden(mesh: &Backends, summary: &serde_json::Value, n: u64, resets_before: u64) {
+    let tries_on_dead = resets_sent(&mesh.webs[2]) - resets_before;
+    eprintln!("{n} requests, {tries_on_dead} refused tries on dead: {summary}");
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert_eq!(summary["statuses"]["200"], n, "{summary}");
+    assert_eq!(
+        count(summary, "web-0") + count(summary, "web-1"),
+        n,
+        "{summary}"
+    );
+    // Round robin gives dead the first try of one pick in three; every such try is refused
+    // (one reset each) and retried elsewhere. Without connect retry those n/3 would fail.
+    assert!(
+        tries_on_dead >= n / 3,
+        "dead was tried {tries_on_dead} times for {n} requests: not in rotation?"
+    );
+}
+
+/// HTTP: 300 requests on one keep-alive connection, each balanced on its own; the ones
+/// whose pick is `dead` are refused upstream before any byte of the request left the proxy
+/// and go to the next endpoint. Not one fails; `dead`'s kernel refused at least 100 tries.
+#[test]
+fn a_refused_connect_is_retried_for_every_http_request() {
+    let mesh = one_refusing("http");
+    let before = resets_sent(&mesh.webs[2]);
+    let summary = load(&mesh.client, 300, &[]);
+    assert_hidden(&mesh, &summary, 300, before);
+}
+
+/// TCP: 90 connections (`Connection: close`, one request each), each balanced on its own
+/// and relayed as opaque bytes: a connection whose first endpoint refuses is connected to
+/// the next one before the client notices. Not one fails; `dead` refused at least 30.
+#[test]
+fn a_refused_connect_is_retried_for_every_tcp_connection() {
+    let mesh = one_refusing("tcp");
+    let before = resets_sent(&mesh.webs[2]);
+    let summary = load(&mesh.client, 90, &["-H", "connection: close"]);
+    assert_eq!(summary["connections"], 90, "{summary}");
+    assert_hidden(&mesh, &summary, 90, before);
+}

@@ -15,8 +15,9 @@
 //!   failed request (HTTP) or connection (TCP).
 //! - `disruption`: when an endpoint joins or leaves, `maglev` moves about 1/N of 200 keys,
 //!   the leaver's and hardly any other (`ring_hash`: none other; ignored, agent bug).
-//! - `crossnode`: across two nodes (HBONE): weighted 1:3, and connect retry past an endpoint
-//!   on the other node that refuses connections (HTTP and TCP).
+//! - `crossnode`: across two nodes (HBONE): weighted 1:3, connect retry past an endpoint on
+//!   the other node that refuses connections (HTTP and TCP), and `maglev` sending a key to
+//!   the same endpoint from either node.
 //!
 //! Needs root; run with `--test-threads=1` after `cargo xtask build-ebpf && cargo build -p
 //! mesh-agent`. Each test takes the first free of the suite's bridge subnets.

@@ -1,7 +1,9 @@
-//! Balancing across two nodes: the client on node-1, every endpoint on node-2, each request
-//! or connection carried over HBONE (mutual TLS between the agents). Weights hold per
-//! request as on one node, and an endpoint on node-2 that refuses connections (refused by
-//! its pod, behind node-2's agent) is hidden from the client by node-1's connect retry.
+//! Balancing across two nodes: the client on node-1, endpoints on node-2, each request or
+//! connection carried over HBONE (mutual TLS between the agents). Weights hold per request
+//! as on one node; an endpoint on node-2 that refuses connections (refused by its pod,
+//! behind node-2's agent) is hidden from the client by node-1's connect retry; and `maglev`
+//! sends a key to the same endpoint from either node (its table is built from workload
+//! names, the same on every node).
 
 use mesh_tests::two_nodes::{mesh_config, metrics, sum_samples, PodDef, TwoNodes};
 
@@ -10,33 +12,42 @@ use super::support::*;
 /// Service `retry`: light, heavy and dead, round robin; port 80 HTTP, port 81 TCP (both to
 /// [`APP_PORT`]).
 const RETRY_VIP: &str = "10.96.0.41";
+/// Service `sticky`: near (node-1), light and heavy (node-2), `maglev` on header `x-user`.
+const STICKY_VIP: &str = "10.96.0.42";
 
-/// `client` on node-1; `light`, `heavy` (serving, label app=web: Service `web`, weighted)
-/// and `dead` (nothing listening) on node-2, all three labelled `tier: back` (Service
-/// `retry`). Health checks too lax to call `dead` unhealthy within a test. Workload weights:
-/// light 100, heavy 300.
+/// `client` and `near` on node-1, `client-2` on node-2; `light`, `heavy` (serving, label
+/// app=web: Service `web`, weighted) and `dead` (nothing listening) on node-2, all three
+/// labelled `tier: back` (Service `retry`); near, light and heavy labelled `hash: "on"`
+/// (Service `sticky`). Health checks too lax to call `dead` unhealthy within a test.
+/// Workload weights: light 100, heavy 300.
 fn setup() -> TwoNodes {
     let back = |name: &str, app: &str| {
         PodDef::mesh(name, 1, "web")
             .label("app", app)
             .label("tier", "back")
     };
+    let hashed = |def: PodDef| def.label("hash", "\"on\"");
     let services = service("http", "{policy: weighted}", "")
         + &format!(
             "---\napiVersion: mesh/v1\nkind: Service\nmetadata: {{name: retry}}\nspec:\n  vips: [\"{RETRY_VIP}\"]\n  ports: [{{port: 80, targetPort: {APP_PORT}, protocol: http}}, {{port: 81, targetPort: {APP_PORT}, protocol: tcp}}]\n  selector: {{tier: back}}\n  loadBalancer: {{policy: round_robin}}\n"
+        )
+        + &format!(
+            "---\napiVersion: mesh/v1\nkind: Service\nmetadata: {{name: sticky}}\nspec:\n  vips: [\"{STICKY_VIP}\"]\n  ports: [{{port: 80, targetPort: {APP_PORT}, protocol: http}}]\n  selector: {{hash: \"on\"}}\n  loadBalancer: {{policy: maglev, hashOn: {{header: x-user}}}}\n"
         )
         + &mesh_config(
             "  healthCheck: {intervalMs: 60000, timeoutMs: 1000, unhealthyThreshold: 1000}\n",
         );
     let mut mesh = TwoNodes::builder()
         .pod(PodDef::mesh("client", 0, "client"))
-        .pod(back("light", "web"))
-        .pod(back("heavy", "web"))
+        .pod(PodDef::mesh("client-2", 1, "client"))
+        .pod(hashed(PodDef::mesh("near", 0, "web")))
+        .pod(hashed(back("light", "web")))
+        .pod(hashed(back("heavy", "web")))
         .pod(back("dead", "dead"))
         .config(&services)
         .start()
         .expect("starting two nodes");
-    for name in ["light", "heavy"] {
+    for name in ["near", "light", "heavy"] {
         mesh.serve_http(name, APP_PORT, name);
     }
     let weighted = format!(
@@ -120,5 +131,26 @@ fn connect_retry_hides_a_refusing_endpoint_on_another_node() {
             tries_on_dead >= n / 3,
             "port {port}: dead was tried {tries_on_dead} times for {n}: not in rotation?"
         );
+    }
+}
+
+/// `maglev` on `x-user` with endpoints on both nodes: 30 users ask from node-1 twice and
+/// from node-2 once, one connection per request. Each user reaches one endpoint, the same
+/// from both nodes (node-1 reaches light and heavy over HBONE and near on its own node,
+/// node-2 the other way round, yet both tables agree), and the users spread over all three
+/// (heavy, weight 300 of 500, holds about 3/5 of the table).
+#[test]
+fn maglev_sends_a_key_to_the_same_endpoint_from_either_node() {
+    let mesh = setup();
+    let url = format!("http://{STICKY_VIP}/");
+    let users: Vec<String> = (0..30).map(|u| format!("x-user: user-{u}")).collect();
+    let node1 = served_by_each(&mesh.pod("client").pod, &url, &users);
+    let node1_again = served_by_each(&mesh.pod("client").pod, &url, &users);
+    let node2 = served_by_each(&mesh.pod("client-2").pod, &url, &users);
+    eprintln!("from node-1: {node1:?}");
+    assert_eq!(node1, node1_again, "a user moved between two requests");
+    assert_eq!(node1, node2, "node-2 sent users elsewhere than node-1");
+    for endpoint in ["near", "light", "heavy"] {
+        assert!(node1.iter().any(|e| e == endpoint), "{node1:?}");
     }
 }

@@ -33,11 +33,10 @@ fn webs(web3_selected: bool, web1_selected: bool) -> Vec<Web> {
 
 /// Which endpoint each key reaches (asked twice: a key must reach the same one both times).
 fn owners(mesh: &Backends) -> Vec<String> {
-    let requests: Vec<(String, String)> = (0..KEYS)
-        .map(|k| ("/".to_owned(), format!("x-user: key-{k}")))
-        .collect();
-    let first = served_by_each(&mesh.client, &requests);
-    let again = served_by_each(&mesh.client, &requests);
+    let url = format!("http://{VIP}/");
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("x-user: key-{k}")).collect();
+    let first = served_by_each(&mesh.client, &url, &keys);
+    let again = served_by_each(&mesh.client, &url, &keys);
     assert_eq!(
         first, again,
         "a key reached another endpoint on its second request"

@@ -288,20 +288,19 @@ pub fn count(summary: &Value, server: &str) -> u64 {
     summary["served_by"][server].as_u64().unwrap_or(0)
 }
 
-/// Which server answered each of `requests` (`(path, header)`: a URL path and one
-/// `name: value` header), each a `pod-tool http-get` of its own (so its own connection),
-/// run one after the other by one shell in `pod`: hundreds of requests with different keys
-/// take a second or two this way.
-pub fn served_by_each(pod: &Pod, requests: &[(String, String)]) -> Vec<String> {
+/// Which server answered each request to `url` with one of `headers` (`name: value`), each
+/// a `pod-tool http-get` of its own (so its own connection), run one after the other by one
+/// shell in `pod`: hundreds of requests with different keys take a second or two this way.
+pub fn served_by_each(pod: &Pod, url: &str, headers: &[String]) -> Vec<String> {
     let tool = cargo_bin("pod-tool");
     let mut script = String::from("set -u\n");
-    for (path, header) in requests {
+    for header in headers {
         assert!(
-            !format!("{path}{header}").contains('\''),
-            "no quotes in {path:?} {header:?}"
+            !format!("{url}{header}").contains('\''),
+            "no quotes in {url:?} {header:?}"
         );
         script += &format!(
-            "'{}' http-get 'http://{VIP}{path}' -H '{header}' || echo FAILED; echo\n",
+            "'{}' http-get '{url}' -H '{header}' || echo FAILED; echo\n",
             tool.display()
         );
     }
@@ -320,7 +319,7 @@ pub fn served_by_each(pod: &Pod, requests: &[(String, String)]) -> Vec<String> {
                 .to_owned()
         })
         .collect();
-    assert_eq!(answers.len(), requests.len(), "{text}");
+    assert_eq!(answers.len(), headers.len(), "{text}");
     answers
 }
 

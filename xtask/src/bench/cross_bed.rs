@@ -60,7 +60,8 @@ pub enum Way {
 pub struct CrossBed {
     pub node1: Agent,
     pub node2: Agent,
-    _control: ControlPlane,
+    control: ControlPlane,
+    meshctl: PathBuf,
     /// echo and sink of xserver, then of xdserver.
     servers: Vec<PodProcess>,
     pub client: Pod,
@@ -137,7 +138,8 @@ impl CrossBed {
         Ok(CrossBed {
             node1,
             node2,
-            _control: control,
+            control,
+            meshctl: bins.join("meshctl"),
             servers,
             client,
             server,
@@ -199,6 +201,30 @@ impl CrossBed {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    fn meshctl(&self) -> Meshctl<'_> {
+        Meshctl {
+            binary: self.meshctl.clone(),
+            control: &self.control,
+        }
+    }
+
+    /// `meshctl apply` of `yaml` (another scenario changing the config between its runs).
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        self.meshctl().apply(yaml)
+    }
+
+    /// `meshctl delete <kind> <namespace/name>`.
+    pub fn delete(&self, kind: &str, name: &str) -> Result<()> {
+        let out = self.meshctl().run(&["delete", kind, name])?;
+        if !out.status.success() {
+            bail!(
+                "meshctl delete {kind} {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 }
 

@@ -99,12 +99,13 @@ fn same_node(agent: &Path, bins: &Path, plan: &Plan) -> Result<Measured> {
     let mut r = Runner::new(&mut bed, plan);
     let hops = [Hop::Direct, Hop::Mesh, Hop::Nginx];
     warm_up(&mut r, &hops, WEB)?;
+    let load = Load::plain(plan.stream_secs);
     progress("http: HTTP/1.1 keep-alive requests/s at saturation (wrk): direct, mesh, nginx");
-    let wrk = r.rotated(&hops, |r, hop| saturation(r, hop, WEB))?;
+    let wrk = r.rotated(&hops, |r, hop| saturation(r, hop, WEB, load))?;
     progress(&format!(
         "http: latency at {RATE} requests/s (pod-tool http-rate, open loop)"
     ));
-    let rate = r.rotated(&hops, |r, hop| fixed_rate(r, hop, WEB))?;
+    let rate = r.rotated(&hops, |r, hop| fixed_rate(r, hop, WEB, load))?;
     progress("http: HTTP/2 requests/s on one connection (h2load)");
     let h2 = r.rotated(&hops, h2_saturation)?;
     progress("http: one HTTP/2 connection's requests over three endpoints");
@@ -118,6 +119,8 @@ fn same_node(agent: &Path, bins: &Path, plan: &Plan) -> Result<Measured> {
         progress("http: the mesh missed nginx: profiling the agent (perf) during one more run");
         m.profile = Some(super::http_extra::profile(&mut r));
     }
+    progress("http: request-level security: none, an HTTP ALLOW policy, JWT validation");
+    m.security = Some(super::http_security::run(&mut r, WEB));
     // Last: closing thousands of connections leaves memory in the allocator.
     progress(&format!(
         "http: memory per idle keep-alive connection ({} x {} held connections)",
@@ -139,11 +142,14 @@ fn cross_node(bins: &Path, plan: &Plan) -> Result<Measured> {
     let mut r = Runner::new(&mut bed, plan);
     let hops = [Hop::Direct, Hop::Mesh];
     warm_up(&mut r, &hops, CROSS_WEB)?;
+    let load = Load::plain(plan.stream_secs);
     progress("http cross-node: requests/s at saturation (wrk): direct, mesh");
-    let wrk = r.rotated(&hops, |r, hop| saturation(r, hop, CROSS_WEB))?;
+    let wrk = r.rotated(&hops, |r, hop| saturation(r, hop, CROSS_WEB, load))?;
     progress(&format!("http cross-node: latency at {RATE} requests/s"));
-    let rate = r.rotated(&hops, |r, hop| fixed_rate(r, hop, CROSS_WEB))?;
+    let rate = r.rotated(&hops, |r, hop| fixed_rate(r, hop, CROSS_WEB, load))?;
     let mut m = Measured::new(&hops, [wrk, rate, Vec::new()]);
+    progress("http cross-node: request-level security: none, an HTTP ALLOW policy, JWT");
+    m.security = Some(super::http_security::run(&mut r, CROSS_WEB));
     m.finish(&mut r);
     drop(r);
     progress("http cross-node: cleaning up: agents, control plane, pods, bridge");
@@ -181,37 +187,63 @@ fn warm_up<B: HttpBed>(r: &mut Runner<B>, hops: &[Hop], service: &str) -> Result
     Ok(())
 }
 
-fn saturation<B: HttpBed>(r: &mut Runner<B>, hop: Hop, service: &str) -> Result<Value> {
-    let secs = r.plan.stream_secs;
+/// How long a measured run lasts and the headers its requests carry (the request-security
+/// rows send a token).
+#[derive(Clone, Copy)]
+pub struct Load<'a> {
+    pub secs: f64,
+    pub headers: &'a [String],
+}
+
+impl Load<'_> {
+    pub fn plain(secs: f64) -> Load<'static> {
+        Load { secs, headers: &[] }
+    }
+}
+
+pub fn saturation<B: HttpBed>(
+    r: &mut Runner<B>,
+    hop: Hop,
+    service: &str,
+    load: Load,
+) -> Result<Value> {
+    let url = r.bed.url(hop, false);
     let run = Run {
         client: Client::Wrk,
-        args: wrk_args(&r.bed.url(hop, false), secs, WRK_THREADS, WRK_CONNECTIONS),
+        args: wrk_args(&url, load.secs, WRK_THREADS, WRK_CONNECTIONS, load.headers),
         service,
         connections: WRK_CONNECTIONS as u64,
-        seconds: secs,
+        seconds: load.secs,
     };
     r.measure(hop, &run)
 }
 
-fn fixed_rate<B: HttpBed>(r: &mut Runner<B>, hop: Hop, service: &str) -> Result<Value> {
-    let secs = r.plan.stream_secs;
-    let args = strings(&[
+pub fn fixed_rate<B: HttpBed>(
+    r: &mut Runner<B>,
+    hop: Hop,
+    service: &str,
+    load: Load,
+) -> Result<Value> {
+    let mut args = strings(&[
         "http-rate",
         "--url",
         &r.bed.url(hop, false),
         "--rate",
         &RATE.to_string(),
         "--seconds",
-        &secs.to_string(),
+        &load.secs.to_string(),
         "--connections",
         &RATE_CONNECTIONS.to_string(),
     ]);
+    for h in load.headers {
+        args.extend(["-H".into(), h.clone()]);
+    }
     let run = Run {
         client: Client::PodTool,
         args,
         service,
         connections: RATE_CONNECTIONS as u64,
-        seconds: secs,
+        seconds: load.secs,
     };
     r.measure(hop, &run)
 }

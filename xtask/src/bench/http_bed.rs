@@ -70,6 +70,8 @@ fn http_service(name: &str, vip: &str, target: u16, h2_target: Option<u16>, app:
 /// nginx files.
 pub struct SameNodeHttp {
     pub node: MeshNode,
+    /// The agent's config file as the bed wrote it (request-security rows add to it).
+    pub config: String,
     _servers: Vec<PodProcess>,
     pub client: Pod,
     _server: Pod,
@@ -151,6 +153,7 @@ impl SameNodeHttp {
         node.enroll(&client, "hclient-uid", "hclient")?;
         Ok(SameNodeHttp {
             node,
+            config,
             _servers: servers,
             client,
             _server: server,
@@ -220,7 +223,7 @@ fn reading_of(
     })
 }
 
-fn metrics_of(admin: std::net::SocketAddr) -> Result<String> {
+pub fn metrics_of(admin: std::net::SocketAddr) -> Result<String> {
     let (code, body) = mesh_tests::http_get_timeout(admin, "/metrics", Duration::from_secs(5))?;
     anyhow::ensure!(code == 200, "GET /metrics: status {code}");
     Ok(body)

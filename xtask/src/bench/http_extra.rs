@@ -165,6 +165,7 @@ pub fn profile(r: &mut Runner<SameNodeHttp>) -> Result<Profile> {
             secs,
             WRK_THREADS,
             WRK_CONNECTIONS,
+            &[],
         ),
         service: WEB,
         connections: WRK_CONNECTIONS as u64,

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::http::{HttpResult, H2_STREAMS, RATE, RATE_CONNECTIONS, WRK_CONNECTIONS};
 use super::http_run::{Hop, HttpBed, Runner};
+use super::http_security::{self, Security};
 use super::machine::{Machine, Noise};
 use super::report::{self, Compare, Row, Target};
 use super::scenario::{median, median_of};
@@ -26,6 +27,8 @@ pub struct Measured {
     pub profile: Option<Result<Profile>>,
     /// Memory per 1,000 idle connections, by hop.
     pub memory: Vec<(Hop, Result<Value>)>,
+    /// The mesh path with and without request-level policy.
+    pub security: Option<Result<Security>>,
     pub noise: Vec<Noise>,
     pub warnings: Vec<String>,
     pub raw: Value,
@@ -50,6 +53,7 @@ impl Measured {
             spread: Vec::new(),
             profile: None,
             memory: Vec::new(),
+            security: None,
             noise: Vec::new(),
             warnings: Vec::new(),
             raw: Value::Null,
@@ -87,6 +91,10 @@ impl Measured {
             })).collect::<serde_json::Map<_, _>>(),
             "profile": self.profile.as_ref().map(|p| match p {
                 Ok(p) => json!({"samples": p.samples, "top": p.top, "agent_code": p.agent_code, "run": p.run}),
+                Err(e) => json!({"error": format!("{e:#}")}),
+            }),
+            "request_security": self.security.as_ref().map(|s| match s {
+                Ok(s) => s.to_json(),
                 Err(e) => json!({"error": format!("{e:#}")}),
             }),
             "noise": self.noise.iter().map(Noise::to_json).collect::<Vec<_>>(),
@@ -190,8 +198,9 @@ pub fn same_node_rows(m: &Measured) -> (Vec<Row>, Vec<String>) {
         (Ok(a), Ok(b)) => Row::new(mem_what, "MB").values(a, b, Compare::Ratio),
         (Err(e), _) | (_, Err(e)) => Row::failed(mem_what, e),
     });
-    let mut notes = vec![footnotes()];
+    let mut notes = vec![footnotes(), http_security::FOOTNOTE.to_string()];
     notes.push(path_note("Same node", m, "local"));
+    notes.extend(security_rows(&mut rows, "HTTP same node", m));
     notes.push(cpu_note(m));
     notes.extend(profile_note(m));
     notes.push(memory_note(m));
@@ -211,7 +220,7 @@ pub fn cross_rows(m: &Measured) -> (Vec<Row>, Vec<String>) {
     };
     let at = format!("at {RATE:.0} requests/s (open loop)");
     let p = |hop, key| m.med(&m.rate, hop, key);
-    let rows = vec![
+    let mut rows = vec![
         Row::new(
             format!("{label}: HTTP/1.1 keep-alive requests/s (wrk, {WRK_CONNECTIONS} connections)"),
             "req/s",
@@ -236,8 +245,19 @@ pub fn cross_rows(m: &Measured) -> (Vec<Row>, Vec<String>) {
         .mesh_only(m.cpu_per_1000(me, "agents_s")),
     ];
     let mut notes = vec![path_note("Cross node", m, "mutual_tls")];
+    notes.extend(security_rows(&mut rows, label, m));
     notes.extend(common_notes(m, "cross node"));
     (rows, notes)
+}
+
+/// Adds the request-security rows of a bed that measured them; their note.
+fn security_rows(rows: &mut Vec<Row>, label: &str, m: &Measured) -> Vec<String> {
+    let Some(security) = &m.security else {
+        return Vec::new();
+    };
+    let (r, notes) = http_security::rows(label, security);
+    rows.extend(r);
+    notes
 }
 
 /// The connection security policies the agent labelled the mesh runs' requests with.

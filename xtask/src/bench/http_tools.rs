@@ -109,15 +109,25 @@ pub fn start_nginx(pod: &Pod, dir: &Path, conf: &str, port: u16) -> Result<PodPr
 }
 
 /// `wrk` keep-alive load at saturation: `threads` threads, `connections` connections,
-/// `secs` seconds, latency distribution on.
-pub fn wrk_args(url: &str, secs: f64, threads: usize, connections: usize) -> Vec<String> {
-    vec![
+/// `secs` seconds, latency distribution on, these request headers (`name: value`).
+pub fn wrk_args(
+    url: &str,
+    secs: f64,
+    threads: usize,
+    connections: usize,
+    headers: &[String],
+) -> Vec<String> {
+    let mut args = vec![
         format!("-t{threads}"),
         format!("-c{connections}"),
         format!("-d{}s", secs.ceil().max(1.0)),
         "--latency".into(),
-        url.into(),
-    ]
+    ];
+    for h in headers {
+        args.extend(["-H".into(), h.clone()]);
+    }
+    args.push(url.into());
+    args
 }
 
 /// wrk's report as JSON: `requests` (completed), `seconds`, `per_s` (all answers),

@@ -14,7 +14,8 @@
 //!   plaintext) across two agents against direct, with proof of the path taken.
 //! - `http`, `http_bed`, `http_run`, `http_tools`, `http_extra`, `http_report`: the L7 path
 //!   (Service ports with `protocol: http`) against direct and nginx as a reverse proxy, on one
-//!   node and across two (issue 8).
+//!   node and across two (issue 8); `http_security`: what request-level security (an HTTP
+//!   ALLOW policy, JWT validation) costs on that path (issue 10).
 //! - `machine`, `report`, `sections`: what it ran on, results.md / results.json, and the
 //!   sections after the same-node table that partial runs replace.
 
@@ -29,6 +30,7 @@ mod http_bed;
 mod http_extra;
 mod http_report;
 mod http_run;
+mod http_security;
 mod http_tools;
 mod machine;
 mod memory;

@@ -41,6 +41,10 @@ pub struct RateArgs {
     /// Per request, from sending to the end of the response body.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// A request header, `name: value`; repeat for more (e.g. a bearer token, so the
+    /// latency includes its validation).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
 }
 
 /// What one run needs to know, shared by the threads.
@@ -79,7 +83,7 @@ pub fn rate(args: RateArgs) -> Result<()> {
     ensure!(args.connections > 0, "--connections must be at least 1");
     let measured = (args.rate * args.seconds).ceil() as u64;
     let schedule = Arc::new(Schedule {
-        spec: RequestSpec::new(&args.url, "GET", &[], 0, false)?,
+        spec: RequestSpec::new(&args.url, "GET", &args.headers, 0, false)?,
         rate: args.rate,
         warmup: args.warmup,
         total: args.warmup + measured,

@@ -45,6 +45,8 @@ pub enum Failure {
     /// The HBONE peer failed TLS, identity verification, or answered the CONNECT with an
     /// error.
     HboneHandshake,
+    /// The service's `connectionPool.maxConnections` was reached on this node.
+    CircuitOpen,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,7 +109,7 @@ pub struct PodCounters {
     pub inbound: DirectionCounters,
 }
 
-const FAILURES: [Failure; 10] = [
+const FAILURES: [Failure; 11] = [
     Failure::NoOriginalDestination,
     Failure::UnknownServicePort,
     Failure::NoEndpoint,
@@ -118,6 +120,7 @@ const FAILURES: [Failure; 10] = [
     Failure::HboneTargetRefused,
     Failure::NoCertificate,
     Failure::HboneHandshake,
+    Failure::CircuitOpen,
 ];
 
 impl Metrics {

@@ -193,16 +193,30 @@ impl Registry {
         client: &Client<'_>,
     ) -> Picked {
         let health = self.health.load();
+        let service_key = service
+            .spec
+            .outlier_detection
+            .as_ref()
+            .map(|_| service.metadata.key());
+        let now = std::time::Instant::now();
+        let ejected = |addr: SocketAddr| {
+            service_key
+                .as_ref()
+                .is_some_and(|key| self.balancers.outliers.is_ejected(key, addr, now))
+        };
         let candidates: Vec<Candidate<'_>> = snapshot
             .endpoints(service)
             .into_iter()
             .filter(|w| subset.is_none_or(|s| s.selects(w)))
             .filter_map(|w| {
+                let addr = SocketAddr::new(endpoint_ip(w, dialled)?, target_port);
                 Some(Candidate {
                     workload: w,
-                    addr: SocketAddr::new(endpoint_ip(w, dialled)?, target_port),
+                    addr,
+                    // An ejected outlier is skipped like one failing its health checks.
                     healthy: lookup_health(&health, &w.metadata.namespace, &w.metadata.name)
-                        != Some(false),
+                        != Some(false)
+                        && !ejected(addr),
                 })
             })
             .collect();
@@ -241,25 +255,21 @@ impl Source<'_> {
 /// (not at every config push).
 static WARNED_UNENFORCED: Mutex<Option<HashSet<ObjectKey>>> = Mutex::new(None);
 
-/// `outlierDetection` and `connectionPool` are accepted but not enforced yet (issue 9): say
-/// so rather than let an operator believe they protect the service.
+/// `connectionPool.idleTimeoutMs` is accepted but not enforced yet (issue 9): say so rather
+/// than let an operator believe idle connections are closed by it.
 pub fn warn_unenforced_settings(snapshot: &Snapshot) {
     let mut warned = WARNED_UNENFORCED.lock();
     let warned = warned.get_or_insert_with(HashSet::new);
     for service in snapshot.services() {
-        let spec = &service.spec;
-        let fields: Vec<&str> = [
-            spec.outlier_detection.as_ref().map(|_| "outlierDetection"),
-            spec.connection_pool.as_ref().map(|_| "connectionPool"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if !fields.is_empty() && warned.insert(service.metadata.key()) {
+        let idle = service
+            .spec
+            .connection_pool
+            .as_ref()
+            .is_some_and(|p| p.idle_timeout_ms.is_some());
+        if idle && warned.insert(service.metadata.key()) {
             tracing::warn!(
                 service = %service.metadata.key(),
-                fields = %fields.join(", "),
-                "not enforced yet: accepted and stored, but this agent does not eject endpoints or limit connections"
+                "connectionPool.idleTimeoutMs is not enforced yet: accepted and stored, but idle connections are not closed by it"
             );
         }
     }

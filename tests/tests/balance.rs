@@ -18,6 +18,8 @@
 //! - `crossnode`: across two nodes (HBONE): weighted 1:3, connect retry past an endpoint on
 //!   the other node that refuses connections (HTTP and TCP), and `maglev` sending a key to
 //!   the same endpoint from either node.
+//! - `resilience`: outlier ejection and its automatic end; circuit breakers failing fast
+//!   (HTTP 503 UO, reset TCP connections) past `connectionPool` limits, counted.
 //!
 //! Needs root; run with `--test-threads=1` after `cargo xtask build-ebpf && cargo build -p
 //! mesh-agent`. Each test takes the first free of the suite's bridge subnets.
@@ -36,6 +38,8 @@ mod least_request;
 mod locality;
 #[path = "balance/panic_threshold.rs"]
 mod panic_threshold;
+#[path = "balance/resilience.rs"]
+mod resilience;
 #[path = "balance/support.rs"]
 mod support;
 #[path = "balance/weighted.rs"]

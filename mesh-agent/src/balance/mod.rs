@@ -13,11 +13,13 @@
 //!   while a request or connection is outstanding).
 //! - `locality`: healthy, panic, zone/region tiers and spill-over.
 //! - `hash`: stable hashes and the request key (`hashOn`).
+//! - `outlier`: passive outlier detection (ejections), reported by both paths per try.
 
 mod hash;
 mod least_request;
 mod locality;
 mod maglev;
+pub mod outlier;
 mod random;
 mod ring_hash;
 mod round_robin;
@@ -36,6 +38,8 @@ use rand::Rng;
 pub use hash::request_hash;
 pub use least_request::InFlight;
 use least_request::{EndpointLoad, Loads};
+pub use outlier::Outcome;
+use outlier::{OutlierReporter, Outliers};
 
 /// An endpoint a pick may choose.
 #[derive(Clone, Copy, Debug)]
@@ -57,16 +61,40 @@ pub struct Client<'a> {
     pub locality: Option<&'a Locality>,
 }
 
-/// The endpoints to try, in order, and how to report load on them (`least_request`).
+/// The endpoints to try, in order, and how to report load on them (`least_request`) and
+/// how tries went (outlier detection).
 pub struct Picked {
     pub order: Vec<SocketAddr>,
+    /// The service's `connectionPool.connectTimeoutMs`, if it sets one.
+    pub connect_timeout: Option<std::time::Duration>,
     loads: Option<Arc<Loads>>,
+    outliers: Option<OutlierReporter>,
 }
 
 impl Picked {
     /// Endpoints not balanced (a workload dialled directly, a passthrough).
     pub fn fixed(order: Vec<SocketAddr>) -> Picked {
-        Picked { order, loads: None }
+        Picked {
+            order,
+            connect_timeout: None,
+            loads: None,
+            outliers: None,
+        }
+    }
+
+    /// Where to report how tries on these endpoints went, when the service has
+    /// `outlierDetection`.
+    pub fn outliers(&self) -> Option<&OutlierReporter> {
+        self.outliers.as_ref()
+    }
+
+    /// Reports how a try on `endpoint` went (nothing without `outlierDetection`); the
+    /// service, when this report ejected the endpoint.
+    pub fn report(&self, endpoint: SocketAddr, outcome: Outcome) -> Option<&ObjectKey> {
+        let reporter = self.outliers.as_ref()?;
+        reporter
+            .report(endpoint, outcome)
+            .then_some(reporter.service())
     }
 
     /// Starts counting a request (connection) to `endpoint` as outstanding, under
@@ -95,6 +123,7 @@ impl Eq for Picked {}
 pub struct Balancers {
     services: RwLock<HashMap<BalancerKey, Arc<Mutex<Scopes>>>>,
     loads: Arc<Loads>,
+    pub outliers: Arc<Outliers>,
     /// Pickers built so far (a hash table is built once per endpoint set, not per pick).
     builds: std::sync::atomic::AtomicU64,
 }
@@ -184,6 +213,16 @@ impl Balancers {
         if members.is_empty() {
             return Picked::fixed(Vec::new());
         }
+        let outliers = service
+            .spec
+            .outlier_detection
+            .as_ref()
+            .map(|settings| OutlierReporter {
+                outliers: self.outliers.clone(),
+                service: service.metadata.key(),
+                settings: settings.clone(),
+                endpoints: candidates.len(),
+            });
         let first = {
             let scopes = self.scopes(service, subset);
             let mut scopes = scopes.lock();
@@ -219,7 +258,14 @@ impl Balancers {
             .collect();
         Picked {
             order,
+            connect_timeout: service
+                .spec
+                .connection_pool
+                .as_ref()
+                .and_then(|p| p.connect_timeout_ms)
+                .map(std::time::Duration::from_millis),
             loads: (lb.policy == LbPolicy::LeastRequest).then(|| self.loads.clone()),
+            outliers,
         }
     }
 
@@ -241,6 +287,11 @@ impl Balancers {
         });
         self.loads
             .retain(|ip| snapshot.workload_by_ip(ip).is_some());
+        self.outliers.retain(|key| {
+            snapshot
+                .service(&key.namespace, &key.name)
+                .is_some_and(|s| s.spec.outlier_detection.is_some())
+        });
     }
 
     /// Outstanding requests (connections) and the latency estimate of the endpoint at `ip`,

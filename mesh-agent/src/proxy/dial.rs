@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -15,12 +16,13 @@ use mesh_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::circuit::Limit;
 use super::hbone::HboneTarget;
 use super::inbound::{self, Delivered};
 use super::policy::{admit_counted, Carries, PeerInfo, Transport};
 use super::tracker::{NewConnection, Registration};
 use super::{upstream, PodContext};
-use crate::balance::{InFlight, Picked};
+use crate::balance::{InFlight, Outcome, Picked};
 use crate::metrics::{Direction, Failure};
 
 pub enum Upstream {
@@ -143,6 +145,7 @@ impl AsyncWrite for UpstreamIo {
 /// Failures are returned, not counted: the caller knows whether the client sees them.
 /// Under `least_request` each try is reported to the balancer (its connect latency, or a
 /// failure), and the handle returned with the connection counts it as outstanding while held.
+/// With `outlierDetection`, each try's outcome counts towards ejecting its endpoint.
 pub async fn connect_first(
     context: &Arc<PodContext>,
     candidates: &Picked,
@@ -151,7 +154,10 @@ pub async fn connect_first(
     let mut failure = Failure::UpstreamConnect;
     for target in candidates.order.iter().take(3) {
         let load = candidates.start(*target);
-        let result = connect(context, *target, app, Carries::Bytes).await;
+        let timeout = candidates
+            .connect_timeout
+            .unwrap_or(context.connect_timeout);
+        let result = connect(context, *target, app, Carries::Bytes, timeout).await;
         if let Some(load) = &load {
             match &result {
                 Ok(_) => load.succeeded(),
@@ -159,28 +165,40 @@ pub async fn connect_first(
             }
         }
         match result {
-            Ok(upstream) => return Ok((upstream, *target, load)),
+            Ok(upstream) => {
+                candidates.report(*target, Outcome::Success);
+                return Ok((upstream, *target, load));
+            }
+            // The destination's policy said no: nothing wrong with the endpoint.
             Err(Failure::AuthzDenied) => return Err(Failure::AuthzDenied),
-            Err(reason) => failure = reason,
+            Err(reason) => {
+                if let Some(service) = candidates.report(*target, Outcome::Failure) {
+                    let circuits = &context.shared.circuits;
+                    circuits.opened(service, Limit::outlier_ejection);
+                }
+                failure = reason;
+            }
         }
     }
     Err(failure)
 }
 
-/// Opens a connection to one endpoint for the app at `app`. `carries` says whether the
-/// caller parses HTTP on it (then same-node delivery leaves request-level policy to it).
+/// Opens a connection to one endpoint for the app at `app`, within `timeout` (the
+/// service's `connectionPool.connectTimeoutMs`, else the agent's). `carries` says whether
+/// the caller parses HTTP on it (then same-node delivery leaves request-level policy to it).
 pub async fn connect(
     context: &Arc<PodContext>,
     target: SocketAddr,
     app: SocketAddr,
     carries: Carries,
+    timeout: Duration,
 ) -> Result<Upstream, Failure> {
     match context.local_pods.get(target.ip()) {
         Some(peer) => connect_local(context, peer, target, app.port(), carries).await,
         // Boxed: the HBONE handshake's state is large, and a task's future is as big as
         // its largest state; unboxed, every proxied connection (also same-node ones)
         // would carry it for its whole life.
-        None => Box::pin(connect_remote(context, target, app, carries)).await,
+        None => Box::pin(connect_remote(context, target, app, carries, timeout)).await,
     }
 }
 
@@ -229,6 +247,7 @@ async fn connect_remote(
     target: SocketAddr,
     app: SocketAddr,
     carries: Carries,
+    timeout: Duration,
 ) -> Result<Upstream, Failure> {
     let snapshot = context.registry.snapshot();
     let hbone_peer = snapshot
@@ -236,7 +255,7 @@ async fn connect_remote(
         .filter(|w| snapshot.mtls_mode_for(w, target.port()) != MtlsMode::Disable)
         .filter(|_| context.identities.has_signer());
     let Some(workload) = hbone_peer else {
-        return upstream::connect(&context.netns, target, context.connect_timeout)
+        return upstream::connect(&context.netns, target, timeout)
             .await
             .map(Upstream::Remote)
             .map_err(|e| {
@@ -248,7 +267,7 @@ async fn connect_remote(
         .map_err(|_| Failure::HboneHandshake)?;
     let credential = context
         .identities
-        .credential_within(&context.identity, context.connect_timeout)
+        .credential_within(&context.identity, timeout)
         .await
         .ok_or(Failure::NoCertificate)?;
     let source = context
@@ -269,7 +288,7 @@ async fn connect_remote(
             credential,
             hbone_target,
             source,
-            context.connect_timeout,
+            timeout,
         )
         .await
         .map_err(|e| {

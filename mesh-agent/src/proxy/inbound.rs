@@ -35,20 +35,21 @@ pub async fn handle(client_stream: TcpStream, client: SocketAddr, context: Arc<P
     // the client's first bytes are HTTP); the rest are relayed.
     let mut http = request_security::inbound_http(&snapshot, &context, port);
     let mut client_stream = client_stream;
+    let mut carries = Carries::Bytes;
     if let Some(protocol) = http {
         match sniff::decide(client_stream, protocol).await {
             Ok((stream, is_http)) => {
                 client_stream = stream;
                 http = http.filter(|_| is_http);
+                carries = if is_http {
+                    Carries::Http
+                } else {
+                    Carries::Opaque
+                };
             }
             Err(_) => return,
         }
     }
-    let carries = if http.is_some() {
-        Carries::Http
-    } else {
-        Carries::Bytes
-    };
     if admit_counted(
         &snapshot,
         &context.workload,

@@ -10,9 +10,11 @@
 //! - `policy`: the inbound decision (PeerAuthentication, AuthorizationPolicy).
 //! - `request_security`: the same per HTTP request where policy needs the request, and JWTs.
 //! - `tracker`: open connections, re-checked when policy changes.
+//! - `circuit`: circuit breakers per service (`connectionPool`).
 //! - `relay`: moving bytes both ways and counting them.
 //! - `telemetry`: Istio's metrics for connections and requests, and the access log.
 
+mod circuit;
 mod counted_io;
 mod dial;
 mod hbone;
@@ -72,12 +74,30 @@ pub struct PodContext {
 }
 
 /// Proxy state shared by every pod of the node.
-#[derive(Default)]
 pub struct Shared {
     pub connections: Arc<ConnectionTable>,
     pub hbone: hbone::Pool,
     pub hbone_handshakes: hbone::HandshakeLimit,
     pub http: http::NodeHttp,
+    pub circuits: circuit::Breakers,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        let shared = Shared {
+            connections: Default::default(),
+            hbone: Default::default(),
+            hbone_handshakes: Default::default(),
+            http: Default::default(),
+            circuits: Default::default(),
+        };
+        shared.http.telemetry.register(
+            "mesh_circuit_breaker_opens",
+            "Circuit breaker overflows (connectionPool limits) and outlier ejections, per service",
+            shared.circuits.opens.clone(),
+        );
+        shared
+    }
 }
 
 impl PodContext {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::circuit::Limit;
 use super::dial::{connect_first, Upstream};
 use super::http::{self, HttpTarget};
 use super::relay::{relay, relay_stream};
@@ -60,6 +61,23 @@ async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context:
             tracing::debug!(pod = %context.pod, ?reason, "outbound refused");
             counters.fail(reason);
             return;
+        }
+    };
+    // A slot under the service's `maxConnections`, held until the relay ends; none left:
+    // the app's connection is reset at once (fail fast, like Envoy's overflow).
+    let _slot = {
+        let snapshot = context.registry.snapshot();
+        let service = service
+            .as_ref()
+            .and_then(|key| snapshot.service(&key.namespace, &key.name));
+        match service.map(|s| context.shared.circuits.acquire(s, Limit::max_connections)) {
+            Some(Err(_)) => {
+                let _ = app_stream.set_zero_linger();
+                counters.fail(Failure::CircuitOpen);
+                return;
+            }
+            Some(Ok(slot)) => slot,
+            None => None,
         }
     };
     // `_load` (least_request) counts the connection as outstanding until the relay ends.

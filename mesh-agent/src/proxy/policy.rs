@@ -43,6 +43,9 @@ pub struct PeerInfo {
 pub enum Carries {
     /// Opaque bytes (or HTTP the proxy will not look into): judged per connection.
     Bytes,
+    /// Bytes an `auto` port's client sent that are not HTTP: judged per connection, and
+    /// never taken for HTTP relayed unjudged (see `tracker`).
+    Opaque,
     /// HTTP requests the proxy parses: judged per request where policy needs it.
     Http,
 }

@@ -281,6 +281,16 @@ impl Telemetry {
         self.log(path, record);
     }
 
+    /// Adds a metric kept elsewhere to what `/metrics` shows with these.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.lock().register(name, help, metric);
+    }
+
     /// Writes the line of a request the destination refused to the access log at `path`.
     pub fn log_refused(&self, path: &str, record: &RefusedRequest<'_>) {
         self.log(path, record);

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::policy::{admit, Carries, PeerInfo, Transport};
+use super::request_security::judged_per_request;
 use crate::metrics::{Direction, DirectionCounters};
 use crate::registry::Registry;
 
@@ -124,6 +125,18 @@ impl ConnectionTable {
                 continue;
             };
             let port = tracked.destination.port();
+            // Relayed as bytes, but its requests are to be judged one by one now (a
+            // RequestAuthentication or an HTTP-field policy arrived): closed, so the client's
+            // next connection is served as HTTP. (On an `auto` port this also closes, once,
+            // connections that were not HTTP; they come back and are relayed again.)
+            if tracked.carries == Carries::Bytes
+                && judged_per_request(&snapshot, &enforced.workload, port)
+            {
+                tracing::info!(pod = %tracked.pod, peer = %tracked.peer_address, destination = %tracked.destination, "closing a relayed connection whose requests are now judged one by one");
+                tracked.close.notify_one();
+                closed += 1;
+                continue;
+            }
             if let Err(reason) = admit(
                 &snapshot,
                 &enforced.workload,

@@ -87,6 +87,10 @@ pub struct ServiceStatus {
     /// `maglev(header x-user) locality`.
     #[serde(default)]
     pub policy: String,
+    /// With `connectionPool`: what this node has in flight to the service against each
+    /// limit, e.g. `connections 3/1024 pending 0/1024 requests 1/1024 retries 0/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<String>,
     pub endpoints: Vec<EndpointStatus>,
 }
 
@@ -124,6 +128,9 @@ pub struct EndpointStatus {
     /// latency estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadStatus>,
+    /// Ejected by outlier detection on this node: for how much longer (ms).
+    #[serde(default, rename = "ejectedMs", skip_serializing_if = "Option::is_none")]
+    pub ejected_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -227,6 +234,16 @@ impl Status {
                         })
                         .collect(),
                     policy: s.spec.load_balancer.summary(),
+                    circuit: s.spec.connection_pool.as_ref().map(|pool| {
+                        let [c, p, r, t] = agent.proxy.circuits.in_flight(&s.metadata.key());
+                        format!(
+                            "connections {c}/{} pending {p}/{} requests {r}/{} retries {t}/{}",
+                            pool.max_connections,
+                            pool.max_pending_requests,
+                            pool.max_requests,
+                            pool.max_retries
+                        )
+                    }),
                     endpoints: snapshot
                         .endpoints(s)
                         .into_iter()
@@ -332,12 +349,11 @@ impl Status {
             .services
             .iter()
             .flat_map(|s| {
-                let head = vec![
-                    s.service.clone(),
-                    list(&s.vips),
-                    list(&s.ports),
-                    s.policy.clone(),
-                ];
+                let policy = match &s.circuit {
+                    Some(circuit) => format!("{} [{circuit}]", s.policy),
+                    None => s.policy.clone(),
+                };
+                let head = vec![s.service.clone(), list(&s.vips), list(&s.ports), policy];
                 if s.endpoints.is_empty() {
                     return vec![[head, vec!["<none>".into()], vec![String::new(); 5]].concat()];
                 }
@@ -355,7 +371,15 @@ impl Status {
                             vec![
                                 e.workload.clone(),
                                 list(&e.ips),
-                                format!("{} ({})", e.node, e.health),
+                                match e.ejected_ms {
+                                    Some(ms) => format!(
+                                        "{} ({}, ejected {}s)",
+                                        e.node,
+                                        e.health,
+                                        ms.div_ceil(1000)
+                                    ),
+                                    None => format!("{} ({})", e.node, e.health),
+                                },
                                 e.weight.to_string(),
                                 e.locality.clone().unwrap_or_default(),
                                 e.load
@@ -526,6 +550,19 @@ fn endpoint_status(
             Some(zone) => format!("{}/{zone}", l.region),
             None => l.region.clone(),
         }),
+        ejected_ms: service
+            .spec
+            .outlier_detection
+            .as_ref()
+            .and_then(|_| {
+                let now = std::time::Instant::now();
+                let key = service.metadata.key();
+                w.spec
+                    .ips
+                    .iter()
+                    .find_map(|ip| balancers.outliers.ejected_for(&key, *ip, now))
+            })
+            .map(|left| left.as_millis() as u64),
         load: least_request
             .then(|| w.spec.ips.iter().find_map(|ip| balancers.load_of(*ip)))
             .flatten()

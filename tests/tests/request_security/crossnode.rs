@@ -93,7 +93,6 @@ fn the_same_policies_hold_across_nodes_over_hbone_and_on_the_same_node() {
 /// connection already open or a new one, never served over a connection that was pooled
 /// before.
 #[test]
-#[ignore = "agent bug, reported to the lead: HBONE streams relayed as bytes before a RequestAuthentication applies stay pooled and unjudged"]
 fn authentication_added_later_applies_to_pooled_hbone_connections() {
     require_root();
     let issuer = Issuer::generate();

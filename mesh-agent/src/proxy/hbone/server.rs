@@ -236,7 +236,7 @@ async fn connect(
             &peer_info,
             port,
             Transport::Hbone,
-            Carries::Bytes,
+            Carries::Opaque,
             counters,
         )
         .is_ok()
@@ -248,7 +248,7 @@ async fn connect(
                 peer_info,
                 source,
                 target,
-                Carries::Bytes,
+                Carries::Opaque,
             );
             tokio::select! {
                 _ = relay_stream(delivered.stream, stream, counters) => {}

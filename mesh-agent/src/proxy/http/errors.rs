@@ -35,6 +35,9 @@ pub enum ProxyError {
     FaultAbort(u16),
     /// The request head is over the proxy's limit (DPE, a downstream protocol error).
     HeadTooLarge,
+    /// The service's `connectionPool` limit on this node was reached (UO, upstream
+    /// overflow): failing fast instead of queueing on a struggling service.
+    Overflow,
 }
 
 impl ProxyError {
@@ -50,12 +53,13 @@ impl ProxyError {
             ProxyError::Unauthenticated(_) => "JWT",
             ProxyError::FaultAbort(_) => "FI",
             ProxyError::HeadTooLarge => "DPE",
+            ProxyError::Overflow => "UO",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::NoHealthyEndpoint | ProxyError::ConnectFailure => {
+            ProxyError::NoHealthyEndpoint | ProxyError::ConnectFailure | ProxyError::Overflow => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -84,6 +88,7 @@ impl ProxyError {
             }
             ProxyError::FaultAbort(_) => "fault filter abort",
             ProxyError::HeadTooLarge => "request header fields too large",
+            ProxyError::Overflow => "upstream overflow: circuit breaker open",
         })
     }
 

@@ -13,12 +13,14 @@ use mesh_api::{Protocol, Service, Snapshot};
 
 use super::body::ReplayBody;
 use super::errors::{ProxyBody, ProxyError};
-use super::pool::SendError;
+use super::pool::{SendError, Target};
 use super::record::Pending;
 use super::retry::{self, TryOutcome};
 use super::routing::{choose, Destination, Plan};
 use super::{headers, upgrade, Downstream};
+use crate::balance::Outcome;
 use crate::metrics::Failure;
+use crate::proxy::circuit::Limit;
 use crate::proxy::dial::Security;
 use crate::proxy::policy::PeerInfo;
 use crate::proxy::request_security;
@@ -171,16 +173,19 @@ async fn send_with_retries<'s>(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut retries_done = 0;
     let mut connect_retries = 0;
+    let mut _retry_slot = None;
     loop {
         let Destination {
             service,
             endpoint,
             load,
+            outliers,
         } = match conn.target.fixed {
             Some(endpoint) => Destination {
                 service: plan.host,
                 endpoint,
                 load: None,
+                outliers: None,
             },
             None => choose(snapshot, plan, conn, &parts.headers, &tried)?,
         };
@@ -192,9 +197,19 @@ async fn send_with_retries<'s>(
             return Err(ProxyError::UpstreamReset);
         };
         let request = judge_same_node(conn, snapshot, endpoint, rebuild(&parts, try_body), record)?;
-        let send = context
-            .http_pool
-            .send(context, endpoint, version, conn.app, request);
+        // Counts under the service's `maxRequests` until the response head.
+        let _in_flight = context
+            .shared
+            .circuits
+            .acquire(service, Limit::max_requests)
+            .map_err(|_| ProxyError::Overflow)?;
+        let target = Target {
+            context,
+            endpoint,
+            app: conn.app,
+            service,
+        };
+        let send = context.http_pool.send(target, version, request);
         let try_deadline = match (plan.per_try_timeout, deadline) {
             (Some(t), Some(d)) => Some(d.min(tokio::time::Instant::now() + t)),
             (Some(t), None) => Some(tokio::time::Instant::now() + t),
@@ -209,6 +224,12 @@ async fn send_with_retries<'s>(
             match &result {
                 Some(Ok(_)) => load.succeeded(),
                 _ => load.failed(),
+            }
+        }
+        if let (Some(outliers), Some(outcome)) = (&outliers, try_outcome(&result)) {
+            if outliers.report(endpoint, outcome) {
+                let circuits = &context.shared.circuits;
+                circuits.opened(outliers.service(), Limit::outlier_ejection);
             }
         }
         let overall_expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
@@ -230,12 +251,24 @@ async fn send_with_retries<'s>(
             && body.can_resend(unsent)
             && retry::should_retry(plan.retries, &outcome);
         // The budget is only asked when a retry would happen, so it counts real retries.
-        if !wants_retry || !http.budgets.try_retry(&budget_key) {
+        let over_budget = wants_retry && !http.budgets.try_retry(&budget_key);
+        if over_budget {
+            http.retries_over_budget.inc();
+        }
+        // A slot under the service's `maxRetries`, held through the retry's try (`None`: at
+        // the limit, so no retry).
+        let retry_slot = (wants_retry && !over_budget)
+            .then(|| {
+                context
+                    .shared
+                    .circuits
+                    .acquire(service, Limit::max_retries)
+                    .ok()
+            })
+            .flatten();
+        if retry_slot.is_none() {
             if retry::should_retry(plan.retries, &outcome) && (retries_done > 0 || wants_retry) {
                 record.flags.push("URX");
-            }
-            if wants_retry {
-                http.retries_over_budget.inc();
             }
             return match result {
                 Some(Ok((response, security))) => Ok((
@@ -251,6 +284,7 @@ async fn send_with_retries<'s>(
             };
         }
         drop(result);
+        _retry_slot = retry_slot;
         retries_done += 1;
         let wait = retry::backoff(retries_done);
         match deadline {
@@ -284,14 +318,28 @@ pub fn judge_same_node<B>(
     match request_security::judge(&destination, snapshot, &peer, endpoint.port(), &mut parts) {
         Ok(()) => Ok(Request::from_parts(parts, body)),
         Err(refusal) => {
+            // Nothing went upstream.
+            record.upstream = None;
             record.authz_policy = refusal.policy;
             Err(refusal.error)
         }
     }
 }
 
+/// How a try went, for outlier detection: a 5xx answer, a reset, a timeout or a failed
+/// connection count against the endpoint; a refusal by the destination's policy or this
+/// node's circuit breaker says nothing about it.
+fn try_outcome<B>(result: &Option<Result<(Response<B>, Security), SendError>>) -> Option<Outcome> {
+    match result {
+        Some(Err(SendError::Connect(Failure::AuthzDenied) | SendError::Overflow(_))) => None,
+        Some(Ok((response, _))) if !response.status().is_server_error() => Some(Outcome::Success),
+        _ => Some(Outcome::Failure),
+    }
+}
+
 fn send_error(e: &SendError) -> ProxyError {
     match e {
+        SendError::Overflow(_) => ProxyError::Overflow,
         SendError::Connect(Failure::AuthzDenied) => ProxyError::Denied,
         SendError::Connect(_) => ProxyError::ConnectFailure,
         SendError::Upstream(_) => ProxyError::UpstreamReset,

@@ -17,6 +17,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 
+use super::super::circuit::{Limit, Overflow, Permit};
 use super::super::dial::{self, Security};
 use super::super::policy::Carries;
 use super::super::PodContext;
@@ -36,6 +37,9 @@ const MAX_POOLED: usize = 64;
 pub enum SendError {
     /// No connection: connect failure, handshake failure, or policy refusal.
     Connect(Failure),
+    /// A new connection was needed, and the service's `connectionPool` has no room for it
+    /// (or for another request waiting for one).
+    Overflow(Limit),
     /// The connection or stream failed after the request was (maybe partly) sent.
     Upstream(hyper::Error),
 }
@@ -61,14 +65,13 @@ impl Pool {
     /// needed), and returns the response head with how the connection is secured.
     pub async fn send(
         self: &Arc<Self>,
-        context: &Arc<PodContext>,
-        endpoint: SocketAddr,
+        target: Target<'_>,
         version: Version,
-        app: SocketAddr,
         request: Request<ReplayBody>,
     ) -> Result<(Response<Incoming>, Security), SendError> {
+        let endpoint = target.endpoint;
         if version == Version::HTTP_2 {
-            let (mut sender, security) = self.h2(context, endpoint, app).await?;
+            let (mut sender, security) = self.h2(target).await?;
             let response = sender
                 .send_request(request)
                 .await
@@ -77,7 +80,7 @@ impl Pool {
         }
         let (mut sender, security) = match self.take_ready(endpoint) {
             Some(pooled) => (pooled.sender, pooled.security),
-            None => self.dial_h1(context, endpoint, app, false).await?,
+            None => self.dial_h1(target, false).await?,
         };
         let sending = sender.send_request(request);
         // Back in the pool at once, busy until hyper makes it ready again (when this response
@@ -93,11 +96,9 @@ impl Pool {
     /// (WebSocket): after the switch the connection is the client's, never pooled.
     pub async fn dedicated_h1(
         &self,
-        context: &Arc<PodContext>,
-        endpoint: SocketAddr,
-        app: SocketAddr,
+        target: Target<'_>,
     ) -> Result<(http1::SendRequest<ReplayBody>, Security), SendError> {
-        self.dial_h1(context, endpoint, app, true).await
+        self.dial_h1(target, true).await
     }
 
     /// A pooled connection to `endpoint` that can take a request now. Drops closed ones and
@@ -135,18 +136,19 @@ impl Pool {
     /// for one dial instead of each opening its own.
     async fn h2(
         &self,
-        context: &Arc<PodContext>,
-        endpoint: SocketAddr,
-        app: SocketAddr,
+        target: Target<'_>,
     ) -> Result<(http2::SendRequest<ReplayBody>, Security), SendError> {
+        let endpoint = target.endpoint;
         let slot = self.shared.lock().entry(endpoint).or_default().clone();
+        let pending = target.permit(Limit::max_pending_requests)?;
         let mut held = slot.lock().await;
         if let Some((sender, security)) = held.as_ref() {
             if !sender.is_closed() {
                 return Ok((sender.clone(), *security));
             }
         }
-        let (io, security, guard) = open(context, endpoint, app).await?;
+        let (io, security, guard) = open(target).await?;
+        drop(pending);
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -164,12 +166,12 @@ impl Pool {
 
     async fn dial_h1(
         &self,
-        context: &Arc<PodContext>,
-        endpoint: SocketAddr,
-        app: SocketAddr,
+        target: Target<'_>,
         upgrades: bool,
     ) -> Result<(http1::SendRequest<ReplayBody>, Security), SendError> {
-        let (io, security, guard) = open(context, endpoint, app).await?;
+        let pending = target.permit(Limit::max_pending_requests)?;
+        let (io, security, guard) = open(target).await?;
+        drop(pending);
         let handshake_failed = |_| SendError::Connect(Failure::UpstreamConnect);
         let sender = if upgrades {
             let (sender, connection) = http1::Builder::new()
@@ -191,21 +193,58 @@ impl Pool {
     }
 }
 
-/// What keeps a connection's bookkeeping alive: its tracker registration (policy may close
-/// it) and, for same-node delivery, the destination pod's counters.
-type Guard = Option<(super::super::tracker::Registration, Option<Arc<PodContext>>)>;
+/// Where a request goes: the endpoint, for the app at `app` of the pod `context`, as part
+/// of `service` (whose `connectionPool` limits new connections).
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub context: &'a Arc<PodContext>,
+    pub endpoint: SocketAddr,
+    pub app: SocketAddr,
+    pub service: &'a mesh_api::Service,
+}
 
-async fn open(
-    context: &Arc<PodContext>,
-    endpoint: SocketAddr,
-    app: SocketAddr,
-) -> Result<(dial::UpstreamIo, Security, Guard), SendError> {
-    let upstream = dial::connect(context, endpoint, app, Carries::Http)
-        .await
-        .map_err(SendError::Connect)?;
+impl Target<'_> {
+    fn permit(&self, limit: Limit) -> Result<Option<Permit>, SendError> {
+        let circuits = &self.context.shared.circuits;
+        circuits
+            .acquire(self.service, limit)
+            .map_err(|Overflow(limit)| SendError::Overflow(limit))
+    }
+}
+
+/// What keeps a connection's bookkeeping alive for as long as it is open: its tracker
+/// registration (policy may close it), for same-node delivery the destination pod's
+/// counters, and its slot under the service's `maxConnections`.
+struct Guard {
+    registration: Option<(super::super::tracker::Registration, Option<Arc<PodContext>>)>,
+    _slot: Option<Permit>,
+}
+
+async fn open(target: Target<'_>) -> Result<(dial::UpstreamIo, Security, Guard), SendError> {
+    let slot = target.permit(Limit::max_connections)?;
+    let timeout = target
+        .service
+        .spec
+        .connection_pool
+        .as_ref()
+        .and_then(|p| p.connect_timeout_ms)
+        .map_or(target.context.connect_timeout, Duration::from_millis);
+    let upstream = dial::connect(
+        target.context,
+        target.endpoint,
+        target.app,
+        Carries::Http,
+        timeout,
+    )
+    .await
+    .map_err(SendError::Connect)?;
     let security = upstream.security();
     let (io, registration, peer) = upstream.into_io();
-    Ok((io, security, registration.map(|r| (r, peer))))
+    let guard = Guard {
+        registration: registration.map(|r| (r, peer)),
+        _slot: slot,
+    };
+    Ok((io, security, guard))
 }
 
 /// Runs a connection until it ends, or until policy closes it.
@@ -219,7 +258,7 @@ where
             tracing::debug!(error = %e, "upstream HTTP connection ended");
         }
     };
-    match &guard {
+    match &guard.registration {
         Some((registration, _)) => {
             tokio::select! {
                 _ = ended => {}

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 
 use super::errors::ProxyError;
 use super::Downstream;
+use crate::balance::outlier::OutlierReporter;
 use crate::balance::InFlight;
 use crate::registry::{pick_backend, Source};
 
@@ -155,6 +156,8 @@ pub struct Destination<'s> {
     /// Under `least_request`: the request counts as outstanding on `endpoint` while this is
     /// held; report how the try went on it.
     pub load: Option<InFlight>,
+    /// With `outlierDetection`: where to report how the try went.
+    pub outliers: Option<OutlierReporter>,
 }
 
 /// Picks the backend (by weight) and an endpoint not tried yet (`tried`), for a request with
@@ -198,6 +201,7 @@ pub fn choose<'s>(
         service,
         endpoint,
         load: picked.start(endpoint),
+        outliers: picked.outliers().cloned(),
     })
 }
 

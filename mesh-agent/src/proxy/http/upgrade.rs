@@ -14,7 +14,7 @@ use mesh_api::Snapshot;
 use super::body::ReplayBody;
 use super::errors::{ProxyBody, ProxyError};
 use super::forward::{judge_same_node, rebuild, Reached};
-use super::pool::SendError;
+use super::pool::{SendError, Target};
 use super::record::Pending;
 use super::routing::{choose, Destination, Plan};
 use super::{headers, Downstream};
@@ -36,11 +36,13 @@ pub async fn forward<'s>(
         service,
         endpoint,
         load: _load,
+        outliers: _,
     } = match conn.target.fixed {
         Some(endpoint) => Destination {
             service: plan.host,
             endpoint,
             load: None,
+            outliers: None,
         },
         None => choose(snapshot, plan, conn, &parts.headers, &[])?,
     };
@@ -57,10 +59,16 @@ pub async fn forward<'s>(
     let request = judge_same_node(conn, snapshot, endpoint, rebuild(&parts, body), record)?;
     let (mut sender, security) = context
         .http_pool
-        .dedicated_h1(context, endpoint, conn.app)
+        .dedicated_h1(Target {
+            context,
+            endpoint,
+            app: conn.app,
+            service,
+        })
         .await
         .map_err(|e| match e {
             SendError::Connect(Failure::AuthzDenied) => ProxyError::Denied,
+            SendError::Overflow(_) => ProxyError::Overflow,
             _ => ProxyError::ConnectFailure,
         })?;
     let send = sender.send_request(request);

@@ -118,6 +118,7 @@ pub struct RefusedRequest<'a> {
     pub source_principal: &'a str,
     pub source_address: String,
     pub destination_workload: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub authz_policy: Option<&'a str>,
     pub request_id: Option<&'a str>,
 }

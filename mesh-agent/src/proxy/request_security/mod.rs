@@ -110,6 +110,18 @@ pub fn inbound_http(snapshot: &Arc<Snapshot>, pod: &PodContext, port: u16) -> Op
         .then_some(protocol)
 }
 
+/// Whether connections to `port` of `workload` are served as HTTP and judged per request
+/// under `snapshot` (as [`inbound_http`], without the pod's cache): a connection relayed as
+/// bytes there must be closed, so that it comes back and is judged.
+pub fn judged_per_request(snapshot: &Snapshot, workload: &ObjectKey, port: u16) -> bool {
+    snapshot
+        .workload(&workload.namespace, &workload.name)
+        .is_some_and(|w| {
+            crate::registry::http_service_of(snapshot, w, port).is_some()
+                && snapshot.needs_request_security(w, port)
+        })
+}
+
 /// Why a request was refused, and by which policy (for the log and counters).
 #[derive(Debug)]
 pub struct Refusal {

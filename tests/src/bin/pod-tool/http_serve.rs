@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 
 pub const ROUTES_HELP: &str = "\
 Every response carries `x-served-by: <NAME>` and `server: pod-tool`; with `--delay-ms`, \
-every answer but `/stats` comes that much later. By path (the query is \
+every answer but `/stats` comes that much later; with `--fail-status`, every answer but \
+`/stats` has that status. By path (the query is \
 ignored for routing):
   /, anything unlisted  `name=<NAME> peer=<client addr> local=<local addr>`
   /status/<code>        answers <code> (200-599)
@@ -53,6 +54,8 @@ pub struct Server {
     by_path: Mutex<BTreeMap<String, u64>>,
     /// Added before every answer but `/stats`: a slower endpoint for balancing tests.
     delay: Duration,
+    /// Answer every request but `/stats` with this status (a broken instance).
+    fail_with: Option<StatusCode>,
 }
 
 impl Server {
@@ -66,7 +69,16 @@ impl Server {
             connections: AtomicU64::new(0),
             by_path: Mutex::default(),
             delay: Duration::ZERO,
+            fail_with: None,
         })
+    }
+
+    /// Answers every request but `/stats` with `status` (after counting it).
+    pub fn failing_with(self, status: Option<StatusCode>) -> Server {
+        Server {
+            fail_with: status,
+            ..self
+        }
     }
 
     /// Answers every request but `/stats` `delay` later.
@@ -177,6 +189,9 @@ async fn respond(server: &Server, default_body: Bytes, req: Request<Incoming>) -
     };
     if route != Route::Stats && !server.delay.is_zero() {
         tokio::time::sleep(server.delay).await;
+    }
+    if let Some(status) = server.fail_with.filter(|_| route != Route::Stats) {
+        return full(status, format!("failing with {}\n", status.as_u16()));
     }
     match route {
         Route::Default => full(StatusCode::OK, default_body),

@@ -76,6 +76,9 @@ enum Cmd {
         /// Answer every request (but `/stats`) this many milliseconds later.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Answer every request (but `/stats`) with this status: a broken instance.
+        #[arg(long)]
+        fail_status: Option<u16>,
     },
     /// HTTPS (HTTP/1.1) server answering every request with the current content of --file
     /// (`/redirect`: 302 to `/`): an issuer's JSON Web Key Set for `jwksUri`.
@@ -238,9 +241,15 @@ fn run(cmd: Cmd) -> Result<()> {
             listen,
             name,
             delay_ms,
+            fail_status,
         } => {
-            let server =
-                http_serve::Server::new(&name)?.with_delay(Duration::from_millis(delay_ms));
+            let fail_with = fail_status
+                .map(hyper::StatusCode::from_u16)
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--fail-status must be 100-999"))?;
+            let server = http_serve::Server::new(&name)?
+                .with_delay(Duration::from_millis(delay_ms))
+                .failing_with(fail_with);
             tcp::serve(&listen, tcp::Handler::Http(server.into()))
         }
         Cmd::BannerServe { listen, banner } => {

@@ -1,6 +1,7 @@
 //! Connect retry on one node: an endpoint that refuses connections stays in rotation (its
 //! health checks are too lax to notice within the test), yet no client request or connection
-//! fails: each try on it is refused and the agent tries another endpoint at once.
+//! fails: each try on it is refused and the agent tries another endpoint at once. The same
+//! for an endpoint whose connections time out, after the service's connect timeout.
 
 use super::support::*;
 
@@ -63,4 +64,38 @@ fn a_refused_connect_is_retried_for_every_tcp_connection() {
     let summary = load(&mesh.client, 90, &["-H", "connection: close"]);
     assert_eq!(summary["connections"], 90, "{summary}");
     assert_hidden(&mesh, &summary, 90, before);
+}
+
+/// `ghost` is declared (an endpoint of `web`) but unreachable: nothing answers for its
+/// address, so a connection to it neither succeeds nor is refused. The service's
+/// `connectionPool.connectTimeoutMs: 300` bounds each try on it (the agent's default is
+/// 5 s, the client's own timeout). 15 HTTP requests (port 80) and 15 TCP connections (port
+/// 81), one connection each, round robin over web-0, web-1 and ghost: none fails; those
+/// whose first pick was ghost took 300 ms more.
+#[test]
+fn a_connect_timeout_is_retried_on_another_endpoint() {
+    let mesh = Backends::new(
+        &[web("web-0"), web("web-1"), web("ghost").unreachable()],
+        None,
+        &(service_ports(
+            &[(80, APP_PORT, "http"), (81, APP_PORT, "tcp")],
+            "{policy: round_robin}",
+            "  connectionPool: {connectTimeoutMs: 300}\n",
+        ) + LAX_HEALTH),
+    );
+    for port in [80, 81] {
+        let url = format!("http://{VIP}:{port}/");
+        let summary = load_url(&mesh.client, &url, 15, &["-H", "connection: close"]);
+        eprintln!("port {port}: {summary}");
+        assert_eq!(summary["statuses"]["200"], 15, "{summary}");
+        assert_eq!(
+            count(&summary, "web-0") + count(&summary, "web-1"),
+            15,
+            "{summary}"
+        );
+        // Ghost was tried (a request waited out its timeout), each try bounded by the
+        // service's timeout rather than the agent's 5 s.
+        let slowest = summary["latency_ms"]["max"].as_f64().unwrap();
+        assert!((300.0..2000.0).contains(&slowest), "{summary}");
+    }
 }

@@ -12,14 +12,6 @@ use super::support::*;
 /// on [`APP_PORT`] but not here fails its checks while it still serves every request.
 const CHECKED_PORT: u16 = 8081;
 
-/// Service `web`: port 80 (HTTP) to [`APP_PORT`] and port 81 (TCP) to [`CHECKED_PORT`],
-/// round robin, fast health checks.
-fn service_with_checked_port() -> String {
-    format!(
-        "---\napiVersion: mesh/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  vips: [\"{VIP}\"]\n  ports: [{{port: 80, targetPort: {APP_PORT}, protocol: http}}, {{port: 81, targetPort: {CHECKED_PORT}, protocol: tcp}}]\n  selector: {{app: web}}\n  loadBalancer: {{policy: round_robin}}\n{FAST_HEALTH}"
-    )
-}
-
 /// A listener on [`CHECKED_PORT`] in web pod `i`: its health checks pass.
 fn pass_checks(mesh: &Backends, i: usize) -> PodProcess {
     let listen = format!("0.0.0.0:{CHECKED_PORT}");
@@ -37,7 +29,12 @@ fn under_half_healthy_every_endpoint_takes_traffic_again() {
     let mesh = Backends::new(
         &[web("web-0"), web("web-1"), web("web-2")],
         None,
-        &service_with_checked_port(),
+        // Port 80 (HTTP) to the app, port 81 (TCP) to the checked port.
+        &(service_ports(
+            &[(80, APP_PORT, "http"), (81, CHECKED_PORT, "tcp")],
+            "{policy: round_robin}",
+            "",
+        ) + FAST_HEALTH),
     );
     let _web0_checks = pass_checks(&mesh, 0);
     let mut web1_checks = pass_checks(&mesh, 1);

@@ -41,6 +41,9 @@ pub struct Web {
     pub delay_ms: u64,
     /// Nothing listens in the pod: every connection to it is refused.
     pub refuses: bool,
+    /// Declared but neither enrolled nor reachable (its link is down, nothing answers for
+    /// its address): every connection to it times out.
+    pub unreachable: bool,
     /// Declared with label `app: spare`, so not an endpoint of `web` (until redeclared).
     pub spare: bool,
 }
@@ -74,6 +77,13 @@ impl Web {
     pub fn refusing(self) -> Web {
         Web {
             refuses: true,
+            ..self
+        }
+    }
+
+    pub fn unreachable(self) -> Web {
+        Web {
+            unreachable: true,
             ..self
         }
     }
@@ -115,7 +125,9 @@ impl Backends {
         let mut servers = Vec::new();
         for (i, w) in webs.iter().enumerate() {
             let pod = Pod::new(&bridge, &w.name, 3 + i as u8).unwrap();
-            if !w.refuses {
+            if w.unreachable {
+                pod.run("ip", ["link", "set", "eth0", "down"], T).unwrap();
+            } else if !w.refuses {
                 servers.push(http_server(&pod, w));
             }
             pods.push(pod);
@@ -125,7 +137,7 @@ impl Backends {
         let config = config_yaml(&client, client_locality.as_ref(), &pods, webs, service_yaml);
         let node = MeshNode::start(&config).unwrap();
         node.enroll(&client, "client-uid", "client").unwrap();
-        for (pod, w) in pods.iter().zip(webs) {
+        for (pod, w) in pods.iter().zip(webs).filter(|(_, w)| !w.unreachable) {
             node.enroll(pod, &format!("{}-uid", w.name), &w.name)
                 .unwrap();
         }
@@ -259,8 +271,20 @@ fn http_server(pod: &Pod, web: &Web) -> PodProcess {
 /// Service `web` at [`VIP`]:80 -> [`APP_PORT`] with `protocol`, `loadBalancer: <lb>` and
 /// `more` (further spec lines, indented by two spaces).
 pub fn service(protocol: &str, lb: &str, more: &str) -> String {
+    service_ports(&[(80, APP_PORT, protocol)], lb, more)
+}
+
+/// [`service`] with `ports`: (port, target port, protocol) each.
+pub fn service_ports(ports: &[(u16, u16, &str)], lb: &str, more: &str) -> String {
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|(port, target, protocol)| {
+            format!("{{port: {port}, targetPort: {target}, protocol: {protocol}}}")
+        })
+        .collect();
     format!(
-        "---\napiVersion: mesh/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  vips: [\"{VIP}\"]\n  ports: [{{port: 80, targetPort: {APP_PORT}, protocol: {protocol}}}]\n  selector: {{app: web}}\n  loadBalancer: {lb}\n{more}"
+        "---\napiVersion: mesh/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  vips: [\"{VIP}\"]\n  ports: [{}]\n  selector: {{app: web}}\n  loadBalancer: {lb}\n{more}",
+        ports.join(", ")
     )
 }
 

@@ -11,8 +11,8 @@
 //!   fail their health checks.
 //! - `panic_threshold`: an unhealthy endpoint is avoided while at least half are healthy;
 //!   under half, every endpoint takes traffic again.
-//! - `connect_retry`: an endpoint refusing connections, still in rotation, costs no client a
-//!   failed request (HTTP) or connection (TCP).
+//! - `connect_retry`: an endpoint refusing connections or letting them time out, still in
+//!   rotation, costs no client a failed request (HTTP) or connection (TCP).
 //! - `disruption`: when an endpoint joins or leaves, `maglev` moves about 1/N of 200 keys,
 //!   the leaver's and hardly any other (`ring_hash`: none other; ignored, agent bug).
 //! - `crossnode`: across two nodes (HBONE): weighted 1:3, connect retry past an endpoint on

@@ -5,11 +5,14 @@
 
 use super::hash::stable_hash;
 
-/// Points on the ring for the whole set, before weighting: enough that each of a few
-/// endpoints gets hundreds (an even spread), capped so a large service's ring stays small.
-const MIN_POINTS: usize = 1024;
-const POINTS_PER_ENDPOINT: usize = 160;
-const MAX_POINTS: usize = 128 * 1024;
+/// Points the lightest endpoint of the set owns; heavier ones own proportionally more. An
+/// endpoint's count depends on its weight and the set's lightest weight only, so (with
+/// equal weights, the usual case) adding or removing an endpoint moves no key between the
+/// others.
+const POINTS_PER_LIGHTEST: f64 = 256.0;
+/// Bound on the whole ring: past it (more than 512 endpoints of equal weight) every count is
+/// scaled down, and a change of the set also moves some keys between others.
+const MAX_POINTS: f64 = 128.0 * 1024.0;
 
 pub struct Ring {
     /// (point, endpoint index), sorted by point.
@@ -20,13 +23,17 @@ impl Ring {
     /// A ring over endpoints identified by `ids` (stable names: the same on every node) with
     /// `weights`.
     pub fn new(ids: &[String], weights: &[u32]) -> Ring {
-        let n = ids.len();
-        let total_weight: f64 = weights.iter().map(|w| f64::from((*w).max(1))).sum();
-        let size = (n * POINTS_PER_ENDPOINT).clamp(MIN_POINTS, MAX_POINTS) as f64;
+        let lightest = f64::from(weights.iter().copied().min().unwrap_or(1).max(1));
+        let wanted = |w: u32| POINTS_PER_LIGHTEST * f64::from(w.max(1)) / lightest;
+        let total: f64 = weights.iter().map(|w| wanted(*w)).sum();
+        let scale = if total > MAX_POINTS {
+            MAX_POINTS / total
+        } else {
+            1.0
+        };
         let mut points = Vec::new();
         for (i, (id, weight)) in ids.iter().zip(weights).enumerate() {
-            let share = f64::from((*weight).max(1)) / total_weight;
-            let count = ((size * share).round() as u64).max(1);
+            let count = ((wanted(*weight) * scale).round() as u64).max(1);
             for k in 0..count {
                 points.push((stable_hash(&[id.as_bytes(), &k.to_le_bytes()]), i as u32));
             }
@@ -114,9 +121,20 @@ mod tests {
         assert!((0.06..=0.12).contains(&share), "{share}");
     }
 
+    /// With a few endpoints too (a fixed ring size shared out by the set's weights moved
+    /// keys between untouched endpoints when a 4th joined 3): keys only move to the new one.
+    #[test]
+    fn a_small_set_moves_keys_only_to_an_added_endpoint() {
+        let all = ids(4);
+        let keys = 20_000;
+        let three = owners(&Ring::new(&all[..3], &[100; 3]), &all[..3], keys);
+        let four = owners(&Ring::new(&all, &[100; 4]), &all, keys);
+        assert!((0..keys as usize).all(|k| three[k] == four[k] || four[k] == all[3]));
+    }
+
     /// Keys spread over endpoints in proportion to weight. Virtual points make the shares
     /// approximate (a ring's arcs are uneven), so the bound is on the deviation of each
-    /// share, not a chi-square test: within 25 % of the target with 160+ points each.
+    /// share, not a chi-square test: within 25 % of the target with 256+ points each.
     #[test]
     fn keys_spread_by_weight() {
         let ids = ids(4);
@@ -138,6 +156,6 @@ mod tests {
     fn one_endpoint_takes_every_key() {
         let ring = Ring::new(&ids(1), &[1]);
         assert!((0..100).all(|k| ring.pick(key(k)) == 0));
-        assert!(ring.points.len() >= MIN_POINTS);
+        assert_eq!(ring.points.len(), 256);
     }
 }

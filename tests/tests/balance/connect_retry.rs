@@ -23,7 +23,7 @@ fn one_refusing(protocol: &str) -> Backends {
 }
 
 /// Checks that every one of `n` requests of `summary` was answered 200 by a serving
-/// endpoint, and that `dead` refused at least n/3 connection attempts meanwhile
+/// endpoint, and that `dead` refused at least n/5 connection attempts meanwhile
 /// (`resets_before`: its count of resets before the load).
 fn assert_hidden(mesh: &Backends, summary: &serde_json::Value, n: u64, resets_before: u64) {
     let tries_on_dead = resets_sent(&mesh.webs[2]) - resets_before;
@@ -35,28 +35,36 @@ fn assert_hidden(mesh: &Backends, summary: &serde_json::Value, n: u64, resets_be
         n,
         "{summary}"
     );
-    // Round robin gives dead the first try of one pick in three; every such try is refused
-    // (one reset each) and retried elsewhere. Without connect retry those n/3 would fail.
+    // Round robin gives dead one pick in three; each try on it is refused (one reset) and
+    // retried elsewhere. Without connect retry those requests would fail. On the TCP path
+    // a connection is one pick (dead is tried for exactly n/3); on the HTTP path a retry is
+    // a pick of its own, and one that lands on dead again is skipped, so of the n + d picks
+    // a third are dead's and at most d of those are retries: d >= (n + d)/3 - d, d >= n/5
+    // (n/2 when requests go one at a time: every other one).
     assert!(
-        tries_on_dead >= n / 3,
+        tries_on_dead >= n / 5,
         "dead was tried {tries_on_dead} times for {n} requests: not in rotation?"
     );
 }
 
 /// HTTP: 300 requests on one keep-alive connection, each balanced on its own; the ones
 /// whose pick is `dead` are refused upstream before any byte of the request left the proxy
-/// and go to the next endpoint. Not one fails; `dead`'s kernel refused at least 100 tries.
+/// and go to another endpoint. Not one fails; `dead`'s kernel refused at least 60 tries.
+/// The same for 300 requests multiplexed 8 at a time on one HTTP/2 connection.
 #[test]
 fn a_refused_connect_is_retried_for_every_http_request() {
     let mesh = one_refusing("http");
-    let before = resets_sent(&mesh.webs[2]);
-    let summary = load(&mesh.client, 300, &[]);
-    assert_hidden(&mesh, &summary, 300, before);
+    for extra in [&[][..], &["--http2", "--concurrency", "8"][..]] {
+        let before = resets_sent(&mesh.webs[2]);
+        let summary = load(&mesh.client, 300, extra);
+        assert_hidden(&mesh, &summary, 300, before);
+    }
 }
 
 /// TCP: 90 connections (`Connection: close`, one request each), each balanced on its own
 /// and relayed as opaque bytes: a connection whose first endpoint refuses is connected to
-/// the next one before the client notices. Not one fails; `dead` refused at least 30.
+/// the next one before the client notices. Not one fails; `dead` refused some (30: one
+/// connection in three).
 #[test]
 fn a_refused_connect_is_retried_for_every_tcp_connection() {
     let mesh = one_refusing("tcp");

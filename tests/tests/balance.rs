@@ -14,7 +14,7 @@
 //! - `connect_retry`: an endpoint refusing connections or letting them time out, still in
 //!   rotation, costs no client a failed request (HTTP) or connection (TCP).
 //! - `disruption`: when an endpoint joins or leaves, `maglev` moves about 1/N of 200 keys,
-//!   the leaver's and hardly any other (`ring_hash`: none other; ignored, agent bug).
+//!   the leaver's and hardly any other (`ring_hash`: none other).
 //! - `crossnode`: across two nodes (HBONE): weighted 1:3, connect retry past an endpoint on
 //!   the other node that refuses connections (HTTP and TCP), and `maglev` sending a key to
 //!   the same endpoint from either node.

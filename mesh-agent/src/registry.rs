@@ -3,13 +3,13 @@
 //! The snapshot is swapped atomically when config changes; connections in flight keep the
 //! snapshot they started with.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use mesh_api::{ObjectKey, Protocol, Service, Snapshot, Subset, Workload};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::balance::{request_hash, Balancers, Candidate, Client, Picked};
 use crate::metrics::Failure;
@@ -251,30 +251,6 @@ impl Source<'_> {
     }
 }
 
-/// Services that set fields the agent does not enforce yet, each warned about once per run
-/// (not at every config push).
-static WARNED_UNENFORCED: Mutex<Option<HashSet<ObjectKey>>> = Mutex::new(None);
-
-/// `connectionPool.idleTimeoutMs` is accepted but not enforced yet (issue 9): say so rather
-/// than let an operator believe idle connections are closed by it.
-pub fn warn_unenforced_settings(snapshot: &Snapshot) {
-    let mut warned = WARNED_UNENFORCED.lock();
-    let warned = warned.get_or_insert_with(HashSet::new);
-    for service in snapshot.services() {
-        let idle = service
-            .spec
-            .connection_pool
-            .as_ref()
-            .is_some_and(|p| p.idle_timeout_ms.is_some());
-        if idle && warned.insert(service.metadata.key()) {
-            tracing::warn!(
-                service = %service.metadata.key(),
-                "connectionPool.idleTimeoutMs is not enforced yet: accepted and stored, but idle connections are not closed by it"
-            );
-        }
-    }
-}
-
 /// Health by namespace, then workload name: looked up by `&str` for every endpoint of every
 /// pick (a key of owned strings would cost two allocations per endpoint per connection).
 type HealthByWorkload = HashMap<String, HashMap<String, bool>>;
@@ -330,6 +306,7 @@ fn endpoint_ip(workload: &Workload, dialled: IpAddr) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     fn registry() -> Registry {
         let yaml = r#"

@@ -205,7 +205,6 @@ fn load_mesh_config(settings: &Settings) -> Result<(Snapshot, String)> {
     let resources = mesh_api::load_file(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let snapshot = Snapshot::from_resources(resources)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    crate::registry::warn_unenforced_settings(&snapshot);
     Ok((snapshot, format!("local file {}", path.display())))
 }
 

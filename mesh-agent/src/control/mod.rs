@@ -190,7 +190,6 @@ pub fn install(
             capture.len()
         );
     }
-    crate::registry::warn_unenforced_settings(&snapshot);
     agent
         .registry
         .replace(snapshot, origin, Some(state.version));

@@ -11,6 +11,7 @@
 //! - `request_security`: the same per HTTP request where policy needs the request, and JWTs.
 //! - `tracker`: open connections, re-checked when policy changes.
 //! - `circuit`: circuit breakers per service (`connectionPool`).
+//! - `idle`: closing relayed TCP connections idle for the service's idle timeout.
 //! - `relay`: moving bytes both ways and counting them.
 //! - `telemetry`: Istio's metrics for connections and requests, and the access log.
 
@@ -19,6 +20,7 @@ mod counted_io;
 mod dial;
 mod hbone;
 pub mod http;
+mod idle;
 mod inbound;
 mod outbound;
 mod policy;

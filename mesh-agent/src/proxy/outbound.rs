@@ -13,11 +13,12 @@ use tokio::net::TcpStream;
 use super::circuit::Limit;
 use super::dial::{connect_first, Upstream};
 use super::http::{self, HttpTarget};
+use super::idle;
 use super::relay::{relay, relay_stream};
 use super::telemetry::{ConnectionRecord, PeerLabels};
 use super::PodContext;
 use crate::balance::Picked;
-use crate::metrics::Failure;
+use crate::metrics::{DirectionCounters, Failure};
 use crate::registry::{Route, Source};
 
 pub async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodContext>) {
@@ -90,28 +91,24 @@ async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context:
     };
     let telemetry = &context.shared.http.telemetry;
     let started = (std::time::Instant::now(), std::time::SystemTime::now());
-    let (labels, log_path) = {
+    let (labels, log_path, idle_timeout) = {
         let snapshot = context.registry.snapshot();
         let service = service.and_then(|key| snapshot.service(&key.namespace, &key.name));
         let security = Some(upstream.security());
         let labels = PeerLabels::new(&snapshot, context, service, Some(endpoint), security);
         let access_log = &snapshot.mesh_config().observability.access_log;
-        (labels, access_log.enabled.then(|| access_log.path.clone()))
+        let log_path = access_log.enabled.then(|| access_log.path.clone());
+        (labels, log_path, idle::timeout_for(&snapshot, service))
     };
     telemetry.tcp_opened(&labels);
-    let (sent, received) = match upstream {
-        Upstream::Remote(stream) => relay(app_stream, stream, counters, None).await,
-        Upstream::Hbone(stream, _registration) => {
-            relay_stream(app_stream, TokioIo::new(stream), counters).await
-        }
-        Upstream::Local(delivered, peer, registration) => {
-            let peer_counters = &peer.counters.inbound;
-            peer_counters.connections.inc();
-            tokio::select! {
-                moved = relay(app_stream, delivered.stream, counters, Some(peer_counters)) => moved,
-                // Closed by policy: the relay's counts are lost with it.
-                _ = registration.closed() => (0, 0),
-            }
+    // Watched beside the relay that owns it, and dropped with it (see `idle::idle_for`).
+    let app_fd = idle::watch(&app_stream);
+    let relayed = relay_upstream(app_stream, upstream, counters);
+    let (sent, received) = tokio::select! {
+        moved = relayed => moved,
+        _ = idle::idle_for(app_fd, idle_timeout) => {
+            tracing::debug!(pod = %context.pod, %endpoint, ?idle_timeout, "closing an idle connection");
+            (0, 0)
         }
     };
     telemetry.tcp_closed(&labels, sent, received);
@@ -129,6 +126,30 @@ async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context:
             connection_security_policy: labels.connection_security_policy,
         };
         telemetry.log_connection(&path, &record);
+    }
+}
+
+/// Relays the app's connection over `upstream` until both directions end (or policy closes a
+/// same-node one); the bytes sent and received.
+async fn relay_upstream(
+    app_stream: TcpStream,
+    upstream: Upstream,
+    counters: &DirectionCounters,
+) -> (u64, u64) {
+    match upstream {
+        Upstream::Remote(stream) => relay(app_stream, stream, counters, None).await,
+        Upstream::Hbone(stream, _registration) => {
+            relay_stream(app_stream, TokioIo::new(stream), counters).await
+        }
+        Upstream::Local(delivered, peer, registration) => {
+            let peer_counters = &peer.counters.inbound;
+            peer_counters.connections.inc();
+            tokio::select! {
+                moved = relay(app_stream, delivered.stream, counters, Some(peer_counters)) => moved,
+                // Closed by policy: the relay's counts are lost with it.
+                _ = registration.closed() => (0, 0),
+            }
+        }
     }
 }
 

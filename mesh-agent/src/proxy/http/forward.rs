@@ -174,21 +174,21 @@ async fn send_with_retries<'s>(
     let mut retries_done = 0;
     let mut connect_retries = 0;
     let mut _retry_slot = None;
+    // After a connect failure: the next endpoint of the same pick.
+    let mut next: Option<Destination<'s>> = None;
     loop {
-        let Destination {
-            service,
-            endpoint,
-            load,
-            outliers,
-        } = match conn.target.fixed {
-            Some(endpoint) => Destination {
+        let mut destination = match (next.take(), conn.target.fixed) {
+            (Some(destination), _) => destination,
+            (None, Some(endpoint)) => Destination {
                 service: plan.host,
                 endpoint,
                 load: None,
                 outliers: None,
+                picked: None,
             },
-            None => choose(snapshot, plan, conn, &parts.headers, &tried)?,
+            (None, None) => choose(snapshot, plan, conn, &parts.headers, &tried)?,
         };
+        let (service, endpoint) = (destination.service, destination.endpoint);
         tried.push(endpoint);
         record.attempts = retries_done + 1;
         record.upstream = Some(endpoint);
@@ -219,14 +219,14 @@ async fn send_with_retries<'s>(
             Some(at) => tokio::time::timeout_at(at, send).await.ok(),
             None => Some(send.await),
         };
-        if let Some(load) = load {
+        if let Some(load) = destination.load.take() {
             // The response head (or the failure) ends the request's outstanding count.
             match &result {
                 Some(Ok(_)) => load.succeeded(),
                 _ => load.failed(),
             }
         }
-        if let (Some(outliers), Some(outcome)) = (&outliers, try_outcome(&result)) {
+        if let (Some(outliers), Some(outcome)) = (&destination.outliers, try_outcome(&result)) {
             if outliers.report(endpoint, outcome) {
                 let circuits = &context.shared.circuits;
                 circuits.opened(outliers.service(), Limit::outlier_ejection);
@@ -244,6 +244,7 @@ async fn send_with_retries<'s>(
         // route's retry settings (as the L4 path does), and without taking from the budget.
         if unsent && connect_retries < CONNECT_RETRIES && !overall_expired {
             connect_retries += 1;
+            next = destination.next_of_pick(&tried);
             continue;
         }
         let wants_retry = retries_done < plan.attempts()

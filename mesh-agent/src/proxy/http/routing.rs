@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::errors::ProxyError;
 use super::Downstream;
 use crate::balance::outlier::OutlierReporter;
-use crate::balance::InFlight;
+use crate::balance::{InFlight, Picked};
 use crate::registry::{pick_backend, Source};
 
 /// Routes with their regexes compiled, for the snapshot in force. Rebuilt lazily, one route
@@ -158,6 +158,26 @@ pub struct Destination<'s> {
     pub load: Option<InFlight>,
     /// With `outlierDetection`: where to report how the try went.
     pub outliers: Option<OutlierReporter>,
+    /// The pick `endpoint` came from: a connect retry takes the next endpoint in its order,
+    /// as the L4 path does, rather than a new pick (which would move a round-robin cursor
+    /// and try a dead endpoint again for every other request).
+    pub picked: Option<Arc<Picked>>,
+}
+
+impl<'s> Destination<'s> {
+    /// The next endpoint of the same pick not in `tried`, for a try whose connection could
+    /// not be made.
+    pub fn next_of_pick(&self, tried: &[SocketAddr]) -> Option<Destination<'s>> {
+        let picked = self.picked.as_ref()?;
+        let endpoint = picked.order.iter().find(|e| !tried.contains(e)).copied()?;
+        Some(Destination {
+            service: self.service,
+            endpoint,
+            load: picked.start(endpoint),
+            outliers: self.outliers.clone(),
+            picked: Some(picked.clone()),
+        })
+    }
 }
 
 /// Picks the backend (by weight) and an endpoint not tried yet (`tried`), for a request with
@@ -202,6 +222,7 @@ pub fn choose<'s>(
         endpoint,
         load: picked.start(endpoint),
         outliers: picked.outliers().cloned(),
+        picked: Some(Arc::new(picked)),
     })
 }
 

@@ -36,13 +36,14 @@ pub async fn forward<'s>(
         service,
         endpoint,
         load: _load,
-        outliers: _,
+        ..
     } = match conn.target.fixed {
         Some(endpoint) => Destination {
             service: plan.host,
             endpoint,
             load: None,
             outliers: None,
+            picked: None,
         },
         None => choose(snapshot, plan, conn, &parts.headers, &[])?,
     };

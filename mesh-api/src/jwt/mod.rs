@@ -183,6 +183,8 @@ pub(crate) struct CompiledRule {
     output_payload_to_header: Option<String>,
     /// (lowercase header, claim)
     output_claims: Vec<(String, String)>,
+    /// Tokens these keys verified already.
+    verified: token::VerifiedTokens,
 }
 
 impl CompiledRule {
@@ -221,6 +223,7 @@ impl CompiledRule {
                 .iter()
                 .map(|o| (o.header.to_ascii_lowercase(), o.claim.clone()))
                 .collect(),
+            verified: Default::default(),
         }
     }
 }

@@ -80,6 +80,31 @@ fn exp_and_nbf_allow_a_minute_of_skew() {
     assert!(with(json!({"exp": (NOW + 10) as f64 + 0.5})).is_ok());
 }
 
+/// A token verified once is not verified again by the same rules, yet its time claims are
+/// checked on every use, and only those exact bytes are remembered.
+#[test]
+fn a_verified_token_is_remembered_but_still_expires() {
+    let key = TestKey::ec(Algorithm::ES256, "k");
+    let rules = JwtRules::new([&rule(&[&key])]);
+    let token = key.sign(&claims_with(json!({"exp": NOW + 30})));
+    assert!(bearer(&rules, &token).unwrap().is_some());
+    assert!(rules.rules[0].verified.contains_for_test(&token));
+    // Later than exp + skew: refused although its signature is remembered.
+    let text = format!("GET /\nauthorization: Bearer {token}");
+    let later = FuzzRequest::from_text(&text);
+    assert_eq!(
+        rules.authenticate(&later, NOW + 30 + 61).unwrap_err(),
+        JwtError::Expired
+    );
+    // Another signature on the same header and payload is checked, not taken from memory.
+    let (signed, _) = token.rsplit_once('.').unwrap();
+    let forged = format!("{signed}.{}", URL_SAFE_NO_PAD.encode([7u8; 64]));
+    assert_eq!(bearer(&rules, &forged).unwrap_err(), JwtError::BadSignature);
+    // New keys (a new config) start with nothing remembered.
+    let fresh = JwtRules::new([&rule(&[&key])]);
+    assert!(!fresh.rules[0].verified.contains_for_test(&token));
+}
+
 #[test]
 fn issuer_audience_and_subject() {
     let key = TestKey::ed25519("k");

@@ -27,6 +27,8 @@ pub(super) struct Parsed<'t> {
     kid: Option<String>,
     /// `header.payload`, what the signature covers.
     signing_input: &'t str,
+    /// The whole token, as the key of the verified-signature cache.
+    whole: &'t str,
     signature: &'t str,
     /// The payload as sent (base64url).
     pub(super) payload: &'t str,
@@ -93,6 +95,7 @@ pub(super) fn parse(token: &str) -> Result<Parsed<'_>, JwtError> {
         alg,
         kid: header.kid,
         signing_input: &token[..header64.len() + 1 + payload.len()],
+        whole: token,
         signature,
         payload,
         claims,
@@ -137,10 +140,16 @@ pub(super) fn verify(
     Ok(format!("{}/{subject}", rule.issuer))
 }
 
-/// The keys the token names (by `kid`), or all of its algorithm; one must verify it.
+/// The keys the token names (by `kid`), or all of its algorithm; one must verify it. A
+/// token whose signature these keys verified before is not verified again (see
+/// [`VerifiedTokens`]): clients send the same token with many requests, and one ES256
+/// check costs a few hundred microseconds.
 fn check_signature(token: &Parsed<'_>, rule: &CompiledRule) -> Result<(), JwtError> {
     if rule.keys.is_empty() {
         return Err(JwtError::KeysUnavailable);
+    }
+    if rule.verified.contains(token.whole) {
+        return Ok(());
     }
     let named: Vec<_> = match &token.kid {
         Some(kid) => {
@@ -173,6 +182,7 @@ fn check_signature(token: &Parsed<'_>, rule: &CompiledRule) -> Result<(), JwtErr
         .unwrap_or(false)
     });
     if verified {
+        rule.verified.insert(token.whole);
         Ok(())
     } else {
         Err(JwtError::BadSignature)
@@ -191,5 +201,38 @@ fn number(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>
             "exp" => "exp is not a number",
             _ => "nbf is not a number",
         })),
+    }
+}
+
+/// Tokens whose signature a rule's keys verified, byte for byte. Owned by one compiled rule
+/// (so by one key set: new keys come with a new, empty set). Only successes are kept, so a
+/// client cannot fill it with garbage; bounded by count and bytes, and simply emptied when
+/// full. Everything but the signature (`exp`, `nbf`, `aud`) is still checked per request.
+#[derive(Debug, Default)]
+pub(super) struct VerifiedTokens(std::sync::Mutex<(std::collections::HashSet<Box<str>>, usize)>);
+
+impl VerifiedTokens {
+    const MAX_TOKENS: usize = 4096;
+    const MAX_BYTES: usize = 4 * 1024 * 1024;
+
+    fn contains(&self, token: &str) -> bool {
+        self.0.lock().is_ok_and(|held| held.0.contains(token))
+    }
+
+    #[cfg(test)]
+    pub(super) fn contains_for_test(&self, token: &str) -> bool {
+        self.contains(token)
+    }
+
+    fn insert(&self, token: &str) {
+        let Ok(mut held) = self.0.lock() else { return };
+        let (tokens, bytes) = &mut *held;
+        if tokens.len() >= Self::MAX_TOKENS || *bytes + token.len() > Self::MAX_BYTES {
+            tokens.clear();
+            *bytes = 0;
+        }
+        if tokens.insert(token.into()) {
+            *bytes += token.len();
+        }
     }
 }

@@ -16,9 +16,15 @@
 //!   (Service ports with `protocol: http`) against direct and nginx as a reverse proxy, on one
 //!   node and across two (issue 8); `http_security`: what request-level security (an HTTP
 //!   ALLOW policy, JWT validation) costs on that path (issue 10).
+//! - `balance`, `balance_bed`, `balance_cost`, `balance_failover`: what each balancing policy
+//!   costs per connection and how many requests fail while an endpoint is killed (issue 9).
 //! - `machine`, `report`, `sections`: what it ran on, results.md / results.json, and the
 //!   sections after the same-node table that partial runs replace.
 
+mod balance;
+mod balance_bed;
+mod balance_cost;
+mod balance_failover;
 mod capture;
 mod churn;
 mod cpu;
@@ -94,6 +100,9 @@ pub enum Only {
     /// HTTP through the agent's L7 path against direct and nginx as a reverse proxy, on one
     /// node and across two.
     Http,
+    /// Balancing policies per connection, and requests failed while one of three endpoints
+    /// is killed under load.
+    Balance,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -103,6 +112,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Only::CrossNode) => return cross_node_only(args),
         Some(Only::SameNode) => return same_node_only(args),
         Some(Only::Http) => return http_only(args),
+        Some(Only::Balance) => return balance_only(args),
         None => {}
     }
     let (iptables, out_dir, plan) = same_node_setup(&args)?;
@@ -131,6 +141,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     more_rows.extend(http_report::json_rows(&http));
     raw[sections::HTTP.raw_key] = match http {
         Ok(h) => h.raw,
+        Err(e) => json!({"error": format!("{e:#}")}),
+    };
+    progress("balance: policies per connection, an endpoint killed under load");
+    let balance = balance::run(&args.agent_or_default(), &release_dir(), &plan);
+    if let Err(e) = &balance {
+        eprintln!("balance: {e:#}");
+    }
+    notes.push(balance::section(&balance, &machine, args.quick));
+    more_rows.extend(balance::json_rows(&balance));
+    raw[sections::BALANCE.raw_key] = match balance {
+        Ok(b) => b.raw,
         Err(e) => json!({"error": format!("{e:#}")}),
     };
     if let Some(left) = leftovers() {
@@ -226,6 +247,20 @@ fn http_only(args: BenchArgs) -> Result<()> {
             text: http_report::section(&http, machine, quick),
             rows: http_report::json_rows(&http),
             raw: http.map(|h| h.raw).unwrap_or_default(),
+        })
+    })
+}
+
+/// `cargo xtask bench balance`: only the load-balancing section, replaced as above.
+fn balance_only(args: BenchArgs) -> Result<()> {
+    let (quick, agent) = (args.quick, args.agent_or_default());
+    section_only(args, &sections::BALANCE, |plan, machine| {
+        let balance = balance::run(&agent, &release_dir(), plan);
+        let balance = Ok(balance.context("balance scenario (results files left unchanged)")?);
+        Ok(SectionRun {
+            text: balance::section(&balance, machine, quick),
+            rows: balance::json_rows(&balance),
+            raw: balance.map(|b| b.raw).unwrap_or_default(),
         })
     })
 }

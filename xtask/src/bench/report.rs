@@ -178,6 +178,7 @@ fn decimals(unit: &str) -> usize {
         "s/GB" => 3,
         "req/s" => 0,
         "%" => 1,
+        "requests" => 0,
         _ => 2,
     }
 }

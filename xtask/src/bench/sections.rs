@@ -1,5 +1,5 @@
-//! The sections results.md has after the same-node table (cross-node, HTTP; the control
-//! plane's comes last) and how a run of one scenario (`bench cross-node`, `bench http`)
+//! The sections results.md has after the same-node table (cross-node, HTTP, load balancing; the control
+//! plane's comes last) and how a run of one scenario (`bench cross-node`, `bench http`, …)
 //! replaces its own section, rows and raw samples in results.md / results.json and keeps the
 //! rest.
 
@@ -26,8 +26,14 @@ pub const HTTP: Section = Section {
     raw_key: "http",
 };
 
+pub const BALANCE: Section = Section {
+    heading: "## Load balancing: policies and failure recovery",
+    row_prefix: "balance",
+    raw_key: "balance",
+};
+
 /// In results.md order.
-pub const ALL: [&Section; 2] = [&CROSS_NODE, &HTTP];
+pub const ALL: [&Section; 3] = [&CROSS_NODE, &HTTP, &BALANCE];
 
 /// What ends the sections: the control plane's, from its own run.
 const LAST: &str = "## Control plane";

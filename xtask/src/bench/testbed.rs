@@ -205,16 +205,7 @@ impl Testbed {
     /// namespace), so one run's closed connections don't weigh on the next; returns how many
     /// each pod had, by short name.
     pub fn clear_time_wait(&self) -> Result<BTreeMap<String, u64>> {
-        let mut counts = BTreeMap::new();
-        for pod in self.pods() {
-            let n = time_wait(pod)?;
-            if n > 0 {
-                pod.run("ss", ["-K", "state", "time-wait"], Duration::from_secs(30))
-                    .with_context(|| format!("clearing TIME_WAIT sockets in pod {}", pod.name()))?;
-            }
-            counts.insert(pod.short_name().to_string(), n);
-        }
-        Ok(counts)
+        clear_time_wait(&self.pods())
     }
 
     /// TIME_WAIT sockets per pod, by short name.
@@ -264,6 +255,21 @@ pub(super) fn start_server(
         );
     }
     Ok(server)
+}
+
+/// Removes the TIME_WAIT sockets in `pods` (`ss -K state time-wait` inside each namespace);
+/// how many each had, by short name.
+pub(super) fn clear_time_wait(pods: &[&Pod]) -> Result<BTreeMap<String, u64>> {
+    let mut counts = BTreeMap::new();
+    for pod in pods {
+        let n = time_wait(pod)?;
+        if n > 0 {
+            pod.run("ss", ["-K", "state", "time-wait"], Duration::from_secs(30))
+                .with_context(|| format!("clearing TIME_WAIT sockets in pod {}", pod.name()))?;
+        }
+        counts.insert(pod.short_name().to_string(), n);
+    }
+    Ok(counts)
 }
 
 /// TIME_WAIT sockets in a pod's network namespace (`tw` in its /proc/net/sockstat).

@@ -198,6 +198,15 @@ fn failover_note(f: &Failover) -> String {
         if !samples.is_empty() {
             let _ = write!(out, " (e.g. {})", samples.join("; "));
         }
+        let trouble: Vec<String> = f.runs[v.index()]
+            .iter()
+            .filter_map(|r| r["agent_trouble"].as_object())
+            .filter(|t| !t.is_empty())
+            .map(|t| Value::Object(t.clone()).to_string())
+            .collect();
+        if !trouble.is_empty() {
+            let _ = write!(out, "; the agent counted {}", trouble.join(", "));
+        }
     }
     out
 }

@@ -13,6 +13,7 @@
 //! what keeps a killed endpoint's failures from the clients is the connect retry (and
 //! outlier ejection) alone.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -414,4 +415,57 @@ pub fn resets_sent(pod: &Pod) -> Result<u64> {
         .and_then(|v| v.split_whitespace().nth(column))
         .and_then(|v| v.parse().ok())
         .context("no Tcp OutRsts value in /proc/net/snmp")
+}
+
+/// What the agent's `/metrics` says went wrong: the `lb` Service's requests answered other
+/// than 2xx, by `<response_code> <response_flags>`, and `mesh_proxy_failures_total` by reason.
+pub fn trouble(metrics: &str) -> BTreeMap<String, u64> {
+    let mut by = BTreeMap::new();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        let key = match name {
+            "istio_requests_total" if labels.contains("destination_service_name=\"lb\"") => {
+                let code = label(labels, "response_code").unwrap_or("?");
+                if code.starts_with('2') {
+                    continue;
+                }
+                format!("{code} {}", label(labels, "response_flags").unwrap_or("-"))
+            }
+            "mesh_proxy_failures_total" => {
+                format!("proxy failure {}", label(labels, "reason").unwrap_or("?"))
+            }
+            _ => continue,
+        };
+        *by.entry(key).or_default() += n;
+    }
+    by
+}
+
+/// `later - before`, keeping what rose.
+pub fn rose(
+    before: &BTreeMap<String, u64>,
+    later: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    later
+        .iter()
+        .map(|(k, n)| (k.clone(), n.saturating_sub(*before.get(k).unwrap_or(&0))))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
+    let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+    labels[start..].split('"').next()
+}
+
+impl BalanceBed {
+    pub fn trouble(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(trouble(&mesh_tests::two_nodes::metrics(&self.node)?))
+    }
 }

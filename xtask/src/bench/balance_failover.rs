@@ -25,8 +25,8 @@ use anyhow::{ensure, Result};
 use serde_json::{json, Value};
 
 use super::balance_bed::{
-    parse_json, resets_sent, BalanceBed, Lb, Policy, Side, ENDPOINTS, HTTP_PORT, HTTP_VIP_PORT,
-    TCP_HTTP_VIP_PORT, VIP,
+    parse_json, resets_sent, rose, BalanceBed, Lb, Policy, Side, ENDPOINTS, HTTP_PORT,
+    HTTP_VIP_PORT, TCP_HTTP_VIP_PORT, VIP,
 };
 use super::http::{RATE, RATE_CONNECTIONS};
 use super::scenario::{strings, Plan};
@@ -224,6 +224,7 @@ fn one(bed: &mut BalanceBed, v: Variant, secs: f64) -> Result<Value> {
     bed.clear_time_wait()?;
     let side = v.side();
     let before = bed.counters()?;
+    let trouble_before = bed.trouble()?;
     let resets_start = resets_sent(bed.victim(side))?;
     let pod = match side {
         Side::Direct => &bed.dclient,
@@ -251,6 +252,7 @@ fn one(bed: &mut BalanceBed, v: Variant, secs: f64) -> Result<Value> {
     };
     let tries = resets_sent(bed.victim(side))?.saturating_sub(resets_at_kill);
     let d = before.until(&bed.counters()?);
+    let trouble = rose(&trouble_before, &bed.trouble()?);
     let ejected = bed.ejected(bed.victim(Side::Mesh))?;
     let total = |key: &str| -> u64 { outputs.iter().filter_map(|o| o[key].as_u64()).sum() };
     let (errors, other, connections) =
@@ -291,6 +293,7 @@ fn one(bed: &mut BalanceBed, v: Variant, secs: f64) -> Result<Value> {
         "resets_before_kill": resets_at_kill.saturating_sub(resets_start),
         "killed_at_s": killed_at,
         "ejected": ejected,
+        "agent_trouble": trouble,
         "clients": outputs,
         "verified": {
             "client_outbound_connections": d.client_out,

@@ -149,10 +149,10 @@ fn cost_note(c: &Cost) -> String {
             .iter()
             .map(|r| format!("{:.0}", r["per_s"].as_f64().unwrap_or(f64::NAN)))
             .collect();
-        let spread = runs
-            .last()
+        let spread: Vec<String> = runs
+            .iter()
             .map(|r| r["endpoint_connections"].to_string())
-            .unwrap_or_default();
+            .collect();
         let _ = write!(
             out,
             "\n- {}: {:.0} connections/s (runs [{}]), connect() p50 {:.1} µs",
@@ -164,12 +164,38 @@ fn cost_note(c: &Cost) -> String {
         if p != CostPath::Direct {
             let _ = write!(
                 out,
-                ", agent CPU {:.1} µs per connection, connections per endpoint (last run) {spread}",
-                c.cpu_us(p)
+                ", agent CPU {:.1} µs per connection, connections per endpoint (each run) {}",
+                c.cpu_us(p),
+                spread.join(" ")
             );
+        }
+        if p == CostPath::Mesh(Policy::LeastRequest) {
+            out.push_str(&starved(runs));
         }
     }
     out
+}
+
+/// Runs in which an endpoint got no connection at all, said in words (empty when none).
+fn starved(runs: &[Value]) -> String {
+    let n = runs
+        .iter()
+        .filter(|r| {
+            r["endpoint_connections"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|n| n.as_u64() == Some(0)))
+        })
+        .count();
+    if n == 0 {
+        return String::new();
+    }
+    format!(
+        "; **an endpoint got no connection in {n} of {} runs**: an endpoint whose latency \
+         estimate is high (the 30 ms default before its first sample, or one slow sample) \
+         loses every two-choice comparison with endpoints measured in µs, so it is not \
+         measured again until its estimate fades (time constant 10 s)",
+        runs.len()
+    )
 }
 
 /// Every run's failures and tries, by variant.
@@ -256,7 +282,11 @@ endpoint's `pod-tool http-serve` is SIGKILLed mid-run (its port refuses connecti
 on) and started again after the run. Active health checks are slowed for these rows (one probe \
 a minute, 1000 failures to go unhealthy) so only connect retry and outlier ejection act; with \
 the defaults (every 2 s, 2 failures) the agent stops picking a dead endpoint within 2-4 s \
-anyway. Failed: transport errors plus non-2xx answers the clients saw, summed over the runs. \
+anyway. Failed: transport errors plus non-2xx answers the clients saw, summed over the runs. Connect \
+retry covers tries of which no byte reached the endpoint; a request already written to one of \
+its connections when the server died (HTTP: the agent answers 502 with flag UC) or a connection \
+its kernel had already accepted (TCP: the client's connection is closed) is not retried, and \
+counts as failed; the note lists what the agent counted. \
 ³ TCP resets the killed endpoint's kernel sent after the kill (a refused connect, or a segment \
 on a connection that died with the server), median per run; baseline column: the direct \
 client's, each a failed request. Every mesh try is one a client without connect retry would \

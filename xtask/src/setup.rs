@@ -13,6 +13,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     // The distributed store the control plane's HA tests and benchmarks run against.
     ("etcd", "etcd-server"),
+    // The reference CNI plugins (bridge, host-local) the mesh-cni tests chain after, as a
+    // node's runtime would. Not on PATH: checked by absolute path.
+    ("/usr/lib/cni/bridge", "containernetworking-plugins"),
 ];
 
 pub fn require_root(what: &str) -> Result<()> {
@@ -54,7 +57,7 @@ pub fn has_command(command: &str) -> bool {
 pub fn build_all(release: bool) -> Result<()> {
     build_ebpf::build()?;
     progress(&format!(
-        "building mesh-agent, mesh-control, meshctl and pod-tool ({})",
+        "building mesh-agent, mesh-control, meshctl, mesh-cni and pod-tool ({})",
         if release { "release" } else { "debug" }
     ));
     let mut cargo = Command::new("cargo");
@@ -65,6 +68,8 @@ pub fn build_all(release: bool) -> Result<()> {
         "mesh-agent",
         "-p",
         "mesh-control",
+        "-p",
+        "mesh-cni",
         "-p",
         "mesh-tests",
         "--bins",

@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask build-ebpf | demo | test | fuzz | bench`.
+//! Project automation: `cargo xtask build-ebpf | demo | test | validate-manifests | fuzz | bench`.
 //!
 //! Every command installs what it needs and is missing, so a fresh machine needs only the two
 //! commands of the README.
@@ -9,6 +9,7 @@ mod build_ebpf;
 mod cmd;
 mod demo;
 mod fuzz;
+mod manifests;
 mod setup;
 mod test;
 
@@ -29,11 +30,15 @@ enum Command {
     /// Start an agent on a static config, create two pods, send requests through the mesh,
     /// print `mesh-agent status`, clean up.
     Demo,
-    /// Run every test: unit tests and the end-to-end tests (as root, real eBPF).
+    /// Run every test: the manifest check, unit tests and the end-to-end tests (as root,
+    /// real eBPF). With a filter, only the matching tests.
     Test {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Validate every Kubernetes manifest in deploy/ offline against the Kubernetes schemas,
+    /// strictly (installs PyPI's kubernetes-validate into target/ when missing).
+    ValidateManifests,
     /// Build the fuzz targets in fuzz/ (installs cargo-fuzz when missing) and run each briefly.
     Fuzz {
         /// How long each target runs.
@@ -49,6 +54,7 @@ fn main() -> Result<()> {
         Command::BuildEbpf => build_ebpf::build().map(|_| ()),
         Command::Demo => demo::run(),
         Command::Test { filter } => test::run(filter),
+        Command::ValidateManifests => manifests::run(),
         Command::Fuzz { seconds } => fuzz::run(seconds),
         Command::Bench(args) => bench::run(args),
     }

@@ -33,19 +33,24 @@ pub fn ensure_packages(extra: &[(&str, &str)]) -> Result<()> {
         .filter(|(command, _)| !has_command(command))
         .map(|(_, package)| *package)
         .collect();
-    if missing.is_empty() {
+    apt_install(&missing)
+}
+
+/// Installs Debian packages (no-op for an empty list).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    if packages.is_empty() {
         return Ok(());
     }
     progress(&format!(
         "installing Debian packages: {}",
-        missing.join(" ")
+        packages.join(" ")
     ));
     exec(Command::new("apt-get").arg("update").arg("-qq"))?;
     exec(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing),
+            .args(packages),
     )
 }
 

@@ -189,12 +189,21 @@ fn starved(runs: &[Value]) -> String {
     if n == 0 {
         return String::new();
     }
+    let estimates: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            let e = &r["latency_estimates_ms"];
+            format!("{} → {}", e["before"], e["after"])
+        })
+        .collect();
     format!(
         "; **an endpoint got no connection in {n} of {} runs**: an endpoint whose latency \
          estimate is high (the 30 ms default before its first sample, or one slow sample) \
          loses every two-choice comparison with endpoints measured in µs, so it is not \
-         measured again until its estimate fades (time constant 10 s)",
-        runs.len()
+         measured again until its estimate fades (time constant 10 s); the agent's \
+         estimates per endpoint (ms) before → after each run: {}",
+        runs.len(),
+        estimates.join(", ")
     )
 }
 

@@ -230,6 +230,24 @@ impl BalanceBed {
             .with_context(|| format!("no service {SERVICE} in the agent's status"))
     }
 
+    /// Each endpoint's latency estimate under `least_request` (ms, from the status; null
+    /// before the agent has one), in [`BalanceBed::endpoints`] order.
+    pub fn latency_estimates(&self) -> Result<Vec<Value>> {
+        let service = self.service()?;
+        let endpoints = service["endpoints"].as_array().cloned().unwrap_or_default();
+        Ok(self
+            .endpoints
+            .iter()
+            .map(|pod| {
+                let workload = format!("default/{}", pod.short_name());
+                endpoints
+                    .iter()
+                    .find(|e| e["workload"] == workload)
+                    .map_or(Value::Null, |e| e["load"]["latencyMs"].clone())
+            })
+            .collect())
+    }
+
     /// Whether the status shows endpoint `pod` ejected.
     pub fn ejected(&self, pod: &Pod) -> Result<bool> {
         let workload = format!("default/{}", pod.short_name());

@@ -116,6 +116,12 @@ fn one(bed: &mut BalanceBed, path: Path, secs: f64) -> Result<Value> {
         }
     };
     bed.clear_time_wait()?;
+    let least_request = path == Path::Mesh(Policy::LeastRequest);
+    let estimates_before = if least_request {
+        bed.latency_estimates()?
+    } else {
+        Vec::new()
+    };
     let before = bed.counters()?;
     let agent = bed.agent_pid();
     let cpu = CpuSnapshot::take(agent);
@@ -152,6 +158,12 @@ fn one(bed: &mut BalanceBed, path: Path, secs: f64) -> Result<Value> {
         }
     }
     v["endpoint_connections"] = json!(d.endpoints_in);
+    if least_request {
+        v["latency_estimates_ms"] = json!({
+            "before": estimates_before,
+            "after": bed.latency_estimates()?,
+        });
+    }
     Ok(v)
 }
 

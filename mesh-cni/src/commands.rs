@@ -72,6 +72,14 @@ fn add(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<String, CniErr
         return Ok(output);
     }
     let agent_says = reply.message();
+    if reply.status >= 500 {
+        // The agent failed, not the pod: its enrollment undid itself, so a retry is clean.
+        return Err(CniError::new(
+            Code::TryAgainLater,
+            format!("the mesh agent failed to enroll pod {}", pod.key()),
+        )
+        .with_details(agent_says));
+    }
     match agent.declares_workload(&pod.uid) {
         Ok(false) => Err(CniError::new(
             Code::TryAgainLater,

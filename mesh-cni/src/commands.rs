@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::agent::{Agent, EnrollRequest, EnrolledPod, Unreachable};
+use crate::agent::{Agent, EnrollRequest, EnrolledPod, Reply, Unreachable};
 use crate::config::NetConf;
 use crate::env::{self, Command, PodIdentity};
 use crate::spec::{self, CniError, Code};
@@ -71,36 +71,45 @@ fn add(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<String, CniErr
     if reply.ok() {
         return Ok(output);
     }
+    Err(refusal(&pod, &reply, || agent.declares_workload(&pod.uid)))
+}
+
+/// The error for an enrollment the agent answered with an error: code 11 when waiting can fix
+/// it (the agent failed, or the pod's Workload is not declared yet), else 100.
+fn refusal(
+    pod: &PodIdentity,
+    reply: &Reply,
+    declared: impl FnOnce() -> Result<bool, Unreachable>,
+) -> CniError {
     let agent_says = reply.message();
-    if reply.status >= 500 {
+    let (code, msg) = if reply.status >= 500 {
         // The agent failed, not the pod: its enrollment undid itself, so a retry is clean.
-        return Err(CniError::new(
-            Code::TryAgainLater,
-            format!("the mesh agent failed to enroll pod {}", pod.key()),
-        )
-        .with_details(agent_says));
-    }
-    match agent.declares_workload(&pod.uid) {
-        Ok(false) => Err(CniError::new(
-            Code::TryAgainLater,
-            format!(
-                "no Workload with uid {} is declared for pod {} yet",
-                pod.uid,
-                pod.key()
-            ),
-        )
-        .with_details(agent_says)),
-        Ok(true) => Err(CniError::new(
-            Code::EnrollmentRefused,
-            format!("the mesh agent refused to enroll pod {}", pod.key()),
-        )
-        .with_details(agent_says)),
-        Err(Unreachable(why)) => Err(CniError::new(
-            Code::TryAgainLater,
-            format!("the mesh agent refused to enroll pod {}", pod.key()),
-        )
-        .with_details(format!("{agent_says}; then: {why}"))),
-    }
+        let msg = format!("the mesh agent failed to enroll pod {}", pod.key());
+        (Code::TryAgainLater, msg)
+    } else {
+        match declared() {
+            Ok(false) => {
+                let msg = format!(
+                    "no Workload with uid {} is declared for pod {} yet",
+                    pod.uid,
+                    pod.key()
+                );
+                (Code::TryAgainLater, msg)
+            }
+            Ok(true) => {
+                let msg = format!("the mesh agent refused to enroll pod {}", pod.key());
+                (Code::EnrollmentRefused, msg)
+            }
+            Err(Unreachable(why)) => {
+                let msg = format!(
+                    "the mesh agent refused to enroll pod {} and then did not answer: {why}",
+                    pod.key()
+                );
+                (Code::TryAgainLater, msg)
+            }
+        }
+    };
+    CniError::new(code, msg).with_details(agent_says)
 }
 
 /// DEL succeeds whenever the pod is not enrolled afterwards, including when the agent is not
@@ -232,14 +241,16 @@ fn status(agent: &Agent) -> Result<String, CniError> {
 }
 
 fn ensure_ready(agent: &Agent) -> Result<(), CniError> {
-    match agent.ready() {
+    readiness(agent.socket(), agent.ready())
+}
+
+/// `/healthz/ready` answers 503 while the agent resumes its saved pods.
+fn readiness(socket: &Path, answer: Result<Reply, Unreachable>) -> Result<(), CniError> {
+    match answer {
         Ok(reply) if reply.ok() => Ok(()),
         Ok(reply) => Err(CniError::new(
             Code::TryAgainLater,
-            format!(
-                "the mesh agent at {} is not ready",
-                agent.socket().display()
-            ),
+            format!("the mesh agent at {} is not ready", socket.display()),
         )
         .with_details(reply.message())),
         Err(Unreachable(why)) => Err(CniError::new(
@@ -330,6 +341,43 @@ mod tests {
         .unwrap();
         assert!(out.contains("\"supportedVersions\""), "{out}");
         assert!(run(&invocation(Command::Version, "", None)).is_ok());
+    }
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_agent_that_is_not_ready_means_try_again() {
+        let socket = Path::new("/run/m/agent.sock");
+        readiness(socket, Ok(reply(200, "ready\n"))).unwrap();
+        let e = readiness(socket, Ok(reply(503, "resuming pods\n"))).unwrap_err();
+        assert_eq!(e.code, Code::TryAgainLater);
+        assert!(e.msg.contains("/run/m/agent.sock is not ready"), "{e}");
+        assert_eq!(e.details, "resuming pods");
+    }
+
+    #[test]
+    fn refusals_are_retried_only_when_waiting_can_fix_them() {
+        let pod = PodIdentity::from_cni_args(Some(ARGS)).unwrap();
+        let refused = reply(
+            422,
+            r#"{"error":"enroll u-1: --ip 10.1.0.2 is not an address"}"#,
+        );
+        let e = refusal(&pod, &refused, || Ok(false));
+        assert_eq!(e.code, Code::TryAgainLater);
+        assert!(e.msg.contains("no Workload with uid u-1"), "{e}");
+        let e = refusal(&pod, &refused, || Ok(true));
+        assert_eq!(e.code, Code::EnrollmentRefused);
+        assert_eq!(e.details, "enroll u-1: --ip 10.1.0.2 is not an address");
+        let e = refusal(&pod, &refused, || Err(Unreachable("gone".into())));
+        assert_eq!(e.code, Code::TryAgainLater);
+        let failed = reply(500, r#"{"error":"enrollment failed: panic"}"#);
+        let e = refusal(&pod, &failed, || panic!("not asked: the agent failed"));
+        assert_eq!(e.code, Code::TryAgainLater);
     }
 
     #[test]

@@ -15,6 +15,8 @@ use crate::registry::Registry;
 pub struct Agent {
     pub node: String,
     pub datapath: Datapath,
+    /// The socket hooks, attached once for the node.
+    pub node_attachments: Vec<crate::datapath::Attachment>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub state: StateStore,

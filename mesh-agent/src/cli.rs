@@ -22,7 +22,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent: load the eBPF programs, resume enrolled pods, serve their traffic.
     Run(RunArgs),
-    /// Enroll a pod: attach capture to its cgroup and netns and open its proxy listeners.
+    /// Enroll a pod: turn capture on for its network namespace and open its proxy listeners.
     Enroll(EnrollArgs),
     /// Unenroll a pod: detach capture and close its listeners.
     Unenroll {
@@ -107,14 +107,17 @@ pub struct EnrollArgs {
     pub name: String,
     #[arg(long, default_value = "default")]
     pub namespace: String,
-    #[arg(long, default_value = "default")]
+    /// Checked against the declared Workload; omitted: the Workload's.
+    #[arg(long, default_value = "")]
     pub service_account: String,
-    /// The pod's network namespace file (e.g. /run/netns/NAME or /proc/PID/ns/net).
+    /// The pod's network namespace file (e.g. /run/netns/NAME or /proc/PID/ns/net): capture
+    /// follows it, whatever cgroup the pod's processes are in.
     #[arg(long)]
     pub netns: PathBuf,
-    /// The pod's cgroup v2 directory.
+    /// The pod's cgroup v2 directory. Optional and no longer used for capture (kept so older
+    /// scripts work; still refused if it is the cgroup root or holds the agent).
     #[arg(long)]
-    pub cgroup: PathBuf,
+    pub cgroup: Option<PathBuf>,
     /// The pod's IP (repeat for dual stack).
     #[arg(long = "ip", required = true)]
     pub ips: Vec<IpAddr>,

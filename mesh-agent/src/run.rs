@@ -57,11 +57,15 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     // After the config is known to be good: a bad file changes nothing in the kernel.
     let datapath = Datapath::load(&settings.bpffs, settings.capture_capacity)?;
+    let node_attachments = datapath
+        .serve_node(&cgroup_root)
+        .context("attaching the socket hooks to --cgroup-root")?;
     // Filled below, through the same install path later configs take.
     let registry = Arc::new(Registry::new(Snapshot::default(), origin.clone()));
     let agent = Arc::new(Agent {
         node: settings.node_name.clone(),
         datapath,
+        node_attachments,
         registry,
         metrics: Arc::new(Metrics::new()),
         state: StateStore::open(&settings.state_dir)?,

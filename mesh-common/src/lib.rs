@@ -59,11 +59,18 @@ pub mod maps {
     pub const INBOUND_LISTENERS: &str = "MESH_INBOUND_LISTENERS";
     /// Per-CPU counters, indexed by [`stats`].
     pub const STATS: &str = "MESH_STATS";
+    /// Network namespace cookie of an enrolled pod -> its slot: the node-wide socket hooks
+    /// act only in these namespaces.
+    pub const POD_NETNS: &str = "MESH_POD_NETNS";
+    /// cgroup v2 ids of this node's agents, whose own sockets are never captured.
+    pub const AGENT_CGROUPS: &str = "MESH_AGENT_CGROUPS";
 }
 
 /// Sizes of the maps. Pods per node are bounded by `MAX_PODS`.
 pub mod limits {
     pub const MAX_PODS: u32 = 1024;
+    /// Agent processes excluded from capture at once (an upgrade runs two).
+    pub const MAX_AGENTS: u32 = 8;
     pub const MAX_CAPTURE_PREFIXES: u32 = 65536;
     pub const MAX_TRACKED_CONNECTIONS: u32 = 262144;
 }

@@ -14,6 +14,7 @@ use mesh_common::{ports, stats, SockAddr};
 
 use crate::addr::{self, from_user_port, to_user_port};
 use crate::maps::{count, CAPTURE_V4, CAPTURE_V6, ORIG_DST_BY_COOKIE};
+use crate::scope;
 
 const SOCK_STREAM: u32 = 1;
 /// cgroup/connect* return value that lets the syscall proceed.
@@ -23,7 +24,7 @@ const ALLOW: i32 = 1;
 pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.type_ != SOCK_STREAM {
+    if sa.type_ != SOCK_STREAM || !scope::captured(&ctx) {
         return ALLOW;
     }
     let port = from_user_port(sa.user_port);
@@ -42,7 +43,7 @@ pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
 pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as above.
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.type_ != SOCK_STREAM {
+    if sa.type_ != SOCK_STREAM || !scope::captured(&ctx) {
         return ALLOW;
     }
     let port = from_user_port(sa.user_port);

@@ -15,6 +15,7 @@ use mesh_common::{stats, SockAddr, AF_INET};
 use crate::addr::{self, from_user_port, to_user_port};
 use crate::delivered;
 use crate::maps::{count, ORIG_DST_BY_COOKIE};
+use crate::scope;
 
 const ALLOW: i32 = 1;
 
@@ -54,6 +55,9 @@ pub fn mesh_getpeername6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn peer_to_show(ctx: &SockAddrContext, peer: SockAddr) -> Option<SockAddr> {
+    if !scope::captured(ctx) {
+        return None;
+    }
     // SAFETY: helpers valid for cgroup/sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(original) = unsafe { ORIG_DST_BY_COOKIE.get(cookie) } {

@@ -7,6 +7,9 @@
 //!   proxy delivered sees the real client (found by `delivered` on the proxy's own socket).
 //! - `sk_lookup`: inbound capture of TCP arriving on the pod's interface.
 //!
+//! - `scope`: the socket hooks are attached once per node and act only in enrolled pods'
+//!   network namespaces, never on an agent's own sockets.
+//!
 //! Shared map definitions live in `maps`; layouts and names in `mesh-common`.
 #![no_std]
 #![no_main]
@@ -16,6 +19,7 @@ mod connect;
 mod delivered;
 mod getpeername;
 mod maps;
+mod scope;
 mod sk_lookup;
 mod sock_ops;
 

@@ -39,6 +39,17 @@ pub static POD_BY_IP: HashMap<[u32; 4], PodSlot> = HashMap::pinned(limits::MAX_P
 #[map(name = "MESH_INBOUND_LISTENERS")]
 pub static INBOUND_LISTENERS: SockMap = SockMap::pinned(limits::MAX_PODS * LISTENERS_PER_POD, 0);
 
+/// Network namespace cookies of enrolled pods (value: the pod's slot). The socket hooks are
+/// attached once per node to a cgroup above every pod and act only for sockets in these
+/// namespaces, whichever cgroup their process sits in.
+#[map(name = "MESH_POD_NETNS")]
+pub static POD_NETNS: HashMap<u64, u32> = HashMap::pinned(limits::MAX_PODS, 0);
+
+/// cgroup v2 ids of the agents serving this node (two during an upgrade): their own sockets
+/// in pod namespaces (delivery, upstream connections) are never captured.
+#[map(name = "MESH_AGENT_CGROUPS")]
+pub static AGENT_CGROUPS: HashMap<u64, u8> = HashMap::pinned(limits::MAX_AGENTS, 0);
+
 #[map(name = "MESH_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(mesh_common::stats::COUNT, 0);
 

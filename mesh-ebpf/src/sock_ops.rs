@@ -18,6 +18,7 @@ use mesh_common::{stats, ConnKey, AF_INET, AF_INET6};
 
 use crate::addr;
 use crate::maps::{count, ORIG_DST, ORIG_DST_BY_COOKIE};
+use crate::scope;
 
 #[sock_ops]
 pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
@@ -31,6 +32,11 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn record_original_destination(ctx: &SockOpsContext) {
+    // Runs for every socket on the node: a namespace lookup first (agent sockets never have
+    // a cookie entry, connect4/6 skip them, so they need no check here).
+    if !scope::in_pod(ctx) {
+        return;
+    }
     // SAFETY: helpers valid for sock_ops programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(original) = (unsafe { ORIG_DST_BY_COOKIE.get(cookie) }) else {

@@ -1,6 +1,8 @@
-//! Attaching the programs to one pod: the socket hooks to its cgroup, `sk_lookup` to its
-//! network namespace. Each attachment is a BPF link pinned at `<bpffs>/pods/<uid>/<program>`,
-//! which keeps it alive without the agent; re-attaching finds the pin and adopts it.
+//! Attaching the programs: the socket hooks once per node, to the node-wide cgroup
+//! (`--cgroup-root`), where they act only for sockets in enrolled pods' network namespaces
+//! (`MESH_POD_NETNS`); `sk_lookup` to each pod's network namespace. Each attachment is a BPF
+//! link pinned at `<bpffs>/node/<program>` or `<bpffs>/pods/<uid>/<program>`, which keeps it
+//! alive without the agent; re-attaching finds the pin and adopts it.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -18,7 +20,7 @@ use super::{program, Datapath};
 #[derive(Clone, Debug, Serialize)]
 pub struct Attachment {
     pub program: &'static str,
-    /// The cgroup directory or network namespace file it is attached to.
+    /// The cgroup directory (node-wide) or network namespace file it is attached to.
     pub target: PathBuf,
     pub pin: PathBuf,
     /// True when the link survived from an earlier agent run and was re-adopted.
@@ -43,32 +45,53 @@ const CGROUP_PROGRAMS: [&str; 5] = [
 ];
 
 impl Datapath {
-    /// Attaches every program to the pod, adopting links already pinned for it. On error,
-    /// whatever this call attached is detached again. The targets come opened (and checked)
-    /// by the caller: opening a path here could block on whatever it turned out to be.
+    /// Starts capture for the node: keeps this agent's own sockets out of it (its cgroup v2
+    /// id, from `/proc/self/cgroup`, goes to `MESH_AGENT_CGROUPS`), then attaches the socket
+    /// hooks to the node-wide cgroup `root` (`--cgroup-root`).
+    pub fn serve_node(&self, root: &Path) -> Result<Vec<Attachment>> {
+        let id = own_cgroup_id().context("finding the agent's own cgroup")?;
+        self.maps.register_agent_cgroup(id)?;
+        let file = File::open(root).with_context(|| format!("opening {}", root.display()))?;
+        self.attach_node(AttachTarget {
+            path: root,
+            file: &file,
+        })
+    }
+
+    /// Attaches the socket hooks to the node-wide cgroup `root` (once per node; an agent
+    /// started again adopts the pinned links and puts its programs in them, without a gap).
+    fn attach_node(&self, root: AttachTarget) -> Result<Vec<Attachment>> {
+        let dir = self.bpffs.join("node");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        CGROUP_PROGRAMS
+            .iter()
+            .map(|name| self.attach_one(name, &dir, root))
+            .collect()
+    }
+
+    /// Attaches `sk_lookup` to the pod's network namespace and turns the node-wide socket
+    /// hooks on for it (namespace `cookie`, the pod's `slot`). On error, whatever this call
+    /// did is undone.
     pub fn attach_pod(
         &self,
         uid: &str,
-        cgroup: AttachTarget,
         netns: AttachTarget,
+        cookie: u64,
+        slot: u32,
     ) -> Result<PodAttachments> {
         let dir = self.pod_link_dir(uid);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut done = Vec::new();
-        let result = (|| {
-            for name in CGROUP_PROGRAMS {
-                done.push(self.attach_one(name, &dir, cgroup)?);
-            }
-            done.push(self.attach_one(prog::SK_LOOKUP, &dir, netns)?);
-            Ok(())
-        })();
-        if let Err(e) = result {
-            for attachment in done.iter().filter(|a| !a.adopted) {
-                unpin(&attachment.pin);
+        // An agent before capture by namespace attached the socket hooks to each pod's
+        // cgroup; with the node-wide ones they would run twice.
+        remove_per_pod_socket_hooks(&dir);
+        let lookup = self.attach_one(prog::SK_LOOKUP, &dir, netns)?;
+        if let Err(e) = self.maps.add_pod_netns(cookie, slot) {
+            if !lookup.adopted {
+                unpin(&lookup.pin);
             }
             return Err(e);
         }
-        Ok(done)
+        Ok(vec![lookup])
     }
 
     fn attach_one(
@@ -134,13 +157,39 @@ impl Datapath {
         Ok(link)
     }
 
-    /// Removes every link of the pod; the kernel detaches each when its pin goes.
-    pub fn detach_pod(&self, uid: &str) {
+    /// Turns capture off for the pod in `slot` and removes its links; the kernel detaches
+    /// each when its pin goes.
+    pub fn detach_pod(&self, uid: &str, slot: u32) {
+        self.maps.remove_pod_netns_of(slot);
         let dir = self.pod_link_dir(uid);
-        for name in CGROUP_PROGRAMS.iter().chain([prog::SK_LOOKUP].iter()) {
-            unpin(&dir.join(name));
-        }
+        remove_per_pod_socket_hooks(&dir);
+        unpin(&dir.join(prog::SK_LOOKUP));
         let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// The cgroup v2 id of this process: the inode of its cgroup directory, which is what
+/// `bpf_get_current_cgroup_id` reports.
+fn own_cgroup_id() -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mount = crate::sys::fs::detect_cgroup2_root()?;
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let relative = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .context("/proc/self/cgroup has no cgroup v2 entry")?;
+    let dir = mount.join(relative.trim_start_matches('/'));
+    Ok(std::fs::metadata(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .ino())
+}
+
+fn remove_per_pod_socket_hooks(dir: &Path) {
+    for name in CGROUP_PROGRAMS {
+        let pin = dir.join(name);
+        if pin.exists() {
+            unpin(&pin);
+        }
     }
 }
 

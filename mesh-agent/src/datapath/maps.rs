@@ -19,6 +19,8 @@ pub struct Maps {
     peer_client: Mutex<SkStorage<MapData, SockAddr>>,
     pod_by_ip: Mutex<HashMap<MapData, [u32; 4], PodSlot>>,
     listeners: Mutex<SockMap<MapData>>,
+    pod_netns: Mutex<HashMap<MapData, u64, u32>>,
+    agent_cgroups: Mutex<HashMap<MapData, u64, u8>>,
     stats: PerCpuArray<MapData, u64>,
     capture_capacity: usize,
 }
@@ -59,8 +61,49 @@ impl Maps {
             peer_client: Mutex::new(take(ebpf, names::PEER_CLIENT)?),
             pod_by_ip: Mutex::new(take(ebpf, names::POD_BY_IP)?),
             listeners: Mutex::new(take(ebpf, names::INBOUND_LISTENERS)?),
+            pod_netns: Mutex::new(take(ebpf, names::POD_NETNS)?),
+            agent_cgroups: Mutex::new(take(ebpf, names::AGENT_CGROUPS)?),
             stats: take(ebpf, names::STATS)?,
         })
+    }
+
+    /// Makes the socket hooks act for sockets in the pod's network namespace (`cookie`).
+    pub fn add_pod_netns(&self, cookie: u64, slot: u32) -> Result<()> {
+        self.pod_netns
+            .lock()
+            .insert(cookie, slot, 0)
+            .context("adding the pod's network namespace to MESH_POD_NETNS (full?)")
+    }
+
+    /// Stops capture in the namespace of the pod in `slot` (found by value: a pod whose
+    /// namespace is gone by now has no cookie to ask with).
+    pub fn remove_pod_netns_of(&self, slot: u32) {
+        let mut map = self.pod_netns.lock();
+        let held: Vec<u64> = map
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, s)| *s == slot)
+            .map(|(cookie, _)| cookie)
+            .collect();
+        for cookie in held {
+            let _ = map.remove(&cookie);
+        }
+    }
+
+    /// Keeps the socket hooks off the sockets of processes in cgroup `id` (this agent). The
+    /// set holds a few agents (an old and a new one during an upgrade); when full, it is
+    /// emptied first: entries of agents that are gone would keep nothing out that matters.
+    pub fn register_agent_cgroup(&self, id: u64) -> Result<()> {
+        let mut map = self.agent_cgroups.lock();
+        if map.insert(id, 1, 0).is_ok() {
+            return Ok(());
+        }
+        let stale: Vec<u64> = map.keys().filter_map(|k| k.ok()).collect();
+        for key in stale {
+            let _ = map.remove(&key);
+        }
+        map.insert(id, 1, 0)
+            .context("registering the agent's cgroup in MESH_AGENT_CGROUPS")
     }
 
     /// How many destinations each capture trie holds (IPv4 and IPv6 have one each; the

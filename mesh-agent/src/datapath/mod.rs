@@ -8,7 +8,7 @@ mod attach;
 mod maps;
 mod peer_client;
 
-pub use attach::{AttachTarget, PodAttachments};
+pub use attach::{AttachTarget, Attachment, PodAttachments};
 pub use maps::{CaptureSet, KernelStats, Maps};
 
 use std::path::{Path, PathBuf};

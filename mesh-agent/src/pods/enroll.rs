@@ -58,7 +58,7 @@ impl Agent {
     /// opening its namespace and cgroup (which a bad path can make slow) and starting it run
     /// without it, so status, health checks and other pods' (un)enrollments go on meanwhile.
     /// Run it as a task of its own: dropped half-way, it would leave the pod half set up.
-    pub async fn enroll(&self, request: EnrollRequest) -> Result<()> {
+    pub async fn enroll(&self, mut request: EnrollRequest) -> Result<()> {
         let reservation = {
             let pods = self.pods.lock().await;
             let unresumed = self.unresumed.lock().clone();
@@ -74,7 +74,7 @@ impl Agent {
         let pod = match self.start_pod(request.clone(), slot, prepared).await {
             Ok(pod) => pod,
             Err(e) => {
-                self.datapath.detach_pod(&request.uid);
+                self.datapath.detach_pod(&request.uid, slot);
                 return Err(e);
             }
         };
@@ -188,20 +188,20 @@ impl Agent {
 
     /// Opens a saved pod's namespace and cgroup and starts serving it again.
     async fn try_resume(&self, saved: &SavedPod) -> Result<EnrolledPod> {
-        let request = &saved.request;
-        let prepared = prepare(request, &self.cgroup_root).await?;
+        let mut request = saved.request.clone();
+        let prepared = prepare(&request, &self.cgroup_root).await?;
         if let Err(e) = request.check_declared(&self.registry.snapshot(), &self.node) {
             // Keep serving it: dropping capture would let it bypass the mesh.
             tracing::warn!(uid = %request.uid, error = %e, "resumed pod no longer matches the config");
         }
-        self.start_pod(request.clone(), saved.slot, prepared).await
+        self.start_pod(request, saved.slot, prepared).await
     }
 
     /// Takes out what a saved pod that is not serving left in the kernel: its capture and the
     /// sk_lookup entries still pointing at its slot (an entry another pod holds now is left
     /// alone: an undeclared address was never reserved for this pod).
     fn remove_leftovers(&self, saved: &SavedPod) {
-        self.datapath.detach_pod(&saved.request.uid);
+        self.datapath.detach_pod(&saved.request.uid, saved.slot);
         for ip in saved.request.ips.iter().chain(&saved.steered_ips) {
             self.datapath.maps.release_pod_ip(*ip, saved.slot);
         }
@@ -236,7 +236,7 @@ impl Agent {
     /// Takes a pod out of the mesh: capture off first, then inbound steering, then the proxy.
     fn stop_pod(&self, pod: EnrolledPod) {
         let uid = &pod.request.uid;
-        self.datapath.detach_pod(uid);
+        self.datapath.detach_pod(uid, pod.slot);
         pod.addresses.withdraw();
         self.metrics.remove_pod(&pod.request.pod_name());
         tracing::info!(%uid, pod = %pod.request.pod_name(), "pod unenrolled");
@@ -251,19 +251,13 @@ impl Agent {
         let context = format!("enroll {}", request.uid);
         let PreparedPod {
             netns: netns_file,
-            cgroup: cgroup_file,
             sockets: netns,
+            ..
         } = prepared;
-        let targets = (
-            AttachTarget {
-                path: &request.cgroup,
-                file: &cgroup_file,
-            },
-            AttachTarget {
-                path: &request.netns,
-                file: &netns_file,
-            },
-        );
+        let target = AttachTarget {
+            path: &request.netns,
+            file: &netns_file,
+        };
         let listeners = open_listeners(&netns).await.context(context.clone())?;
         let addresses = listeners.addresses();
         let maps = &self.datapath.maps;
@@ -293,7 +287,8 @@ impl Agent {
                 steered_ips.push(ip);
             }
         }
-        let attached = self.announce_and_attach(&request.uid, slot, &steered_ips, targets);
+        let attached =
+            self.announce_and_attach(&request.uid, slot, &steered_ips, target, netns.cookie());
         let attachments = match attached {
             Ok(attachments) => attachments,
             Err(e) => {
@@ -342,18 +337,19 @@ impl Agent {
         })
     }
 
-    /// Tells sk_lookup about the pod's addresses, then attaches its programs.
+    /// Tells sk_lookup about the pod's addresses, then turns capture on for its namespace.
     fn announce_and_attach(
         &self,
         uid: &str,
         slot: u32,
         ips: &[IpAddr],
-        (cgroup, netns): (AttachTarget, AttachTarget),
+        netns: AttachTarget,
+        cookie: u64,
     ) -> Result<PodAttachments> {
         for ip in ips {
             self.datapath.maps.add_pod_ip(*ip, slot)?;
         }
-        self.datapath.attach_pod(uid, cgroup, netns)
+        self.datapath.attach_pod(uid, netns, cookie, slot)
     }
 
     /// Saves the enrolled pods and the saved ones not serving (see `unresumed`).

@@ -1,6 +1,6 @@
-//! The enrollment request (what a CNI plugin would send) and its validation against the
-//! declared workload: enrollment binds a workload that the config places on this node to a
-//! network namespace and a cgroup; it never invents one.
+//! The enrollment request (what a CNI plugin sends) and its validation against the declared
+//! workload: enrollment binds a workload that the config places on this node to a network
+//! namespace; it never invents one.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -15,9 +15,14 @@ pub struct EnrollRequest {
     pub uid: String,
     pub name: String,
     pub namespace: String,
+    /// Empty: the declared Workload's (a CNI plugin is not told it).
+    #[serde(default)]
     pub service_account: String,
     pub netns: PathBuf,
-    pub cgroup: PathBuf,
+    /// Accepted for older callers and checked (never the cgroup root, never the agent's
+    /// own), but capture follows the network namespace, whatever cgroup a process is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
     pub ips: Vec<IpAddr>,
 }
 
@@ -27,8 +32,9 @@ impl EnrollRequest {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Checks the request against the workload the config declares under the same uid.
-    pub fn check_declared(&self, snapshot: &Snapshot, node: &str) -> Result<()> {
+    /// Checks the request against the workload the config declares under the same uid, and
+    /// takes the service account from it when the request names none.
+    pub fn check_declared(&mut self, snapshot: &Snapshot, node: &str) -> Result<()> {
         if self.ips.is_empty() {
             bail!("enroll {}: at least one --ip is required", self.uid);
         }
@@ -53,6 +59,9 @@ impl EnrollRequest {
                 self.uid,
                 self.pod_name()
             );
+        }
+        if self.service_account.is_empty() {
+            self.service_account = workload.spec.service_account.clone();
         }
         if workload.spec.service_account != self.service_account {
             bail!(
@@ -91,7 +100,7 @@ impl EnrollRequest {
             namespace: "default".into(),
             service_account: "default".into(),
             netns: "/run/netns/x".into(),
-            cgroup: "/sys/fs/cgroup/x".into(),
+            cgroup: Some("/sys/fs/cgroup/x".into()),
             ips: vec![ip.parse().unwrap()],
         }
     }
@@ -118,7 +127,7 @@ spec: {uid: u1, ips: ["10.0.0.1"], node: n1, serviceAccount: web}
             namespace: "shop".into(),
             service_account: "web".into(),
             netns: "/run/netns/x".into(),
-            cgroup: "/sys/fs/cgroup/x".into(),
+            cgroup: Some("/sys/fs/cgroup/x".into()),
             ips: vec!["10.0.0.1".parse().unwrap()],
         }
     }
@@ -126,13 +135,18 @@ spec: {uid: u1, ips: ["10.0.0.1"], node: n1, serviceAccount: web}
     #[test]
     fn accepts_the_declared_workload() {
         request().check_declared(&snapshot(), "n1").unwrap();
+        // A CNI plugin is not told the service account: the Workload's is taken.
+        let mut unnamed = request();
+        unnamed.service_account.clear();
+        unnamed.check_declared(&snapshot(), "n1").unwrap();
+        assert_eq!(unnamed.service_account, "web");
     }
 
     #[test]
     fn names_what_does_not_match() {
         let s = snapshot();
         let err =
-            |r: EnrollRequest, node: &str| r.check_declared(&s, node).unwrap_err().to_string();
+            |mut r: EnrollRequest, node: &str| r.check_declared(&s, node).unwrap_err().to_string();
         assert!(err(request(), "n2").contains("placed on node \"n1\""));
         let mut r = request();
         r.ips = vec!["10.0.0.9".parse().unwrap()];

@@ -54,10 +54,10 @@ impl std::fmt::Display for Unfit {
 
 impl std::error::Error for Unfit {}
 
-/// The pod's namespace and cgroup, opened and checked, with a helper thread in the namespace.
+/// The pod's namespace, opened and checked (and its cgroup checked, if the request names
+/// one), with a helper thread in the namespace.
 pub struct PreparedPod {
     pub netns: File,
-    pub cgroup: File,
     pub sockets: NetnsSockets,
 }
 
@@ -68,10 +68,14 @@ pub async fn prepare(request: &EnrollRequest, cgroup_root: &Path) -> Result<Prep
     match tokio::time::timeout(PREPARE_TIMEOUT, prepare_unbounded(request, cgroup_root)).await {
         Ok(prepared) => prepared.context(context),
         Err(_) => anyhow::bail!(
-            "{context}: opening and checking --netns {} and --cgroup {} did not finish within \
+            "{context}: opening and checking --netns {}{} did not finish within \
              {PREPARE_TIMEOUT:?} (a path on a stuck mount?)",
             request.netns.display(),
-            request.cgroup.display()
+            request
+                .cgroup
+                .as_ref()
+                .map(|c| format!(" and --cgroup {}", c.display()))
+                .unwrap_or_default()
         ),
     }
 }
@@ -82,11 +86,13 @@ async fn prepare_unbounded(request: &EnrollRequest, cgroup_root: &Path) -> Resul
     let root = cgroup_root.to_owned();
     // Path lookups can block (a stuck mount): on a blocking thread, so the runtime's workers
     // never wait. If the time bound above gives up, that thread is left to finish alone.
-    let (netns, cgroup) = tokio::task::spawn_blocking(move || -> Result<(File, File)> {
-        Ok((
-            open_pod_netns(&netns_path)?,
-            open_pod_cgroup(&cgroup_path, &root)?,
-        ))
+    // A cgroup, if named, is only checked: capture follows the namespace (an old enroll
+    // command naming the cgroup root or the agent's own cgroup is still refused).
+    let netns = tokio::task::spawn_blocking(move || -> Result<File> {
+        if let Some(cgroup) = &cgroup_path {
+            open_pod_cgroup(cgroup, &root)?;
+        }
+        open_pod_netns(&netns_path)
     })
     .await
     .context("opening the pod's netns and cgroup")??;
@@ -96,11 +102,7 @@ async fn prepare_unbounded(request: &EnrollRequest, cgroup_root: &Path) -> Resul
         .await
         .with_context(|| format!("listing the addresses in {}", request.netns.display()))?;
     check_holds_pod_ip(request, &held)?;
-    Ok(PreparedPod {
-        netns,
-        cgroup,
-        sockets,
-    })
+    Ok(PreparedPod { netns, sockets })
 }
 
 /// Opens `path` if it is a network namespace other than the node's and the agent's.

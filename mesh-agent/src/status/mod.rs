@@ -171,8 +171,9 @@ impl Status {
         let source = agent.registry.source();
         let pods = agent.pods.lock().await;
         let mut programs: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
-        for pod in pods.values() {
-            for a in &pod.attachments {
+        let node = agent.node_attachments.iter();
+        for a in node.chain(pods.values().flat_map(|p| &p.attachments)) {
+            {
                 let adopted = if a.adopted { " (adopted)" } else { "" };
                 programs
                     .entry(a.program)
@@ -209,7 +210,12 @@ impl Status {
                         .map(|ip| ip.to_string())
                         .collect(),
                     netns: p.request.netns.display().to_string(),
-                    cgroup: p.request.cgroup.display().to_string(),
+                    cgroup: p
+                        .request
+                        .cgroup
+                        .as_ref()
+                        .map(|c| c.display().to_string())
+                        .unwrap_or_default(),
                     slot: p.slot,
                     listeners: p
                         .listeners

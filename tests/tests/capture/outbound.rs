@@ -167,3 +167,34 @@ fn app_sees_the_address_it_dialled_as_peer() {
         before.kernel("connect_captured") + 2
     );
 }
+
+/// Capture follows the network namespace, not the cgroup: a process that enters an enrolled
+/// pod's namespace from another cgroup (a debug shell, `ip netns exec`, a CNI-managed pod
+/// whose cgroup the agent was never told) is captured like the pod's own, and still sees
+/// the address it dialled as its peer.
+#[test]
+fn a_process_in_the_pods_namespace_but_another_cgroup_is_captured() {
+    require_root();
+    let mesh = ClientWeb::new(26);
+    let stranger = Pod::new(&mesh.bridge, "stranger", 9).unwrap();
+    let mut cmd = mesh_tests::process::command_in(
+        &mesh.client.netns_path(),
+        &stranger.cgroup_path(),
+        mesh_tests::cargo_bin("pod-tool"),
+    )
+    .unwrap();
+    cmd.args(["http-get", &mesh.vip_url()]);
+    let mut process = mesh_tests::PodProcess::spawn(cmd).unwrap();
+    let out = process.wait_output(T).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("name=web"), "{body}");
+    assert!(
+        body.contains(&format!("peer={}", mesh.client.ip())),
+        "{body}"
+    );
+}

@@ -287,11 +287,14 @@ impl Balancers {
         });
         self.loads
             .retain(|ip| snapshot.workload_by_ip(ip).is_some());
-        self.outliers.retain(|key| {
-            snapshot
-                .service(&key.namespace, &key.name)
-                .is_some_and(|s| s.spec.outlier_detection.is_some())
-        });
+        self.outliers.retain(
+            |key| {
+                snapshot
+                    .service(&key.namespace, &key.name)
+                    .is_some_and(|s| s.spec.outlier_detection.is_some())
+            },
+            |addr| snapshot.workload_by_ip(addr.ip()).is_some(),
+        );
     }
 
     /// Outstanding requests (connections) and the latency estimate of the endpoint at `ip`,

@@ -161,9 +161,19 @@ impl Outliers {
         out
     }
 
-    /// Forgets services the config no longer has outlier detection for.
-    pub fn retain(&self, keep: impl Fn(&ObjectKey) -> bool) {
-        self.services.lock().retain(|service, _| keep(service));
+    /// Forgets services the config no longer has outlier detection for, and endpoints no
+    /// workload has any more (an ejected pod replaced by one at a new address must not hold
+    /// a place under `maxEjectionPercent`).
+    pub fn retain(
+        &self,
+        keep_service: impl Fn(&ObjectKey) -> bool,
+        keep_endpoint: impl Fn(SocketAddr) -> bool,
+    ) {
+        let mut services = self.services.lock();
+        services.retain(|service, _| keep_service(service));
+        for records in services.values_mut() {
+            records.retain(|addr, _| keep_endpoint(*addr));
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use super::circuit::Limit;
 use super::hbone::HboneTarget;
 use super::inbound::{self, Delivered};
 use super::policy::{admit_counted, Carries, PeerInfo, Transport};
+use super::request_security;
 use super::tracker::{NewConnection, Registration};
 use super::{upstream, PodContext};
 use crate::balance::{InFlight, Outcome, Picked};
@@ -150,6 +151,7 @@ pub async fn connect_first(
     context: &Arc<PodContext>,
     candidates: &Picked,
     app: SocketAddr,
+    carries: Carries,
 ) -> Result<(Upstream, SocketAddr, Option<InFlight>), Failure> {
     let mut failure = Failure::UpstreamConnect;
     for target in candidates.order.iter().take(3) {
@@ -157,7 +159,7 @@ pub async fn connect_first(
         let timeout = candidates
             .connect_timeout
             .unwrap_or(context.connect_timeout);
-        let result = connect(context, *target, app, Carries::Bytes, timeout).await;
+        let result = connect(context, *target, app, carries, timeout).await;
         if let Some(load) = &load {
             match &result {
                 Ok(_) => load.succeeded(),
@@ -223,6 +225,16 @@ async fn connect_local(
     };
     let snapshot = peer.registry.snapshot();
     let counters = &peer.counters.inbound;
+    // Bytes the source's proxy took for TCP (a `tcp` Service port onto a pod port another
+    // Service serves as HTTP) cannot be judged per request: refused rather than delivered
+    // unjudged. (From another node the destination serves such a stream as HTTP.)
+    if carries == Carries::Bytes
+        && request_security::judged_per_request(&snapshot, &peer.workload, target.port())
+    {
+        tracing::debug!(pod = %context.pod, %target, "TCP to a port whose requests are judged one by one refused");
+        counters.fail(Failure::AuthzDenied);
+        return Err(Failure::AuthzDenied);
+    }
     admit_counted(
         &snapshot,
         &peer.workload,

@@ -79,6 +79,16 @@ pub async fn handle(client_stream: TcpStream, client: SocketAddr, context: Arc<P
         destination,
         carries,
     );
+    if !decision_holds(
+        &context,
+        &snapshot,
+        &peer,
+        port,
+        Transport::Plaintext,
+        carries,
+    ) {
+        return;
+    }
     match http {
         Some(protocol) => {
             let inbound = Inbound {
@@ -97,6 +107,42 @@ pub async fn handle(client_stream: TcpStream, client: SocketAddr, context: Arc<P
             }
         }
     }
+}
+
+/// Whether a connection decided under `used` may go on now that it is registered: a config
+/// change that came in between (while delivering, sniffing) was re-checked by the tracker
+/// without it, so it is judged here against the current config, the tracker's way: relayed
+/// bytes on a port now judged per request, or HTTP on a port no longer judged (whose
+/// requests would skip the connection-level policy), end; so does one now denied.
+pub fn decision_holds(
+    context: &PodContext,
+    used: &Arc<mesh_api::Snapshot>,
+    peer: &PeerInfo,
+    port: u16,
+    transport: Transport,
+    carries: Carries,
+) -> bool {
+    let current = context.registry.snapshot();
+    if Arc::ptr_eq(used, &current) {
+        return true;
+    }
+    let judged = request_security::judged_per_request(&current, &context.workload, port);
+    let fits = match carries {
+        Carries::Http => judged,
+        Carries::Bytes => !judged,
+        Carries::Opaque => true,
+    };
+    let counters = &context.counters.inbound;
+    fits && admit_counted(
+        &current,
+        &context.workload,
+        peer,
+        port,
+        transport,
+        carries,
+        counters,
+    )
+    .is_ok()
 }
 
 /// Lists a connection into `context`'s pod, subject to its inbound policy from now on.

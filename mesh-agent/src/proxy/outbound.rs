@@ -14,6 +14,7 @@ use super::circuit::Limit;
 use super::dial::{connect_first, Upstream};
 use super::http::{self, HttpTarget};
 use super::idle;
+use super::policy::Carries;
 use super::relay::{relay, relay_stream};
 use super::telemetry::{ConnectionRecord, PeerLabels};
 use super::PodContext;
@@ -43,13 +44,20 @@ pub async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodCont
             Ok((stream, false)) => stream,
             Err(_) => return,
         };
-        return relay_to(app_stream, app, route, &context).await;
+        // An `auto` port whose client did not speak HTTP.
+        return relay_to(app_stream, app, route, &context, Carries::Opaque).await;
     }
-    relay_to(app_stream, app, route, &context).await
+    relay_to(app_stream, app, route, &context, Carries::Bytes).await
 }
 
 /// The L4 path: one endpoint for the whole connection, bytes relayed both ways.
-async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context: &Arc<PodContext>) {
+async fn relay_to(
+    app_stream: TcpStream,
+    app: SocketAddr,
+    route: Route,
+    context: &Arc<PodContext>,
+    carries: Carries,
+) {
     let counters = &context.counters.outbound;
     let (service, candidates) = match route {
         Route::Service {
@@ -82,7 +90,8 @@ async fn relay_to(app_stream: TcpStream, app: SocketAddr, route: Route, context:
         }
     };
     // `_load` (least_request) counts the connection as outstanding until the relay ends.
-    let (upstream, endpoint, _load) = match connect_first(context, &candidates, app).await {
+    let (upstream, endpoint, _load) = match connect_first(context, &candidates, app, carries).await
+    {
         Ok(reached) => reached,
         Err(reason) => {
             counters.fail(reason);

@@ -133,6 +133,7 @@ impl ConnectionTable {
                 && judged_per_request(&snapshot, &enforced.workload, port)
             {
                 tracing::info!(pod = %tracked.pod, peer = %tracked.peer_address, destination = %tracked.destination, "closing a relayed connection whose requests are now judged one by one");
+                tracked.close.notify_waiters();
                 tracked.close.notify_one();
                 closed += 1;
                 continue;
@@ -149,7 +150,9 @@ impl ConnectionTable {
             {
                 tracing::info!(pod = %tracked.pod, peer = %tracked.peer_address, principal = ?tracked.peer.principal, destination = %tracked.destination, ?reason, "closing a connection the new config denies");
                 enforced.counters.fail(reason);
-                // notify_one keeps a permit, so the relay sees it even if not waiting yet.
+                // Everyone waiting now (a connection and its upgraded tunnel), and a permit
+                // kept for a relay not waiting yet.
+                tracked.close.notify_waiters();
                 tracked.close.notify_one();
                 closed += 1;
             }

@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Failure;
 use crate::proxy::http::sniff;
-use crate::proxy::inbound::{deliver, track};
+use crate::proxy::inbound::{decision_holds, deliver, track};
 use crate::proxy::policy::{admit_counted, Carries, PeerInfo, Transport};
 use crate::proxy::relay::relay_stream;
 use crate::proxy::request_security::{self, serve::serve_inbound, serve::Inbound};
@@ -197,6 +197,17 @@ async fn connect(
         target,
         carries,
     );
+    let held = decision_holds(
+        &destination,
+        &snapshot,
+        &peer_info,
+        port,
+        Transport::Hbone,
+        carries,
+    );
+    if !held {
+        return answer(StatusCode::FORBIDDEN);
+    }
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         let upgraded = match upgrade.await {

@@ -35,6 +35,8 @@ pub enum ProxyError {
     FaultAbort(u16),
     /// The request head is over the proxy's limit (DPE, a downstream protocol error).
     HeadTooLarge,
+    /// The request is ambiguous in a way that matters to policy (two Host headers): 400 (DPE).
+    Ambiguous,
     /// The service's `connectionPool` limit on this node was reached (UO, upstream
     /// overflow): failing fast instead of queueing on a struggling service.
     Overflow,
@@ -52,7 +54,7 @@ impl ProxyError {
             ProxyError::Denied => "RBAC",
             ProxyError::Unauthenticated(_) => "JWT",
             ProxyError::FaultAbort(_) => "FI",
-            ProxyError::HeadTooLarge => "DPE",
+            ProxyError::HeadTooLarge | ProxyError::Ambiguous => "DPE",
             ProxyError::Overflow => "UO",
         }
     }
@@ -71,6 +73,7 @@ impl ProxyError {
                 StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::Ambiguous => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -88,6 +91,7 @@ impl ProxyError {
             }
             ProxyError::FaultAbort(_) => "fault filter abort",
             ProxyError::HeadTooLarge => "request header fields too large",
+            ProxyError::Ambiguous => "bad request: more than one Host header",
             ProxyError::Overflow => "upstream overflow: circuit breaker open",
         })
     }
@@ -102,6 +106,7 @@ impl ProxyError {
             ProxyError::FaultAbort(code) => grpc_status_of_http(code),
             // Not UNAVAILABLE: the same request would fail again.
             ProxyError::HeadTooLarge => 8, // RESOURCE_EXHAUSTED
+            ProxyError::Ambiguous => 13,   // INTERNAL, as gRPC maps HTTP 400
             _ => 14,                       // UNAVAILABLE
         }
     }

@@ -257,7 +257,9 @@ async fn send_with_retries<'s>(
             http.retries_over_budget.inc();
         }
         // A slot under the service's `maxRetries`, held through the retry's try (`None`: at
-        // the limit, so no retry).
+        // the limit, so no retry). The previous retry's slot goes first: one request holds
+        // one slot at most.
+        drop(_retry_slot.take());
         let retry_slot = (wants_retry && !over_budget)
             .then(|| {
                 context

@@ -43,8 +43,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Whether the request asks to switch protocols (WebSocket and the like; HTTP/1.1 only).
+/// An upgrade to HTTP/2 (`h2c`) is not one: it is stripped like any hop-by-hop header, as
+/// Envoy does, since after the switch the app would take HTTP/2 requests nobody judged or
+/// routed (the mesh already speaks HTTP/2 where the port says so).
 pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    let to_http2 = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            let p = p.trim().to_ascii_lowercase();
+            p.starts_with("h2c") || p.starts_with("http/2")
+        });
     version == Version::HTTP_11
+        && !to_http2
         && headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
@@ -198,6 +211,31 @@ mod tests {
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept", "te"]);
         assert_eq!(h[header::TE], "trailers");
+    }
+
+    #[test]
+    fn websocket_is_an_upgrade_and_h2c_is_not() {
+        let with = |upgrade: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONNECTION,
+                "Upgrade, HTTP2-Settings".parse().unwrap(),
+            );
+            h.insert(header::UPGRADE, upgrade.parse().unwrap());
+            h
+        };
+        assert!(is_upgrade(Version::HTTP_11, &with("websocket")));
+        assert!(!is_upgrade(Version::HTTP_2, &with("websocket")));
+        assert!(!is_upgrade(Version::HTTP_11, &with("h2c")));
+        assert!(!is_upgrade(Version::HTTP_11, &with("websocket, H2C")));
+        // Not an upgrade: stripped, so the app never sees the offer.
+        let mut offer = with("h2c");
+        offer.insert(
+            "http2-settings",
+            "AAMAAABkAAQCAAAAAAIAAAAA".parse().unwrap(),
+        );
+        strip_hop_by_hop(&mut offer);
+        assert!(offer.is_empty(), "{offer:?}");
     }
 
     #[test]

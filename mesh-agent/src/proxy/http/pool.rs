@@ -80,7 +80,7 @@ impl Pool {
         }
         let (mut sender, security) = match self.take_ready(endpoint) {
             Some(pooled) => (pooled.sender, pooled.security),
-            None => self.dial_h1(target, false).await?,
+            None => self.dial_h1(target).await?,
         };
         let sending = sender.send_request(request);
         // Back in the pool at once, busy until hyper makes it ready again (when this response
@@ -94,11 +94,21 @@ impl Pool {
 
     /// A fresh HTTP/1.1 connection of its own, for a request that upgrades the connection
     /// (WebSocket): after the switch the connection is the client's, never pooled.
+    /// Also returns what keeps the connection listed and counted: the caller holds it for
+    /// as long as the upgraded tunnel lives, and ends the tunnel when it is revoked.
     pub async fn dedicated_h1(
         &self,
         target: Target<'_>,
-    ) -> Result<(http1::SendRequest<ReplayBody>, Security), SendError> {
-        self.dial_h1(target, true).await
+    ) -> Result<(http1::SendRequest<ReplayBody>, Security, Guard), SendError> {
+        let pending = target.permit(Limit::max_pending_requests)?;
+        let (io, security, guard) = open(target).await?;
+        drop(pending);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|_| SendError::Connect(Failure::UpstreamConnect))?;
+        tokio::spawn(drive(connection.with_upgrades(), guard.clone()));
+        Ok((sender, security, guard))
     }
 
     /// A pooled connection to `endpoint` that can take a request now. Drops closed ones and
@@ -140,6 +150,12 @@ impl Pool {
     ) -> Result<(http2::SendRequest<ReplayBody>, Security), SendError> {
         let endpoint = target.endpoint;
         let slot = self.shared.lock().entry(endpoint).or_default().clone();
+        if let Ok(held) = slot.try_lock() {
+            if let Some((sender, security)) = held.as_ref().filter(|(s, _)| !s.is_closed()) {
+                return Ok((sender.clone(), *security));
+            }
+        }
+        // Waiting for the connection to open (here or in a concurrent request's dial).
         let pending = target.permit(Limit::max_pending_requests)?;
         let mut held = slot.lock().await;
         if let Some((sender, security)) = held.as_ref() {
@@ -167,28 +183,16 @@ impl Pool {
     async fn dial_h1(
         &self,
         target: Target<'_>,
-        upgrades: bool,
     ) -> Result<(http1::SendRequest<ReplayBody>, Security), SendError> {
         let pending = target.permit(Limit::max_pending_requests)?;
         let (io, security, guard) = open(target).await?;
         drop(pending);
-        let handshake_failed = |_| SendError::Connect(Failure::UpstreamConnect);
-        let sender = if upgrades {
-            let (sender, connection) = http1::Builder::new()
-                .handshake(TokioIo::new(io))
-                .await
-                .map_err(handshake_failed)?;
-            tokio::spawn(drive(connection.with_upgrades(), guard));
-            sender
-        } else {
-            // An answer the server sends before it reads the whole body must reach the client.
-            let (sender, connection) = http1::Builder::new()
-                .handshake(TokioIo::new(KeepReading::new(io)))
-                .await
-                .map_err(handshake_failed)?;
-            tokio::spawn(drive(connection, guard));
-            sender
-        };
+        // An answer the server sends before it reads the whole body must reach the client.
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(KeepReading::new(io)))
+            .await
+            .map_err(|_| SendError::Connect(Failure::UpstreamConnect))?;
+        tokio::spawn(drive(connection, guard));
         Ok((sender, security))
     }
 }
@@ -214,10 +218,23 @@ impl Target<'_> {
 
 /// What keeps a connection's bookkeeping alive for as long as it is open: its tracker
 /// registration (policy may close it), for same-node delivery the destination pod's
-/// counters, and its slot under the service's `maxConnections`.
-struct Guard {
+/// counters, and its slot under the service's `maxConnections`. Shared by the connection's
+/// task and, after a protocol switch, the tunnel that carries on.
+pub type Guard = Arc<Held>;
+
+pub struct Held {
     registration: Option<(super::super::tracker::Registration, Option<Arc<PodContext>>)>,
     _slot: Option<Permit>,
+}
+
+impl Held {
+    /// Resolves when policy revokes the connection (never for one not listed).
+    pub async fn revoked(&self) {
+        match &self.registration {
+            Some((registration, _)) => registration.closed().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 async fn open(target: Target<'_>) -> Result<(dial::UpstreamIo, Security, Guard), SendError> {
@@ -240,10 +257,10 @@ async fn open(target: Target<'_>) -> Result<(dial::UpstreamIo, Security, Guard),
     .map_err(SendError::Connect)?;
     let security = upstream.security();
     let (io, registration, peer) = upstream.into_io();
-    let guard = Guard {
+    let guard = Arc::new(Held {
         registration: registration.map(|r| (r, peer)),
         _slot: slot,
-    };
+    });
     Ok((io, security, guard))
 }
 
@@ -258,13 +275,8 @@ where
             tracing::debug!(error = %e, "upstream HTTP connection ended");
         }
     };
-    match &guard.registration {
-        Some((registration, _)) => {
-            tokio::select! {
-                _ = ended => {}
-                _ = registration.closed() => {}
-            }
-        }
-        None => ended.await,
+    tokio::select! {
+        _ = ended => {}
+        _ = guard.revoked() => {}
     }
 }

@@ -19,18 +19,8 @@ pub const SNIFF_WAIT: Duration = Duration::from_millis(300);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Longest method token we wait for; longer first words are not HTTP/1 methods we know.
-const METHODS: [&[u8]; 9] = [
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"HEAD ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"TRACE ",
-    b"CONNECT ",
-];
+/// Longest method token taken for HTTP/1 (the registered ones are at most 17 bytes).
+const MAX_METHOD: usize = 32;
 
 /// What the first bytes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,27 +33,63 @@ pub enum Sniffed {
     NeedMore,
 }
 
-/// Classifies a connection's first bytes (any input, never panics).
+/// Classifies a connection's first bytes (any input, never panics) as HTTP servers read
+/// them: leading empty lines are skipped (RFC 9112 2.2), then the HTTP/2 preface, or any
+/// method token followed by a space and a request target (`/`, `*`, or a scheme or
+/// authority). Any method counts, not a known list: what a server would serve as HTTP must
+/// be judged as HTTP.
 pub fn classify(first: &[u8]) -> Sniffed {
-    if first.is_empty() {
+    let Some(start) = first.iter().position(|b| *b != b'\r' && *b != b'\n') else {
+        return Sniffed::NeedMore;
+    };
+    let line = &first[start..];
+    let n = line.len().min(H2_PREFACE.len());
+    if line[..n] == H2_PREFACE[..n] && n < H2_PREFACE.len() {
         return Sniffed::NeedMore;
     }
-    let candidates = METHODS.iter().copied().chain([H2_PREFACE]);
-    let mut need_more = false;
-    for candidate in candidates {
-        let n = first.len().min(candidate.len());
-        if first[..n] == candidate[..n] {
-            if n == candidate.len() {
-                return Sniffed::Http;
+    let method = line.iter().take_while(|b| is_token_byte(**b)).count();
+    if method > MAX_METHOD {
+        return Sniffed::Opaque;
+    }
+    match line.get(method) {
+        None => Sniffed::NeedMore,
+        Some(b' ') if method > 0 => request_target(&line[..method], &line[method + 1..]),
+        _ => Sniffed::Opaque,
+    }
+}
+
+/// Whether what follows the method is a request target: origin form (`/`), `*`, absolute
+/// form (`http://`, `https://`), or authority form after CONNECT. A looser test would take
+/// e.g. an SSH banner (`SSH-2.0-OpenSSH_9.2p1 Debian`) for a request line.
+fn request_target(method: &[u8], target: &[u8]) -> Sniffed {
+    match target.first() {
+        None => Sniffed::NeedMore,
+        Some(b'/' | b'*') => Sniffed::Http,
+        Some(c) if method == b"CONNECT" && c.is_ascii_alphanumeric() => Sniffed::Http,
+        Some(_) => {
+            let schemes: [&[u8]; 2] = [b"http://", b"https://"];
+            let mut need_more = false;
+            for scheme in schemes {
+                let n = target.len().min(scheme.len());
+                if target[..n].eq_ignore_ascii_case(&scheme[..n]) {
+                    if n == scheme.len() {
+                        return Sniffed::Http;
+                    }
+                    need_more = true;
+                }
             }
-            need_more = true;
+            if need_more {
+                Sniffed::NeedMore
+            } else {
+                Sniffed::Opaque
+            }
         }
     }
-    if need_more {
-        Sniffed::NeedMore
-    } else {
-        Sniffed::Opaque
-    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Whether to serve this connection as HTTP (true) or relay it (false). Only `auto` ports
@@ -195,10 +221,21 @@ mod tests {
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Sniffed::NeedMore);
         assert_eq!(classify(b"GE"), Sniffed::NeedMore);
         assert_eq!(classify(b"P"), Sniffed::NeedMore);
-        assert_eq!(classify(b"GETX / HTTP/1.1"), Sniffed::Opaque);
+        // Any method a server would take, and empty lines before the request line.
+        assert_eq!(classify(b"PROPFIND /x HTTP/1.1"), Sniffed::Http);
+        assert_eq!(classify(b"\r\nGET /x HTTP/1.1"), Sniffed::Http);
+        assert_eq!(classify(b"GET http://web/ HTTP/1.1"), Sniffed::Http);
+        assert_eq!(classify(b"\r\n"), Sniffed::NeedMore);
         assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Sniffed::Opaque);
-        assert_eq!(classify(b"SSH-2.0-OpenSSH"), Sniffed::Opaque);
-        assert_eq!(classify(b"get / HTTP/1.1"), Sniffed::Opaque);
+        assert_eq!(classify(b"SSH-2.0-OpenSSH"), Sniffed::NeedMore);
+        assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2\r\n"), Sniffed::Opaque);
+        assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Sniffed::Opaque);
+        assert_eq!(classify(b"PING\r\n"), Sniffed::Opaque);
+        assert_eq!(classify(b"GET  /"), Sniffed::Opaque);
+        assert_eq!(classify(b"SSH-2.0-OpenSSH_9.2p1 Debian"), Sniffed::Opaque);
+        assert_eq!(classify(b"GET htt"), Sniffed::NeedMore);
+        assert_eq!(classify(b"CONNECT web:443 HTTP/1.1"), Sniffed::Http);
+        assert_eq!(classify(&[b'A'; 40]), Sniffed::Opaque);
         assert_eq!(classify(b""), Sniffed::NeedMore);
     }
 

@@ -58,7 +58,7 @@ pub async fn forward<'s>(
         &fallback_authority,
     );
     let request = judge_same_node(conn, snapshot, endpoint, rebuild(&parts, body), record)?;
-    let (mut sender, security) = context
+    let (mut sender, security, guard) = context
         .http_pool
         .dedicated_h1(Target {
             context,
@@ -87,7 +87,11 @@ pub async fn forward<'s>(
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    // Listed and counted (maxConnections) while it lasts; revocable.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = guard.revoked() => {}
+                    }
                 }
                 Err(e) => tracing::debug!(%pod, error = %e, "protocol upgrade failed"),
             }

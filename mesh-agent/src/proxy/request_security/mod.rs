@@ -102,12 +102,17 @@ impl SecurityCache {
 /// it may be HTTP (a Service port targeting it says `http`, `http2`, `grpc` or `auto`) and
 /// the pod's policies or JWT rules need the request. `None`: the L4 relay serves it.
 pub fn inbound_http(snapshot: &Arc<Snapshot>, pod: &PodContext, port: u16) -> Option<Protocol> {
+    // The cached answer first: a pod without request-level policy (most) pays no Service scan.
+    let judged =
+        pod.security
+            .current(snapshot, &pod.workload)
+            .judges(snapshot, &pod.workload, port);
+    if !judged {
+        return None;
+    }
     let workload = snapshot.workload(&pod.workload.namespace, &pod.workload.name)?;
     let (_, protocol) = crate::registry::http_service_of(snapshot, workload, port)?;
-    pod.security
-        .current(snapshot, &pod.workload)
-        .judges(snapshot, &pod.workload, port)
-        .then_some(protocol)
+    Some(protocol)
 }
 
 /// Whether connections to `port` of `workload` are served as HTTP and judged per request
@@ -117,8 +122,8 @@ pub fn judged_per_request(snapshot: &Snapshot, workload: &ObjectKey, port: u16) 
     snapshot
         .workload(&workload.namespace, &workload.name)
         .is_some_and(|w| {
-            crate::registry::http_service_of(snapshot, w, port).is_some()
-                && snapshot.needs_request_security(w, port)
+            snapshot.needs_request_security(w, port)
+                && crate::registry::http_service_of(snapshot, w, port).is_some()
         })
 }
 
@@ -155,6 +160,9 @@ pub fn judge(
         counters.count(workload_key, policy.as_deref(), decision);
         Err(Refusal { error, policy })
     };
+    if !settle_host(parts) {
+        return refuse(ProxyError::Ambiguous, None, Decision::Deny);
+    }
     let auth = match authenticate(&security, parts) {
         Ok(auth) => auth,
         Err(e) => {
@@ -209,6 +217,28 @@ fn authenticate(security: &PodSecurity, parts: &Parts) -> Result<Option<Authenti
         return Err(JwtError::MultipleTokens);
     }
     security.jwt.authenticate(&Attributes(parts), unix_now())
+}
+
+/// Makes the request name one host, the one the app will route by, before `hosts` rules
+/// judge it: a request with two `Host` headers is refused (false); an absolute-form target
+/// or HTTP/2 `:authority` wins over `Host` (RFC 9112 3.2.2), so `Host` is set to it (an
+/// HTTP/1 app would otherwise route by a `Host` the policy never saw).
+fn settle_host(parts: &mut Parts) -> bool {
+    if parts
+        .headers
+        .get_all(http::header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return false;
+    }
+    if let Some(authority) = parts.uri.authority() {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(http::header::HOST, value);
+        }
+    }
+    true
 }
 
 /// The authority the request names: `:authority` (HTTP/2, absolute form), else `Host`.
@@ -278,6 +308,26 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_judged_is_the_host_the_app_routes_by() {
+        let parts = |request: http::request::Builder| request.body(()).unwrap().into_parts().0;
+        let mut absolute = parts(
+            http::Request::get("http://public.example/secret").header("host", "admin.example"),
+        );
+        assert!(settle_host(&mut absolute));
+        assert_eq!(absolute.headers["host"], "public.example");
+        assert_eq!(request_host(&absolute), "public.example");
+        let mut twice = parts(
+            http::Request::get("/")
+                .header("host", "public.example")
+                .header("host", "admin.example"),
+        );
+        assert!(!settle_host(&mut twice));
+        let mut plain = parts(http::Request::get("/").header("host", "web:8080"));
+        assert!(settle_host(&mut plain));
+        assert_eq!(request_host(&plain), "web:8080");
+    }
 
     #[test]
     fn a_token_parameter_is_removed_and_the_rest_of_the_query_kept() {

@@ -25,6 +25,7 @@ use crate::proxy::counted_io::CountedIo;
 use crate::proxy::http::body::BoxError;
 use crate::proxy::http::errors::{ProxyBody, ProxyError};
 use crate::proxy::http::{headers, is_grpc, upstream_version};
+use crate::proxy::inbound::deliver;
 use crate::proxy::policy::PeerInfo;
 use crate::proxy::tracker::Registration;
 use crate::proxy::PodContext;
@@ -52,6 +53,9 @@ enum App {
 struct Connection {
     inbound: Inbound,
     app: tokio::sync::Mutex<App>,
+    /// Shared with upgraded (WebSocket) tunnels, which outlive the HTTP connection: they
+    /// stay listed, and end when policy revokes the connection.
+    registration: Arc<Registration>,
 }
 
 /// Serves `client` as HTTP/1.1 or HTTP/2 until it closes or policy revokes the connection
@@ -67,9 +71,11 @@ pub async fn serve_inbound<IO>(
     let pod = inbound.pod.clone();
     let counters = pod.counters.inbound.clone();
     counters.active.inc();
+    let registration = Arc::new(registration);
     let connection = Arc::new(Connection {
         inbound,
         app: tokio::sync::Mutex::new(App::Unopened(delivered)),
+        registration: registration.clone(),
     });
     let service = hyper::service::service_fn(move |request| {
         let connection = connection.clone();
@@ -139,10 +145,14 @@ async fn handle(connection: &Connection, mut request: Request<Incoming>) -> Resp
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let app_upgrade = hyper::upgrade::on(&mut response);
+            let registration = connection.registration.clone();
             tokio::spawn(async move {
                 if let Ok((client, app)) = tokio::try_join!(client_upgrade, app_upgrade) {
                     let (mut client, mut app) = (TokioIo::new(client), TokioIo::new(app));
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut app) => {}
+                        _ = registration.closed() => {}
+                    }
                 }
             });
         }
@@ -152,13 +162,24 @@ async fn handle(connection: &Connection, mut request: Request<Incoming>) -> Resp
     response.map(|b| b.map_err(Into::into).boxed_unsync())
 }
 
-/// Sends an admitted request over the connection to the app, opening it first if this is
-/// the first one.
+/// Sends an admitted request over the connection to the app: the one delivered with this
+/// inbound connection, or a new one delivered the same way when the app has closed it (an
+/// idle keep-alive timeout, `Connection: close`, an HTTP/2 GOAWAY): otherwise every later
+/// request of a long-lived client connection (a source node's pooled one) would fail.
 async fn send(
     connection: &Connection,
     request: Request<Incoming>,
 ) -> Result<Response<Incoming>, BoxError> {
     let mut app = connection.app.lock().await;
+    let gone = match &*app {
+        App::Unopened(_) => false,
+        App::Http1(sender) => sender.is_closed(),
+        App::Http2(sender) => sender.is_closed(),
+        App::Closed => true,
+    };
+    if gone {
+        *app = App::Unopened(redeliver(&connection.inbound).await?);
+    }
     if let App::Unopened(_) = &*app {
         let App::Unopened(stream) = std::mem::replace(&mut *app, App::Closed) else {
             unreachable!("matched just above");
@@ -174,12 +195,26 @@ async fn send(
         }
         // HTTP/1.1 clients send one request at a time; holding the lock keeps it so.
         App::Http1(sender) => {
-            sender.ready().await?;
+            if sender.ready().await.is_err() {
+                // Closed between the check and now; nothing of this request was sent.
+                let stream = redeliver(&connection.inbound).await?;
+                *app = open(stream, Version::HTTP_11).await?;
+                let App::Http1(sender) = &mut *app else {
+                    unreachable!("opened as HTTP/1.1 just above");
+                };
+                sender.ready().await?;
+                return Ok(sender.send_request(request).await?);
+            }
             Ok(sender.send_request(request).await?)
         }
-        // The first request's handshake failed: this connection cannot reach the app.
         App::Unopened(_) | App::Closed => Err("the connection to the app failed".into()),
     }
+}
+
+/// A new connection to the app for this inbound connection, from the same client.
+async fn redeliver(inbound: &Inbound) -> Result<TcpStream, BoxError> {
+    let delivered = deliver(&inbound.pod, inbound.destination, inbound.peer_address).await?;
+    Ok(delivered.stream)
 }
 
 async fn open(stream: TcpStream, version: Version) -> Result<App, hyper::Error> {

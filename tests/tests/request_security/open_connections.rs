@@ -114,3 +114,33 @@ fn authentication_added_later_judges_requests_on_connections_already_open() {
         "only the requests before the change"
     );
 }
+
+/// An app that closes its connection after each response (`Connection: close`, as after an
+/// idle timeout or from a server without keep-alive): the client's keep-alive connection
+/// through a judged port goes on, each request on a new app connection (found by review:
+/// every request after the first was answered 502 for the rest of the client connection).
+#[test]
+fn an_app_closing_its_connection_does_not_break_the_clients() {
+    require_root();
+    let bed = Bed::new(&web_policy(
+        "web-get",
+        "ALLOW",
+        "  - to: {methods: [GET]}\n",
+    ));
+    let to_pod = format!("http://{}:{APP_PORT}/close", bed.web.ip());
+    let mut clients = KeepAliveClients::start(
+        3,
+        &[
+            ("same node to the pod", &bed.client, to_pod.clone(), &[]),
+            ("plaintext", &bed.outsider, to_pod, &[]),
+        ],
+    );
+    for n in 1..=3 {
+        for (way, status, _) in clients.statuses(n) {
+            assert_eq!(status, 200, "request {n}, {way}: {}", clients.errors());
+        }
+        clients.release();
+    }
+    clients.finish();
+    assert_eq!(served(&bed, "/close"), 6);
+}

@@ -29,6 +29,7 @@ ignored for routing):
   /delay/<ms>           sleeps <ms> (at most 600000), then answers 200 as `/`
   /flaky/<n>            n >= 2. The k-th request to this path (k = 0, 1, 2, ... counted by this \
 server) answers 503 when k % n == 0, else 200 as `/`: the 1st, (n+1)-th, (2n+1)-th fail
+  /close                answers as `/` with `Connection: close` (the server closes after it)
   /headers              JSON: request header name (lowercase) -> first value, plus \
 \":method\", \":path\" (with query), \":version\" and \":authority\" (when the URI has one)
   /echo                 reads the whole body; JSON {\"bytes\": N, \"name\": NAME}
@@ -112,6 +113,8 @@ enum Route {
     Delay(Duration),
     Flaky(u64),
     Headers,
+    /// Answers as `/` with `Connection: close`: the server ends the connection after it.
+    Close,
     Echo,
     Trailers,
     WebSocket,
@@ -143,6 +146,7 @@ impl Route {
         }
         match path {
             "/headers" => Route::Headers,
+            "/close" => Route::Close,
             "/echo" => Route::Echo,
             "/trailers" => Route::Trailers,
             "/ws" => Route::WebSocket,
@@ -206,6 +210,13 @@ async fn respond(server: &Server, default_body: Bytes, req: Request<Incoming>) -
         ),
         Route::Flaky(_) => full(StatusCode::OK, default_body),
         Route::Headers => json_response(&request_headers(&req)),
+        Route::Close => {
+            let mut response = full(StatusCode::OK, default_body);
+            response
+                .headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
         Route::Echo => echo(server, req).await,
         Route::Trailers => trailers(&req),
         Route::WebSocket => crate::ws::accept(req),

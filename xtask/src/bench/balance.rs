@@ -247,17 +247,10 @@ fn failover_note(f: &Failover) -> String {
 }
 
 pub fn section(result: &Result<BalanceResult>, machine: &Machine, quick: bool) -> String {
-    let mut out = format!("\n{}\n\n", sections::BALANCE.heading);
-    let b = match result {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = writeln!(out, "not measured: {e:#}");
-            return out;
-        }
+    let (mut out, b) = sections::begin(sections::BALANCE.heading, result, quick);
+    let Some(b) = b else {
+        return out;
     };
-    if quick {
-        out.push_str("**`--quick` smoke run: do not compare these numbers.**\n\n");
-    }
     let _ = writeln!(
         out,
         "Measured {} at commit {} in {:.0} s. One agent; the mesh client dials a Service VIP \

@@ -252,17 +252,10 @@ pub fn run(bins: &Path, plan: &Plan) -> Result<CrossNode> {
 
 /// The section for results.md: heading, when and on what it ran, the table, the notes.
 pub fn section(result: &Result<CrossNode>, machine: &Machine, quick: bool) -> String {
-    let mut out = format!("\n{HEADING}\n\n");
-    let cross = match result {
-        Ok(cross) => cross,
-        Err(e) => {
-            let _ = writeln!(out, "not measured: {e:#}");
-            return out;
-        }
+    let (mut out, cross) = sections::begin(HEADING, result, quick);
+    let Some(cross) = cross else {
+        return out;
     };
-    if quick {
-        out.push_str("**`--quick` smoke run: do not compare these numbers.**\n\n");
-    }
     let _ = writeln!(
         out,
         "Measured {} at commit {} in {:.0} s. Node-1's agent proxies the client pod, node-2's \

@@ -482,17 +482,10 @@ MeshConfig (metrics on, access log and tracing off).";
 
 /// The section for results.md: heading, when and on what it ran, the table, the notes.
 pub fn section(result: &Result<HttpResult>, machine: &Machine, quick: bool) -> String {
-    let mut out = format!("\n{}\n\n", sections::HTTP.heading);
-    let http = match result {
-        Ok(http) => http,
-        Err(e) => {
-            let _ = writeln!(out, "not measured: {e:#}");
-            return out;
-        }
+    let (mut out, http) = sections::begin(sections::HTTP.heading, result, quick);
+    let Some(http) = http else {
+        return out;
     };
-    if quick {
-        out.push_str("**`--quick` smoke run: do not compare these numbers.**\n\n");
-    }
     let _ = writeln!(
         out,
         "Measured {} at commit {} in {:.0} s. Same node: one agent; the mesh pods dial a \

@@ -175,3 +175,27 @@ mod tests {
         assert!(!is_section_row("1 KiB request/response, p50"));
     }
 }
+
+/// The start of a section of results.md: its heading, then either the measurement (and, for
+/// a `--quick` run, the warning not to compare it) or the line saying why there is none,
+/// which ends the section.
+pub fn begin<'r, T>(
+    heading: &str,
+    result: &'r anyhow::Result<T>,
+    quick: bool,
+) -> (String, Option<&'r T>) {
+    use std::fmt::Write;
+    let mut out = format!("\n{heading}\n\n");
+    match result {
+        Ok(measured) => {
+            if quick {
+                out.push_str("**`--quick` smoke run: do not compare these numbers.**\n\n");
+            }
+            (out, Some(measured))
+        }
+        Err(e) => {
+            let _ = writeln!(out, "not measured: {e:#}");
+            (out, None)
+        }
+    }
+}

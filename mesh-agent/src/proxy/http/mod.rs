@@ -151,6 +151,20 @@ impl Downstream {
     }
 }
 
+/// How the proxy serves an HTTP connection, HTTP/1.1 or HTTP/2 (whichever the client
+/// speaks): the app's outbound ones and the inbound ones judged per request alike.
+pub fn server_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        // The same bound as HTTP/1 heads (forward.rs MAX_REQUEST_HEAD), not hyper's 16 KiB.
+        .max_header_list_size(64 * 1024);
+    builder
+}
+
 /// Serves the app's connection as HTTP/1.1 or HTTP/2 (whichever it speaks) until it closes.
 /// Malformed requests get 400 (431 for oversized headers) from hyper and end only this
 /// connection.
@@ -182,16 +196,8 @@ pub async fn serve_outbound(
         let downstream = downstream.clone();
         async move { Ok::<_, Infallible>(forward::handle(downstream, request).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
-        // The same bound as HTTP/1 heads (forward.rs MAX_REQUEST_HEAD), not hyper's 16 KiB.
-        .max_header_list_size(64 * 1024);
     let (io, counts) = CountedIo::new(stream);
-    let served = builder
+    let served = server_builder()
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await;
     if let Err(e) = served {

@@ -14,7 +14,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use mesh_api::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -24,7 +23,7 @@ use super::{judge, Refusal};
 use crate::proxy::counted_io::CountedIo;
 use crate::proxy::http::body::BoxError;
 use crate::proxy::http::errors::{ProxyBody, ProxyError};
-use crate::proxy::http::{headers, is_grpc, upstream_version};
+use crate::proxy::http::{headers, is_grpc, server_builder, upstream_version};
 use crate::proxy::inbound::deliver;
 use crate::proxy::policy::PeerInfo;
 use crate::proxy::tracker::Registration;
@@ -81,14 +80,8 @@ pub async fn serve_inbound<IO>(
         let connection = connection.clone();
         async move { Ok::<_, Infallible>(handle(&connection, request).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
-        .max_header_list_size(64 * 1024);
     let (io, counts) = CountedIo::new(client);
+    let builder = server_builder();
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::select! {
         served = served => {

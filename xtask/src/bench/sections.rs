@@ -117,6 +117,30 @@ impl Section {
     }
 }
 
+/// The start of a section of results.md: its heading, then either the measurement (and, for
+/// a `--quick` run, the warning not to compare it) or the line saying why there is none,
+/// which ends the section.
+pub fn begin<'r, T>(
+    heading: &str,
+    result: &'r anyhow::Result<T>,
+    quick: bool,
+) -> (String, Option<&'r T>) {
+    use std::fmt::Write;
+    let mut out = format!("\n{heading}\n\n");
+    match result {
+        Ok(measured) => {
+            if quick {
+                out.push_str("**`--quick` smoke run: do not compare these numbers.**\n\n");
+            }
+            (out, Some(measured))
+        }
+        Err(e) => {
+            let _ = writeln!(out, "not measured: {e:#}");
+            (out, None)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,29 +197,5 @@ mod tests {
         assert_eq!(js["raw"], json!({"cross_node": 1, "http": 2}));
         assert!(is_section_row("HTTP new") && is_section_row("cross-node x"));
         assert!(!is_section_row("1 KiB request/response, p50"));
-    }
-}
-
-/// The start of a section of results.md: its heading, then either the measurement (and, for
-/// a `--quick` run, the warning not to compare it) or the line saying why there is none,
-/// which ends the section.
-pub fn begin<'r, T>(
-    heading: &str,
-    result: &'r anyhow::Result<T>,
-    quick: bool,
-) -> (String, Option<&'r T>) {
-    use std::fmt::Write;
-    let mut out = format!("\n{heading}\n\n");
-    match result {
-        Ok(measured) => {
-            if quick {
-                out.push_str("**`--quick` smoke run: do not compare these numbers.**\n\n");
-            }
-            (out, Some(measured))
-        }
-        Err(e) => {
-            let _ = writeln!(out, "not measured: {e:#}");
-            (out, None)
-        }
     }
 }

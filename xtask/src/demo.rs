@@ -10,6 +10,8 @@
 //!   request; cross-node requests travel over HBONE (mutual TLS between the agents).
 //! - An AuthorizationPolicy lets only `web`'s identity call `db`: the client's request is
 //!   denied with 403.
+//! - Another lets `web` take only GET and HEAD, judged per request where it arrives: the
+//!   client's DELETE is refused with 403 while its GETs pass, on the same connection.
 //!
 //! It prints what each request got, `mesh-agent status` of node-1 (routes with requests per
 //! rule, open connections and their transport) and the Istio request metrics, then removes
@@ -34,7 +36,7 @@ pub fn run() -> Result<()> {
     setup::build_all(false)?;
 
     let config = format!(
-        "{}{}{}{}",
+        "{}{}{}{}{}",
         http_service("web", WEB_VIP, "web", "  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]\n"),
         http_service("db", DB_VIP, "db", ""),
         "---\napiVersion: mesh/v1\nkind: Route\nmetadata: {name: web, namespace: default}\nspec:\n  service: web\n  timeoutMs: 3000\n  retries: {attempts: 2, retryOn: [connect-failure, reset, gateway-error]}\n  rules:\n  - name: canary\n    match: {headers: {x-canary: \"true\"}}\n    backends: [{service: web, subset: v2}]\n  - name: split\n    backends: [{service: web, subset: v1, weight: 90}, {service: web, subset: v2, weight: 10}]\n",
@@ -42,6 +44,11 @@ pub fn run() -> Result<()> {
             "default",
             "db-only-from-web",
             "  selector: {app: db}\n  action: ALLOW\n  rules:\n  - from: {principals: [\"spiffe://cluster.local/ns/default/sa/web\"]}\n"
+        ),
+        authz_policy(
+            "default",
+            "web-read-only",
+            "  selector: {app: web}\n  action: ALLOW\n  rules:\n  - to: {methods: [GET, HEAD]}\n"
         ),
     );
     println!("\n--- mesh config (applied with meshctl) ---\n{config}");
@@ -91,6 +98,19 @@ pub fn run() -> Result<()> {
     println!(
         "  (node-2's agent checked the client's certificate identity against db's policy and\n   \
          refused the HBONE stream; the client's node answered 403 to that request)"
+    );
+
+    progress("client -> DELETE http://web/: web takes only GET and HEAD (judged per request)");
+    let out = get(client, WEB_VIP, &["--method", "DELETE"])?;
+    for line in out
+        .lines()
+        .filter(|l| l.starts_with("status=") || l.starts_with("x-mesh-response-flags"))
+    {
+        println!("  {line}");
+    }
+    println!(
+        "  (the destination's agent judged the request: on node-2 its inbound HTTP server, on\n   \
+         node-1 the source's proxy with web's policy; the connection stays open for GETs)"
     );
 
     progress("mesh-agent status on node-1");

@@ -13,7 +13,7 @@ pub fn in_pod<C: EbpfContext>(ctx: &C) -> bool {
     // SAFETY: helper valid for the socket program types that call this.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: the value is only tested for presence.
-    unsafe { POD_NETNS.get(&netns) }.is_some()
+    unsafe { POD_NETNS.get(netns) }.is_some()
 }
 
 /// Whether the calling process is an agent of this node (process-context hooks only).
@@ -22,7 +22,7 @@ pub fn by_agent() -> bool {
     // SAFETY: helper valid in process context (cgroup sock_addr programs).
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: as above.
-    unsafe { AGENT_CGROUPS.get(&cgroup) }.is_some()
+    unsafe { AGENT_CGROUPS.get(cgroup) }.is_some()
 }
 
 /// Whether a process-context hook should act on this socket at all.

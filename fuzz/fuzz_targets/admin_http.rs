@@ -39,7 +39,7 @@ impl AdminApi for Answers {
         json!({"node": "fuzz"})
     }
 
-    async fn enroll(self: Arc<Self>, request: EnrollRequest) -> anyhow::Result<()> {
+    async fn enroll(self: Arc<Self>, mut request: EnrollRequest) -> anyhow::Result<()> {
         request.check_declared(&mesh_api::Snapshot::default(), "fuzz")
     }
 

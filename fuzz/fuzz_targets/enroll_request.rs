@@ -31,7 +31,7 @@ fn declared() -> &'static Snapshot {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(request) = serde_json::from_slice::<EnrollRequest>(data) else {
+    let Ok(mut request) = serde_json::from_slice::<EnrollRequest>(data) else {
         return;
     };
     let _ = request.pod_name();

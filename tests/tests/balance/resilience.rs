@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use mesh_tests::observe::{pod_tool_json, start_server};
+use mesh_tests::observe::pod_tool_json;
 use mesh_tests::two_nodes::{metrics, sum_samples};
 use mesh_tests::wait::wait_until;
 use serde_json::Value;
@@ -13,29 +13,12 @@ use super::support::*;
 
 /// Three endpoints, of which `bad` answers every request with 500.
 fn with_a_failing_endpoint(protocol: &str, more: &str) -> Backends {
-    let webs = [web("a"), web("b"), web("bad").refusing()];
-    let mut mesh = Backends::new(
+    let webs = [web("a"), web("b"), web("bad").failing(500)];
+    Backends::new(
         &webs,
         None,
         &(service(protocol, "{policy: round_robin}", more) + LAX_HEALTH),
-    );
-    let (v4, v6) = (format!("0.0.0.0:{APP_PORT}"), format!("[::]:{APP_PORT}"));
-    let bad = start_server(
-        &mesh.webs[2],
-        &[
-            "http-serve",
-            "--listen",
-            &v4,
-            "--listen",
-            &v6,
-            "--name",
-            "bad",
-            "--fail-status",
-            "500",
-        ],
-    );
-    mesh.servers.push(bad);
-    mesh
+    )
 }
 
 /// One request at a time, any status: the summary (`statuses`, `served_by`, ...).

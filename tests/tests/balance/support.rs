@@ -41,6 +41,8 @@ pub struct Web {
     pub delay_ms: u64,
     /// Nothing listens in the pod: every connection to it is refused.
     pub refuses: bool,
+    /// The server answers every request with this status (`http-serve --fail-status`).
+    pub fail_status: Option<u16>,
     /// Declared but neither enrolled nor reachable (its link is down, nothing answers for
     /// its address): every connection to it times out.
     pub unreachable: bool,
@@ -72,6 +74,13 @@ impl Web {
 
     pub fn slow(self, delay_ms: u64) -> Web {
         Web { delay_ms, ..self }
+    }
+
+    pub fn failing(self, status: u16) -> Web {
+        Web {
+            fail_status: Some(status),
+            ..self
+        }
     }
 
     pub fn refusing(self) -> Web {
@@ -252,20 +261,22 @@ fn config_yaml(
 fn http_server(pod: &Pod, web: &Web) -> PodProcess {
     let (v4, v6) = (format!("0.0.0.0:{APP_PORT}"), format!("[::]:{APP_PORT}"));
     let delay = web.delay_ms.to_string();
-    start_server(
-        pod,
-        &[
-            "http-serve",
-            "--listen",
-            &v4,
-            "--listen",
-            &v6,
-            "--name",
-            &web.name,
-            "--delay-ms",
-            &delay,
-        ],
-    )
+    let mut args = vec![
+        "http-serve",
+        "--listen",
+        &v4,
+        "--listen",
+        &v6,
+        "--name",
+        &web.name,
+        "--delay-ms",
+        &delay,
+    ];
+    let status = web.fail_status.map(|s| s.to_string());
+    if let Some(status) = &status {
+        args.extend(["--fail-status", status]);
+    }
+    start_server(pod, &args)
 }
 
 /// Service `web` at [`VIP`]:80 -> [`APP_PORT`] with `protocol`, `loadBalancer: <lb>` and

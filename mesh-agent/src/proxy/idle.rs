@@ -6,7 +6,7 @@
 //! kernel's own counters of the app's socket (`TCP_INFO` bytes received and acked) a few
 //! times per period instead: no cost on the data path, one timer per connection.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 /// How many times per idle period the counters are read: a connection is closed between
@@ -62,11 +62,6 @@ pub fn timeout_for(snapshot: &mesh_api::Snapshot, service: Option<&mesh_api::Ser
     Duration::from_millis(ms)
 }
 
-/// The descriptor to watch for a stream about to be moved into its relay.
-pub fn watch(stream: &impl AsRawFd) -> RawFd {
-    stream.as_raw_fd()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +74,7 @@ mod tests {
             .await
             .unwrap();
         let (mut server, _) = listener.accept().await.unwrap();
-        let fd = watch(&server);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&server);
         let idle = Duration::from_millis(200);
         // Busy: a byte every 50 ms for 600 ms keeps it from resolving.
         let busy = async {

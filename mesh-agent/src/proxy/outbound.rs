@@ -4,7 +4,7 @@
 //! and `auto` ports whose client speaks HTTP).
 
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
@@ -72,22 +72,21 @@ async fn relay_to(
             return;
         }
     };
+    // One snapshot for the connection's settings: its service's limits, idle timeout, labels.
+    let snapshot = context.registry.snapshot();
+    let service = service
+        .as_ref()
+        .and_then(|key| snapshot.service(&key.namespace, &key.name));
     // A slot under the service's `maxConnections`, held until the relay ends; none left:
     // the app's connection is reset at once (fail fast, like Envoy's overflow).
-    let _slot = {
-        let snapshot = context.registry.snapshot();
-        let service = service
-            .as_ref()
-            .and_then(|key| snapshot.service(&key.namespace, &key.name));
-        match service.map(|s| context.shared.circuits.acquire(s, Limit::max_connections)) {
-            Some(Err(_)) => {
-                let _ = app_stream.set_zero_linger();
-                counters.fail(Failure::CircuitOpen);
-                return;
-            }
-            Some(Ok(slot)) => slot,
-            None => None,
+    let _slot = match service.map(|s| context.shared.circuits.acquire(s, Limit::max_connections)) {
+        Some(Err(_)) => {
+            let _ = app_stream.set_zero_linger();
+            counters.fail(Failure::CircuitOpen);
+            return;
         }
+        Some(Ok(slot)) => slot,
+        None => None,
     };
     // `_load` (least_request) counts the connection as outstanding until the relay ends.
     let (upstream, endpoint, _load) = match connect_first(context, &candidates, app, carries).await
@@ -100,18 +99,17 @@ async fn relay_to(
     };
     let telemetry = &context.shared.http.telemetry;
     let started = (std::time::Instant::now(), std::time::SystemTime::now());
-    let (labels, log_path, idle_timeout) = {
-        let snapshot = context.registry.snapshot();
-        let service = service.and_then(|key| snapshot.service(&key.namespace, &key.name));
-        let security = Some(upstream.security());
-        let labels = PeerLabels::new(&snapshot, context, service, Some(endpoint), security);
-        let access_log = &snapshot.mesh_config().observability.access_log;
-        let log_path = access_log.enabled.then(|| access_log.path.clone());
-        (labels, log_path, idle::timeout_for(&snapshot, service))
-    };
+    let security = Some(upstream.security());
+    let labels = PeerLabels::new(&snapshot, context, service, Some(endpoint), security);
+    let access_log = &snapshot.mesh_config().observability.access_log;
+    let log_path = access_log.enabled.then(|| access_log.path.clone());
+    let idle_timeout = idle::timeout_for(&snapshot, service);
+    // Not held for the connection's life: a long-lived connection must not keep an old
+    // config alive.
+    drop(snapshot);
     telemetry.tcp_opened(&labels);
     // Watched beside the relay that owns it, and dropped with it (see `idle::idle_for`).
-    let app_fd = idle::watch(&app_stream);
+    let app_fd = app_stream.as_raw_fd();
     let relayed = relay_upstream(app_stream, upstream, counters);
     let (sent, received) = tokio::select! {
         moved = relayed => moved,

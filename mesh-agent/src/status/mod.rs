@@ -1,7 +1,10 @@
 //! What `mesh-agent status` shows: built from the running agent, sent as JSON over the admin
 //! socket, rendered by the CLI as a table, JSON or YAML.
 
+mod routes;
 mod security;
+
+pub use routes::{route_statuses, RouteStatus, RuleStatus};
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -92,24 +95,6 @@ pub struct ServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit: Option<String>,
     pub endpoints: Vec<EndpointStatus>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteStatus {
-    pub route: String,
-    pub service: String,
-    pub rules: Vec<RuleStatus>,
-    /// Requests no rule matched (they went to the service's own endpoints).
-    pub unmatched_requests: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RuleStatus {
-    /// The rule as `meshctl get routes` shows it.
-    pub rule: String,
-    /// HTTP requests this node's proxy sent by this rule.
-    pub requests: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -415,7 +400,7 @@ impl Status {
             ],
             rows,
         );
-        self.routes_table(&mut out);
+        routes::table(&self.routes, &mut out);
         security::table(&self.request_security, &mut out);
         self.identity_table(&mut out);
         let _ = writeln!(out, "\nOPEN CONNECTIONS: {}", self.connections.len());
@@ -457,38 +442,6 @@ impl Status {
 }
 
 impl Status {
-    fn routes_table(&self, out: &mut String) {
-        if self.routes.is_empty() {
-            return;
-        }
-        let _ = writeln!(out, "\nROUTES");
-        let rows = self
-            .routes
-            .iter()
-            .flat_map(|r| {
-                let unmatched = vec![
-                    r.route.clone(),
-                    r.service.clone(),
-                    "(no rule matched)".into(),
-                    r.unmatched_requests.to_string(),
-                ];
-                r.rules
-                    .iter()
-                    .map(|rule| {
-                        vec![
-                            r.route.clone(),
-                            r.service.clone(),
-                            rule.rule.clone(),
-                            rule.requests.to_string(),
-                        ]
-                    })
-                    .chain([unmatched])
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        table(out, &["ROUTE", "SERVICE", "RULE", "REQUESTS"], rows);
-    }
-
     fn identity_table(&self, out: &mut String) {
         let identity = &self.identity;
         if !identity.enabled {
@@ -577,34 +530,6 @@ fn endpoint_status(
                 latency_ms: (latency.as_secs_f64() * 10_000.0).round() / 10.0,
             }),
     }
-}
-
-/// The routes in force with this node's requests per rule.
-pub fn route_statuses(agent: &Agent) -> Vec<RouteStatus> {
-    let counts = &agent.proxy.http.rule_requests;
-    agent
-        .registry
-        .snapshot()
-        .routes()
-        .map(|r| {
-            let key = r.metadata.key();
-            RouteStatus {
-                route: key.to_string(),
-                service: r.spec.service.clone(),
-                rules: r
-                    .spec
-                    .rules
-                    .iter()
-                    .enumerate()
-                    .map(|(i, rule)| RuleStatus {
-                        rule: rule.summary(),
-                        requests: counts.get(&key, Some(i)),
-                    })
-                    .collect(),
-                unmatched_requests: counts.get(&key, None),
-            }
-        })
-        .collect()
 }
 
 /// Unix seconds as "in 12h 3m" / "5s ago", relative to now.

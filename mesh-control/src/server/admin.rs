@@ -16,6 +16,7 @@ use mesh_proto::v1::mesh_admin_server::MeshAdmin;
 use mesh_proto::v1::{self as pb, watch_event};
 use tonic::{Request, Response, Status};
 
+use super::ca_view;
 use super::cache::{resource_ref, ConfigCache};
 use super::metrics::ServerMetrics;
 use crate::keys;
@@ -573,7 +574,7 @@ impl MeshAdmin for Admin {
     }
 
     async fn get_ca_status(&self, _: Request<pb::Empty>) -> Result<Response<pb::CaStatus>, Status> {
-        Ok(Response::new(ca_status(&self.ca.current())))
+        Ok(Response::new(ca_view::ca_status(&self.ca.current())))
     }
 
     async fn rotate_ca(
@@ -604,7 +605,7 @@ impl MeshAdmin for Admin {
             .await
             .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         tracing::info!(phase = %r.phase, now = loaded.state.phase(), "CA rotation step");
-        Ok(Response::new(ca_status(&loaded)))
+        Ok(Response::new(ca_view::ca_status(&loaded)))
     }
 
     async fn set_mesh_config(
@@ -615,51 +616,6 @@ impl MeshAdmin for Admin {
             self.apply_one(request, "SetMeshConfig", &["MeshConfig"])
                 .await?,
         ))
-    }
-}
-
-/// `CaStatus` of the CA as it is now.
-fn ca_status(loaded: &super::ca::Loaded) -> pb::CaStatus {
-    let state = &loaded.state;
-    let mut roots = Vec::new();
-    let mut add = |pem: &str, role: &str, operator_supplied: bool| {
-        if let Ok(der) = super::ca::pem_to_der(pem) {
-            let (subject, not_after) = describe(&der);
-            roots.push(pb::CaRoot {
-                sha256: super::tokens::hex(&mesh_identity::sha256(&der)),
-                subject,
-                not_after,
-                role: role.into(),
-                operator_supplied,
-            });
-        }
-    };
-    if let Some(previous) = &state.previous_root_pem {
-        add(previous, "previous", false);
-    }
-    add(
-        &state.active.root_pem,
-        "active",
-        state.active.operator_supplied,
-    );
-    if let Some(next) = &state.next {
-        add(&next.root_pem, "next", next.operator_supplied);
-    }
-    pb::CaStatus {
-        phase: state.phase().into(),
-        roots,
-        trust_bundle_pem: loaded.bundle_pem.clone(),
-    }
-}
-
-fn describe(der: &[u8]) -> (String, u64) {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    match X509Certificate::from_der(der) {
-        Ok((_, cert)) => (
-            cert.subject().to_string(),
-            cert.validity().not_after.timestamp().max(0) as u64,
-        ),
-        Err(_) => (String::new(), 0),
     }
 }
 

@@ -3,6 +3,7 @@
 mod admin;
 pub mod auth;
 pub mod ca;
+mod ca_view;
 pub mod cache;
 mod change_check;
 mod distribution;

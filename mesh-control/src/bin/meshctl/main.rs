@@ -11,7 +11,7 @@ use mesh_control::server::{canonical_kind, SECURITY_RULE_KINDS};
 use mesh_proto::v1 as pb;
 
 mod print;
-use print::{print_resources, print_results, print_status, print_structured, print_table};
+use print::{print_ca_status, print_resources, print_results, print_status, print_table};
 
 #[derive(Parser)]
 #[command(name = "meshctl", version, about = "Manage the mesh")]
@@ -456,40 +456,7 @@ async fn ca_command(client: &mut AdminClient, command: CaCommand) -> Result<()> 
             (call(client.rotate_ca(request).await)?, Output::Table)
         }
     };
-    if output != Output::Table {
-        let roots: Vec<serde_json::Value> = status
-            .roots
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "sha256": r.sha256, "subject": r.subject, "notAfter": r.not_after,
-                    "role": r.role, "operatorSupplied": r.operator_supplied,
-                })
-            })
-            .collect();
-        let value = serde_json::json!({"phase": status.phase, "roots": roots});
-        return print_structured(&value, output);
-    }
-    println!("CA phase: {}", status.phase);
-    let rows = status
-        .roots
-        .iter()
-        .map(|r| {
-            vec![
-                r.role.clone(),
-                r.sha256.clone(),
-                r.subject.clone(),
-                if r.operator_supplied {
-                    "operator"
-                } else {
-                    "mesh"
-                }
-                .into(),
-            ]
-        })
-        .collect();
-    print_table(&["ROLE", "SHA256", "SUBJECT", "ROOT"], rows);
-    Ok(())
+    print_ca_status(&status, output)
 }
 
 /// `90s`, `10m`, `1h`, `2d` (a bare number is seconds).

@@ -204,3 +204,41 @@ fn print_jwks_fetches(fetches: &[pb::JwksFetchStatus]) {
 pub fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     print!("{}", table::render(header, &rows));
 }
+
+/// `meshctl ca status` (and what a rotation step leaves): the phase and the roots.
+pub fn print_ca_status(status: &pb::CaStatus, output: Output) -> Result<()> {
+    if output != Output::Table {
+        let roots: Vec<serde_json::Value> = status
+            .roots
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "sha256": r.sha256, "subject": r.subject, "notAfter": r.not_after,
+                    "role": r.role, "operatorSupplied": r.operator_supplied,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({"phase": status.phase, "roots": roots});
+        return print_structured(&value, output);
+    }
+    println!("CA phase: {}", status.phase);
+    let rows = status
+        .roots
+        .iter()
+        .map(|r| {
+            vec![
+                r.role.clone(),
+                r.sha256.clone(),
+                r.subject.clone(),
+                if r.operator_supplied {
+                    "operator"
+                } else {
+                    "mesh"
+                }
+                .into(),
+            ]
+        })
+        .collect();
+    print_table(&["ROLE", "SHA256", "SUBJECT", "ROOT"], rows);
+    Ok(())
+}

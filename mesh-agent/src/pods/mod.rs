@@ -4,6 +4,7 @@
 mod addresses;
 mod enroll;
 mod request;
+pub mod refusal;
 mod reserve;
 mod state;
 mod targets;

@@ -3,8 +3,8 @@
 
 mod addresses;
 mod enroll;
-mod request;
 pub mod refusal;
+mod request;
 mod reserve;
 mod state;
 mod targets;

@@ -206,7 +206,9 @@ spec: {uid: u1, ips: ["10.0.0.1"], node: n1, serviceAccount: web}
         let refusal = other_uid.unwrap_err();
         assert_eq!(refusal.reason, Reason::Mismatch);
         assert!(
-            refusal.message.contains("declared with uid \"u1\", not \"u9\""),
+            refusal
+                .message
+                .contains("declared with uid \"u1\", not \"u9\""),
             "{refusal}"
         );
         for (name, ip, node) in [("web-1", "10.0.0.9", "n1"), ("web-1", "10.0.0.1", "n2")] {
@@ -226,7 +228,9 @@ spec: {uid: u1, ips: ["10.0.0.1"], node: n1, serviceAccount: web}
         let reservations = Reservations::default();
         let none = BTreeMap::new();
         let held = request("a", "a", "10.0.0.1");
-        let _a = reservations.reserve(&none, &none_saved(), &held, None).unwrap();
+        let _a = reservations
+            .reserve(&none, &none_saved(), &held, None)
+            .unwrap();
         let conflict = |r: &EnrollRequest, slot, saved: &BTreeMap<String, SavedPod>| {
             let error = reservations.reserve(&none, saved, r, slot).err().unwrap();
             reason_of(&error)

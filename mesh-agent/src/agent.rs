@@ -46,4 +46,15 @@ pub struct Agent {
     pub identities: Arc<crate::identity::Identities>,
     /// Proxy state shared by all pods: open connections, the HBONE pool.
     pub proxy: Arc<crate::proxy::Shared>,
+    /// This agent's cgroup v2 id (kept out of capture; told to a successor).
+    pub cgroup_id: u64,
+    /// Handing the pods to a successor agent (upgrade), or draining after SIGTERM.
+    pub handover: crate::handover::Handover,
+    /// Listeners the previous agent handed over, by pod uid, until the pod is resumed.
+    pub inherited: parking_lot::Mutex<
+        std::collections::HashMap<
+            String,
+            Vec<(crate::handover::ListenerRole, std::net::TcpListener)>,
+        >,
+    >,
 }

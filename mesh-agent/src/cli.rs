@@ -92,6 +92,11 @@ pub struct RunArgs {
     /// Upstream connect timeout in milliseconds [default: 5000].
     #[arg(long)]
     pub connect_timeout_ms: Option<u64>,
+    /// How long a stopping agent (handed over to a successor, or SIGTERM) lets open
+    /// connections finish before it exits and closes the rest [default: 50]. Keep it below
+    /// the pod's terminationGracePeriodSeconds.
+    #[arg(long)]
+    pub drain_timeout_secs: Option<u64>,
     /// Proxy worker threads [default: half the CPUs, at least 1]. Fewer threads mean fewer
     /// cross-thread wake-ups per proxied byte; more serve more connections in parallel. Flag or
     /// environment only (the runtime starts before the settings file is read).

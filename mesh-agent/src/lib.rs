@@ -15,6 +15,7 @@ mod control;
 mod datapath;
 mod health;
 mod identity;
+pub mod logging;
 mod metrics;
 pub mod pods;
 pub mod proxy;

@@ -2,6 +2,8 @@
 //!
 //! Shutting down leaves every attachment and pinned map in place on purpose: while the agent
 //! is away, captured traffic fails closed, and the next agent resumes where this one stopped.
+//! An agent started while another runs on the node takes over from it (`handover`): the old
+//! one hands over its listeners and drains, so nothing is refused meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,18 +11,23 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use mesh_api::Snapshot;
 
-use crate::admin;
+use crate::admin::{self, AdminListeners};
 use crate::agent::Agent;
 use crate::control::{
     self, ConfigCacheFile, ConfigState, ControlPlane, ControlPlaneSigner, NodeIdentity,
 };
-use crate::datapath::{CaptureSet, Datapath};
+use crate::datapath::{own_cgroup_id, CaptureSet, Datapath, Layout};
+use crate::handover::{self, OwnListeners};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::pods::StateStore;
 use crate::registry::Registry;
 use crate::settings::Settings;
 use crate::sys::fs::{detect_cgroup2_root, require_cgroup2};
+
+/// How long a successor waits for its pods' certificates before taking over anyway (their
+/// HBONE listeners refuse handshakes until then).
+const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub async fn run(settings: Settings) -> Result<()> {
     crate::sys::caps::require_agent_capabilities()?;
@@ -34,6 +41,12 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         None => detect_cgroup2_root()?,
     };
+    let cgroup_id = own_cgroup_id().context("finding the agent's own cgroup")?;
+    // Before anything else, and before anything changes in the kernel: a running agent hands
+    // over to this one (an upgrade), or refuses and is left as it was.
+    let inheritance = handover::take_over(&settings.state_dir, Layout::of_this_agent()?)
+        .await
+        .context("taking over from the agent running on this node")?;
     // With a control plane, the node's identity comes first (joining if need be): a node
     // that cannot prove who it is changes nothing in the kernel.
     let node_identity = if settings.control_plane.is_empty() {
@@ -57,8 +70,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     // After the config is known to be good: a bad file changes nothing in the kernel.
     let datapath = Datapath::load(&settings.bpffs, settings.capture_capacity)?;
+    let agents: Vec<u64> = std::iter::once(cgroup_id)
+        .chain(inheritance.as_ref().map(|i| i.predecessor_cgroup))
+        .collect();
     let node_attachments = datapath
-        .serve_node(&cgroup_root)
+        .serve_node(&cgroup_root, &agents)
         .context("attaching the socket hooks to --cgroup-root")?;
     // Filled below, through the same install path later configs take.
     let registry = Arc::new(Registry::new(Snapshot::default(), origin.clone()));
@@ -81,6 +97,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         health_changed: Default::default(),
         identities: crate::identity::Identities::new(),
         proxy: Default::default(),
+        cgroup_id,
+        handover: Default::default(),
+        inherited: Default::default(),
     });
     agent.metrics.register_counter(
         "hbone_connections_opened",
@@ -100,17 +119,43 @@ pub async fn run(settings: Settings) -> Result<()> {
         Some(state) => control::install(&agent, snapshot, state, origin)?,
         None => install_static(&agent, snapshot, origin, Some(1))?,
     }
-    let _socket = admin::serve_unix(agent.clone(), admin::socket_path(&settings.state_dir)).await?;
-    let http = tokio::spawn(admin::serve_http(agent.clone(), settings.admin_addr));
+    // What a successor takes over: the admin listeners (served now at a cold start, so
+    // enrollments go on during resume; after the handover otherwise) and the handover socket.
+    let (admin_listeners, handover_listener, inheritance) = match inheritance {
+        None => {
+            let admin = AdminListeners::bind(
+                settings.admin_addr,
+                &admin::socket_path(&settings.state_dir),
+            )?;
+            let handover = handover::Listener::bind(&handover::socket_path(&settings.state_dir))?;
+            (admin, handover, None)
+        }
+        Some(inheritance) => {
+            *agent.inherited.lock() = inheritance.pods;
+            (
+                inheritance.admin,
+                inheritance.handover,
+                Some(inheritance.pending),
+            )
+        }
+    };
+    let own_listeners = OwnListeners::of(&admin_listeners, &handover_listener)?;
+    // Tasks that stop when a successor takes over.
+    let mut serving = Vec::new();
+    let mut admin_listeners = Some(admin_listeners);
+    if inheritance.is_none() {
+        if let Some(admin) = admin_listeners.take() {
+            serving.extend(admin.serve(agent.clone())?);
+        }
+    }
     agent.resume().await?;
     // After resume, which saves once every saved pod is back: a save before would forget the
     // pods not resumed yet.
-    tokio::spawn(crate::pods::save_on_changes(agent.clone()));
-    agent.ready.store(true, Ordering::Release);
-    tokio::spawn(health::run(
+    serving.push(tokio::spawn(crate::pods::save_on_changes(agent.clone())));
+    serving.push(tokio::spawn(health::run(
         agent.clone(),
         settings.control_plane.is_empty(),
-    ));
+    )));
     if let Some(identity) = node_identity {
         if let Err(e) = agent
             .identities
@@ -130,21 +175,69 @@ pub async fn run(settings: Settings) -> Result<()> {
         );
         tokio::spawn(cache.run(agent.clone()));
     }
+    if let Some(inheritance) = inheritance {
+        // The pods' HBONE listeners need certificates before the old agent stops serving.
+        handover::certificates_within(&agent, CERTIFICATE_WAIT).await;
+        let released = inheritance.complete().await?;
+        if let Some(admin) = admin_listeners.take() {
+            serving.extend(admin.serve(agent.clone())?);
+        }
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            released.predecessor_exited().await;
+            tracing::info!("the previous agent has exited");
+            if let Err(e) = agent.datapath.maps.keep_agent_cgroups(&[agent.cgroup_id]) {
+                tracing::warn!(error = %format!("{e:#}"), "removing the previous agent's cgroup from MESH_AGENT_CGROUPS");
+            }
+        });
+    }
+    agent.ready.store(true, Ordering::Release);
+    let stop = serving.iter().map(|t| t.abort_handle()).collect::<Vec<_>>();
+    handover::serve(agent.clone(), handover_listener, own_listeners, {
+        let agent = agent.clone();
+        let runtime = tokio::runtime::Handle::current();
+        move || {
+            for task in &stop {
+                task.abort();
+            }
+            runtime.block_on(agent.stop_serving_pods());
+        }
+    });
     tracing::info!(node = %agent.node, admin = %settings.admin_addr, "agent ready");
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    tokio::pin!(http);
     loop {
         tokio::select! {
-            result = &mut http => return result.context("admin server task")?.context("admin server"),
             _ = hangup.recv() => if settings.control_plane.is_empty() { reload(&agent, &settings) },
+            _ = agent.handover.released() => break,
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    tracing::info!("stopping; capture stays attached and fails closed until the next agent starts");
+    if !agent.handover.is_released() {
+        // No successor: stop accepting (captured connections are refused from now on, fail
+        // closed) and drain the same way. The admin routes stay up meanwhile.
+        agent.handover.freeze();
+        agent.stop_serving_pods().await;
+    }
+    agent.proxy.drain.start();
+    let live = agent.proxy.drain.live();
+    tracing::info!(
+        connections = live,
+        deadline_secs = settings.drain_timeout.as_secs(),
+        "draining"
+    );
+    let left = agent
+        .proxy
+        .drain
+        .finished_within(settings.drain_timeout)
+        .await;
+    tracing::info!(
+        closed_at_deadline = left,
+        "stopping; capture stays attached and fails closed until the next agent starts"
+    );
     Ok(())
 }
 

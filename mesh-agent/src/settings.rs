@@ -23,6 +23,7 @@ pub struct SettingsFile {
     cgroup_root: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     connect_timeout_ms: Option<u64>,
+    drain_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -40,6 +41,8 @@ pub struct Settings {
     pub cgroup_root: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub connect_timeout: Duration,
+    /// How long a stopping agent (handed over, or SIGTERM) lets its connections finish.
+    pub drain_timeout: Duration,
 }
 
 impl Settings {
@@ -102,6 +105,13 @@ impl Settings {
                 args.connect_timeout_ms
                     .or(file.connect_timeout_ms)
                     .unwrap_or(5000),
+            ),
+            // Within the DaemonSet's terminationGracePeriodSeconds (60), with room for the
+            // process to exit before the kubelet kills it.
+            drain_timeout: Duration::from_secs(
+                args.drain_timeout_secs
+                    .or(file.drain_timeout_secs)
+                    .unwrap_or(50),
             ),
         })
     }

@@ -133,6 +133,11 @@ impl MeshNode {
         let mut args: Vec<String> = vec!["run".into()];
         args.extend(source);
         args.extend(self.extra_args.iter().cloned());
+        if !args.iter().any(|a| a.starts_with("--drain-timeout-secs")) {
+            // A stopping agent lets connections finish for this long; tests that stop an
+            // agent with connections open need not wait the default 50 s.
+            args.extend(["--drain-timeout-secs".into(), "3".into()]);
+        }
         args.extend([
             "--node-name".into(),
             self.node.clone(),
@@ -151,14 +156,40 @@ impl MeshNode {
         if self.agent.is_some() {
             bail!("the agent is already running");
         }
+        let mut agent = AgentProcess::spawn_command(self.agent_command())?;
+        agent.wait_ready(self.admin, Duration::from_secs(20))?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    fn agent_command(&self) -> Command {
         let mut command = Command::new(&self.binary);
         command
             .args(self.run_args())
             .env("RUST_LOG", "info,mesh_agent=debug");
-        let mut agent = AgentProcess::spawn_command(command)?;
-        agent.wait_ready(self.admin, Duration::from_secs(20))?;
-        self.agent = Some(agent);
-        Ok(())
+        command
+    }
+
+    /// Starts a new agent beside the running one, as an upgrade does (a DaemonSet with
+    /// maxSurge 1): it takes over the pods and the admin listeners, and the old one drains
+    /// and exits. Waits until the new one serves; returns the old one's process.
+    pub fn upgrade_agent(&mut self) -> Result<AgentProcess> {
+        let old = self.agent.take().context("no agent is running")?;
+        let mut new = AgentProcess::spawn_command(self.agent_command())?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !new.log().contains("agent ready") {
+            if let Some(status) = new.try_wait()? {
+                new.print_log_tail();
+                bail!("the new agent exited ({status}) instead of taking over");
+            }
+            if std::time::Instant::now() > deadline {
+                new.print_log_tail();
+                bail!("the new agent did not take over within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.agent = Some(new);
+        Ok(old)
     }
 
     /// SIGKILLs the agent (a crash): capture stays attached in the kernel.

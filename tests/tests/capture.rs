@@ -14,6 +14,8 @@
 //! - `reload`: SIGHUP follows endpoint changes, a broken file keeps the last good config.
 //! - `churn`: more short connections than the server pod has ports, within one TIME_WAIT
 //!   period, closed first by either side: none fails, the app sees the real client.
+//! - `upgrade`: a second agent takes over under load (no connection refused or uncaptured,
+//!   relayed ones keep working while the old one drains); SIGTERM drains the same way.
 //!
 //! Needs root; run with `--test-threads=1` after `cargo xtask build-ebpf && cargo build -p
 //! mesh-agent`. Each test has its own bridge (subnets 10.210-10.220.0.0/24), so a failure in
@@ -35,3 +37,5 @@ mod outbound;
 mod reload;
 #[path = "capture/support.rs"]
 mod support;
+#[path = "capture/upgrade.rs"]
+mod upgrade;

@@ -45,12 +45,11 @@ const CGROUP_PROGRAMS: [&str; 5] = [
 ];
 
 impl Datapath {
-    /// Starts capture for the node: keeps this agent's own sockets out of it (its cgroup v2
-    /// id, from `/proc/self/cgroup`, goes to `MESH_AGENT_CGROUPS`), then attaches the socket
-    /// hooks to the node-wide cgroup `root` (`--cgroup-root`).
-    pub fn serve_node(&self, root: &Path) -> Result<Vec<Attachment>> {
-        let id = own_cgroup_id().context("finding the agent's own cgroup")?;
-        self.maps.register_agent_cgroup(id)?;
+    /// Starts capture for the node: keeps the sockets of `agents` (this agent's cgroup v2 id,
+    /// and during an upgrade the previous agent's) out of it, then attaches the socket hooks
+    /// to the node-wide cgroup `root` (`--cgroup-root`).
+    pub fn serve_node(&self, root: &Path, agents: &[u64]) -> Result<Vec<Attachment>> {
+        self.maps.keep_agent_cgroups(agents)?;
         let file = File::open(root).with_context(|| format!("opening {}", root.display()))?;
         self.attach_node(AttachTarget {
             path: root,
@@ -170,7 +169,7 @@ impl Datapath {
 
 /// The cgroup v2 id of this process: the inode of its cgroup directory, which is what
 /// `bpf_get_current_cgroup_id` reports.
-fn own_cgroup_id() -> Result<u64> {
+pub fn own_cgroup_id() -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let mount = crate::sys::fs::detect_cgroup2_root()?;
     let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;

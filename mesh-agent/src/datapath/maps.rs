@@ -23,7 +23,29 @@ pub struct Maps {
     agent_cgroups: Mutex<HashMap<MapData, u64, u8>>,
     stats: PerCpuArray<MapData, u64>,
     capture_capacity: usize,
+    /// `max_entries` of the maps [`Maps::fill`] reports, by name.
+    capacities: Vec<(&'static str, u32)>,
 }
+
+/// How full one map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u32,
+    pub capacity: u32,
+}
+
+/// The maps whose filling refuses work: a full capture trie refuses a config, a full pod map
+/// an enrollment (or an address a pod adds). The SOCKMAP is indexed by pod slot, so it cannot
+/// fill before the slots (`MESH_POD_NETNS`) do; the original-destination maps are LRU and
+/// evict rather than refuse.
+const WATCHED: [&str; 4] = [
+    names::CAPTURE_V4,
+    names::CAPTURE_V6,
+    names::POD_BY_IP,
+    names::POD_NETNS,
+];
+
 
 /// The destinations the kernel captures: (address, prefix length).
 pub type CaptureSet = BTreeSet<(IpAddr, u8)>;
@@ -43,18 +65,19 @@ where
 
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Maps> {
-        let capture_capacity = [names::CAPTURE_V4, names::CAPTURE_V6]
+        let capacities: Vec<(&'static str, u32)> = WATCHED
             .iter()
-            .map(|name| match ebpf.map(name) {
-                Some(aya::maps::Map::LpmTrie(data)) => {
-                    data.info().map(|i| i.max_entries()).unwrap_or(0)
-                }
-                _ => 0,
-            })
+            .map(|&name| (name, max_entries(ebpf, name)))
+            .collect();
+        let capture_capacity = capacities
+            .iter()
+            .filter(|(name, _)| [names::CAPTURE_V4, names::CAPTURE_V6].contains(name))
+            .map(|(_, capacity)| *capacity)
             .min()
             .unwrap_or(0) as usize;
         Ok(Maps {
             capture_capacity,
+            capacities,
             capture_v4: Mutex::new(take(ebpf, names::CAPTURE_V4)?),
             capture_v6: Mutex::new(take(ebpf, names::CAPTURE_V6)?),
             orig_dst: Mutex::new(take(ebpf, names::ORIG_DST)?),
@@ -73,6 +96,32 @@ impl Maps {
             .lock()
             .insert(cookie, slot, 0)
             .context("adding the pod's network namespace to MESH_POD_NETNS (full?)")
+    }
+
+    /// The slot `MESH_POD_NETNS` holds for namespace `cookie`: the socket hooks act there.
+    pub fn pod_netns_slot(&self, cookie: u64) -> Option<u32> {
+        self.pod_netns.lock().get(&cookie, 0).ok()
+    }
+
+    /// How full each map that can refuse work is, counted now (one syscall per entry: these
+    /// maps hold what the config and the pods put there, not connections).
+    pub fn fill(&self) -> Vec<MapFill> {
+        self.capacities
+            .iter()
+            .map(|&(map, capacity)| {
+                let entries = match map {
+                    names::CAPTURE_V4 => self.capture_v4.lock().keys().count(),
+                    names::CAPTURE_V6 => self.capture_v6.lock().keys().count(),
+                    names::POD_BY_IP => self.pod_by_ip.lock().keys().count(),
+                    _ => self.pod_netns.lock().keys().count(),
+                };
+                MapFill {
+                    map,
+                    entries: entries as u32,
+                    capacity,
+                }
+            })
+            .collect()
     }
 
     /// Stops capture in the namespace of the pod in `slot` (found by value: a pod whose
@@ -268,6 +317,15 @@ impl Maps {
             })
             .collect()
     }
+}
+
+/// `max_entries` of map `name` as loaded (a pinned map keeps the size it was created with).
+fn max_entries(ebpf: &Ebpf, name: &str) -> u32 {
+    let data = match ebpf.map(name) {
+        Some(aya::maps::Map::LpmTrie(data) | aya::maps::Map::HashMap(data)) => data,
+        _ => return 0,
+    };
+    data.info().map(|i| i.max_entries()).unwrap_or(0)
 }
 
 /// Removes the pins of maps that earlier versions had and this one no longer uses, so a

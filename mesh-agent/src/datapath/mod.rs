@@ -9,7 +9,7 @@ mod maps;
 mod peer_client;
 
 pub use attach::{AttachTarget, Attachment, PodAttachments};
-pub use maps::{CaptureSet, KernelStats, Maps};
+pub use maps::{CaptureSet, KernelStats, MapFill, Maps};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -52,6 +52,16 @@ pub fn ensure_pinned(map_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The map's shape, for the layout check (`layout.rs`).
+pub fn shape() -> super::layout::MapShape {
+    super::layout::MapShape {
+        map_type: BPF_MAP_TYPE_SK_STORAGE,
+        key_size: KEY_SIZE,
+        value_size: VALUE_SIZE,
+        flags: BPF_F_NO_PREALLOC,
+    }
+}
+
 fn fits(info: &MapInfo) -> bool {
     matches!(info.map_type(), Ok(MapType::SkStorage))
         && info.key_size() == KEY_SIZE

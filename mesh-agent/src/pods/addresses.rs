@@ -102,6 +102,11 @@ impl SteeredAddresses {
     }
 
     /// Stops following and withdraws every steered address (unenroll).
+    /// Stops following (a successor agent follows the pod now), leaving the maps as they are.
+    pub fn stop_following(&self) {
+        self.follower.abort();
+    }
+
     pub fn withdraw(&self) {
         self.follower.abort();
         let pod = &self.pod;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -22,6 +23,7 @@ use super::targets::{prepare, PreparedPod, Unfit, PREPARE_TIMEOUT};
 use super::EnrollRequest;
 use crate::agent::Agent;
 use crate::datapath::{AttachTarget, PodAttachments};
+use crate::handover::ListenerRole;
 use crate::proxy::{self, bind_listener, PodContext, PodListeners};
 use crate::sys::netlink::AddressEvents;
 use crate::sys::netns::NetnsSockets;
@@ -38,6 +40,22 @@ pub struct EnrolledPod {
     pub listeners: Vec<(&'static str, SocketAddr)>,
     pub context: Arc<PodContext>,
     tasks: Vec<JoinHandle<()>>,
+    /// Second descriptors of the listeners the tasks serve, to hand over to a successor agent
+    /// (`handover`) while this one still accepts on them.
+    pub listener_fds: Vec<(ListenerRole, OwnedFd)>,
+}
+
+impl EnrolledPod {
+    /// Stops accepting and following the pod's addresses, leaving everything in the kernel as
+    /// it is: a successor agent serves the pod now (or, on SIGTERM, nobody until the next
+    /// agent, and the pod's traffic fails closed). Open connections go on.
+    pub fn stop_serving(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.addresses.stop_following();
+        self.listener_fds.clear();
+    }
 }
 
 impl Drop for EnrolledPod {
@@ -59,6 +77,7 @@ impl Agent {
     /// without it, so status, health checks and other pods' (un)enrollments go on meanwhile.
     /// Run it as a task of its own: dropped half-way, it would leave the pod half set up.
     pub async fn enroll(&self, mut request: EnrollRequest) -> Result<()> {
+        self.refuse_while_handing_over(&request.uid)?;
         let reservation = {
             let pods = self.pods.lock().await;
             let unresumed = self.unresumed.lock().clone();
@@ -82,6 +101,11 @@ impl Agent {
         if reservation.is_cancelled() {
             self.stop_pod(pod);
             bail!("{}", cancelled(&request));
+        }
+        if let Err(e) = self.refuse_while_handing_over(&request.uid) {
+            // Handed over since it started: the successor does not know this pod.
+            self.stop_pod(pod);
+            return Err(e);
         }
         tracing::info!(uid = %request.uid, pod = %request.pod_name(), slot, "pod enrolled");
         pods.insert(request.uid.clone(), pod);
@@ -210,6 +234,7 @@ impl Agent {
     /// Unenrolls a pod. One still being enrolled is cancelled: this returns once its
     /// enrollment has undone its work.
     pub async fn unenroll(&self, uid: &str) -> Result<()> {
+        self.refuse_while_handing_over(uid)?;
         let mut pods = self.pods.lock().await;
         let Some(pod) = pods.remove(uid) else {
             let Some(mut finished) = self.enrolling.cancel(uid) else {
@@ -258,8 +283,12 @@ impl Agent {
             path: &request.netns,
             file: &netns_file,
         };
-        let listeners = open_listeners(&netns).await.context(context.clone())?;
+        let listeners = match self.inherited_listeners(&request.uid)? {
+            Some(listeners) => listeners,
+            None => open_listeners(&netns).await.context(context.clone())?,
+        };
         let addresses = listeners.addresses();
+        let listener_fds = listeners.duplicates().context(context.clone())?;
         let maps = &self.datapath.maps;
         for (kind, group) in [
             (ListenerKind::Inbound, &listeners.inbound),
@@ -334,6 +363,7 @@ impl Agent {
             listeners: addresses,
             context: pod_context,
             tasks,
+            listener_fds,
         })
     }
 
@@ -352,8 +382,48 @@ impl Agent {
         self.datapath.attach_pod(uid, netns, cookie, slot)
     }
 
-    /// Saves the enrolled pods and the saved ones not serving (see `unresumed`).
-    pub(super) fn save(&self, pods: &BTreeMap<String, EnrolledPod>) -> Result<()> {
+    /// Stops accepting for every pod (a successor serves them, or the agent is stopping),
+    /// leaving capture and steering in place.
+    pub async fn stop_serving_pods(&self) {
+        let mut pods = self.pods.lock().await;
+        for pod in pods.values_mut() {
+            pod.stop_serving();
+        }
+    }
+
+    /// Enrollment changes wait while the pods are being handed to a successor agent; the CNI
+    /// plugin takes this refusal as "try again later".
+    fn refuse_while_handing_over(&self, uid: &str) -> Result<()> {
+        if self.handover.is_frozen() || self.handover.is_released() {
+            bail!("{uid}: the agent is handing over to its successor (upgrade); try again in a few seconds");
+        }
+        Ok(())
+    }
+
+    /// The listeners the previous agent handed over for this pod, if any.
+    fn inherited_listeners(&self, uid: &str) -> Result<Option<PodListeners>> {
+        let Some(handed) = self.inherited.lock().remove(uid) else {
+            return Ok(None);
+        };
+        let mut listeners = PodListeners::default();
+        for (role, listener) in handed {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .with_context(|| format!("enroll {uid}: adopting a handed-over listener"))?;
+            match role {
+                ListenerRole::Outbound => listeners.outbound.push(listener),
+                ListenerRole::Inbound => listeners.inbound.push(listener),
+                ListenerRole::Hbone => listeners.hbone.push(listener),
+            }
+        }
+        Ok(Some(listeners))
+    }
+
+    /// Saves the enrolled pods and the saved ones not serving (see `unresumed`). Not once the
+    /// pods are handed over: the file is the successor's then.
+    pub(crate) fn save(&self, pods: &BTreeMap<String, EnrolledPod>) -> Result<()> {
+        if self.handover.is_released() {
+            return Ok(());
+        }
         let enrolled = pods
             .iter()
             .map(|(uid, p)| {
@@ -376,11 +446,7 @@ impl Agent {
 /// inbound plaintext and HBONE (reached only through sk_lookup). IPv6 ones only if the pod
 /// has IPv6.
 async fn open_listeners(netns: &NetnsSockets) -> Result<PodListeners> {
-    let mut listeners = PodListeners {
-        outbound: Vec::new(),
-        inbound: Vec::new(),
-        hbone: Vec::new(),
-    };
+    let mut listeners = PodListeners::default();
     for (loopback, required) in [
         (IpAddr::V4(Ipv4Addr::LOCALHOST), true),
         // IPv6 is optional: a pod without ::1 (IPv6 disabled) is IPv4-only.

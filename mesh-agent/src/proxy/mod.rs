@@ -44,6 +44,7 @@ use mesh_api::ObjectKey;
 use mesh_identity::SpiffeId;
 
 use crate::datapath::Maps;
+use crate::handover::ListenerRole;
 use crate::identity::Identities;
 use crate::metrics::PodCounters;
 use crate::registry::Registry;
@@ -82,6 +83,8 @@ pub struct Shared {
     pub hbone_handshakes: hbone::HandshakeLimit,
     pub http: http::NodeHttp,
     pub circuits: circuit::Breakers,
+    /// Connections being served, and the signal that tells them to finish (upgrade, SIGTERM).
+    pub drain: crate::handover::Drain,
 }
 
 impl Default for Shared {
@@ -92,6 +95,7 @@ impl Default for Shared {
             hbone_handshakes: Default::default(),
             http: Default::default(),
             circuits: Default::default(),
+            drain: Default::default(),
         };
         shared.http.telemetry.register(
             "mesh_circuit_breaker_opens",
@@ -150,6 +154,7 @@ impl LocalPods {
 }
 
 /// The pod's listeners, already bound inside its network namespace.
+#[derive(Default)]
 pub struct PodListeners {
     pub outbound: Vec<TcpListener>,
     pub inbound: Vec<TcpListener>,
@@ -169,6 +174,23 @@ impl PodListeners {
         all.extend(role("inbound", &self.inbound));
         all.extend(role("hbone", &self.hbone));
         all
+    }
+
+    /// A second descriptor of each listener, with its role (what a handover sends).
+    pub fn duplicates(&self) -> std::io::Result<Vec<(ListenerRole, std::os::fd::OwnedFd)>> {
+        use std::os::fd::AsFd;
+        let groups = [
+            (ListenerRole::Outbound, &self.outbound),
+            (ListenerRole::Inbound, &self.inbound),
+            (ListenerRole::Hbone, &self.hbone),
+        ];
+        let mut fds = Vec::new();
+        for (role, group) in groups {
+            for listener in group {
+                fds.push((role, listener.as_fd().try_clone_to_owned()?));
+            }
+        }
+        Ok(fds)
     }
 }
 
@@ -215,7 +237,12 @@ async fn accept_loop<Handle, Handled>(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(handle(stream, peer, context.clone()));
+                let served = context.shared.drain.serve();
+                let handled = handle(stream, peer, context.clone());
+                tokio::spawn(async move {
+                    handled.await;
+                    drop(served);
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

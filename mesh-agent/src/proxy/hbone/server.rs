@@ -19,6 +19,7 @@ use mesh_proto::limits::{RequestWatch, Watched};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::handover::serve_draining;
 use crate::metrics::Failure;
 use crate::proxy::http::sniff;
 use crate::proxy::inbound::{decision_holds, deliver, track};
@@ -87,6 +88,7 @@ pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>
         return;
     };
     let peer = Arc::new(peer);
+    let shared = context.shared.clone();
     let requests = RequestWatch::new(super::FIRST_REQUEST_TIMEOUT, None);
     let tls = Watched::new(tls, requests.clone());
     let service = hyper::service::service_fn(move |request| {
@@ -98,7 +100,7 @@ pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>
             Ok::<_, Infallible>(connect(request, context, &peer, client).await)
         }
     });
-    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(10))
@@ -109,8 +111,10 @@ pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>
         .max_send_buf_size(super::SEND_BUFFER)
         .max_pending_accept_reset_streams(super::MAX_RESETS)
         .max_local_error_reset_streams(super::MAX_RESETS)
-        .serve_connection(TokioIo::new(tls), service)
-        .await;
+        .serve_connection(TokioIo::new(tls), service);
+    // Draining (upgrade, SIGTERM): GOAWAY, so the peer opens its next streams elsewhere
+    // while the ones under way finish.
+    let served = serve_draining!(shared.drain, connection).await;
     if let Err(e) = served {
         tracing::debug!(%client, error = %e, "HBONE connection ended");
     }

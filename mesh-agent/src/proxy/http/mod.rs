@@ -41,6 +41,7 @@ use super::counted_io::CountedIo;
 use super::dial::Security;
 use super::telemetry::{PeerLabels, SharedPeerLabels};
 use super::PodContext;
+use crate::handover::serve_draining;
 use crate::registry::Route;
 
 pub(crate) use forward::{is_grpc, upstream_version};
@@ -186,6 +187,7 @@ pub async fn serve_outbound(
     };
     let telemetry = context.shared.http.telemetry.clone();
     telemetry.tcp_opened(&labels);
+    let shared = context.shared.clone();
     let downstream = Arc::new(Downstream {
         context,
         app,
@@ -197,9 +199,13 @@ pub async fn serve_outbound(
         async move { Ok::<_, Infallible>(forward::handle(downstream, request).await) }
     });
     let (io, counts) = CountedIo::new(stream);
-    let served = server_builder()
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await;
+    let builder = server_builder();
+    // Draining (upgrade, SIGTERM): finish the requests under way, then close.
+    let served = serve_draining!(
+        shared.drain,
+        builder.serve_connection_with_upgrades(TokioIo::new(io), service)
+    )
+    .await;
     if let Err(e) = served {
         tracing::debug!(%app, error = %e, "HTTP connection from the app ended");
     }

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use super::counters::RefusedRequest;
 use super::{judge, Refusal};
+use crate::handover::serve_draining;
 use crate::proxy::counted_io::CountedIo;
 use crate::proxy::http::body::BoxError;
 use crate::proxy::http::errors::{ProxyBody, ProxyError};
@@ -82,7 +83,11 @@ pub async fn serve_inbound<IO>(
     });
     let (io, counts) = CountedIo::new(client);
     let builder = server_builder();
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    // Draining (upgrade, SIGTERM): finish the requests under way, then close.
+    let served = serve_draining!(
+        pod.shared.drain,
+        builder.serve_connection_with_upgrades(TokioIo::new(io), service)
+    );
     tokio::select! {
         served = served => {
             if let Err(e) = served {

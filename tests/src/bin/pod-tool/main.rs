@@ -216,6 +216,10 @@ enum Cmd {
         count: usize,
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+        /// Once this file exists, check every held connection with another 1-byte round
+        /// trip, print `{"alive": N, "dead": [errors]}` and exit.
+        #[arg(long)]
+        verify_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -329,7 +333,13 @@ fn run(cmd: Cmd) -> Result<()> {
             connect,
             count,
             timeout_ms,
-        } => hold::hold(resolve(&connect)?, count, Duration::from_millis(timeout_ms)),
+            verify_file,
+        } => hold::hold(
+            resolve(&connect)?,
+            count,
+            Duration::from_millis(timeout_ms),
+            verify_file.as_deref(),
+        ),
     }
 }
 

@@ -1,0 +1,109 @@
+//! Upgrading the agent without losing a connection: a new agent process started beside the
+//! running one (a DaemonSet with maxSurge 1) takes over its listeners, then the old one drains.
+//!
+//! The conversation, over `<state-dir>/handover.sock` (`wire.rs`):
+//!
+//! 1. successor → `Hello`; the running agent answers `Welcome` with its map layout (or
+//!    `Refused`: another successor is at it). The successor compares layouts
+//!    (`datapath::Layout`) before touching anything; a mismatch ends the conversation, and the
+//!    running agent carries on as if nothing happened.
+//! 2. successor → `Take`. The running agent stops taking enrollments (they are answered "try
+//!    again": the CNI plugin retries), saves its pods and sends its own listeners (admin TCP,
+//!    admin socket, handover socket) and each pod's listeners as descriptors.
+//! 3. The successor loads the programs (replacing the old ones inside the same pinned links),
+//!    resumes the saved pods on the listeners it received (the very sockets sk_lookup and
+//!    connect4 steer to, so nothing queued in them is lost), waits for their certificates,
+//!    and sends `Ready`. Until then both processes could accept; only the old one does.
+//! 4. The old agent stops accepting (its descriptors close; the sockets live on in the
+//!    successor), stops saving state and following pods, answers `Released`, and drains
+//!    (`Drain`): HTTP/2 and HBONE connections are told to finish (GOAWAY), HTTP/1 ones close
+//!    after their current response, relayed connections finish on their own, and whatever is
+//!    left at the deadline (`--drain-timeout-secs`) is closed when the process exits.
+//!
+//! A successor that goes away before `Ready` leaves the running agent serving (it unfreezes
+//! enrollment). A predecessor that goes away after sending its listeners leaves the successor
+//! with everything it needs. SIGTERM without a successor drains the same way after closing the
+//! listeners: captured connections are then refused (fail closed) until an agent starts.
+
+mod drain;
+mod predecessor;
+mod successor;
+mod wire;
+
+pub(crate) use drain::serve_draining;
+pub use drain::Drain;
+pub use predecessor::{serve, Handover, OwnListeners};
+pub use successor::take_over;
+pub use wire::{socket_path, Listener};
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Agent;
+use crate::datapath::Layout;
+
+/// One message of the handover conversation (see the module comment for the order).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    Hello {
+        version: String,
+    },
+    Welcome {
+        version: String,
+        layout: Layout,
+    },
+    Refused {
+        reason: String,
+    },
+    Take,
+    /// The agent's own listeners, as descriptors in this order: admin TCP, admin socket,
+    /// handover socket. `cgroup_id` is the old agent's (kept out of capture until it is gone).
+    Agent {
+        cgroup_id: u64,
+    },
+    /// One pod's listeners, as descriptors in the order of `roles`.
+    Pod {
+        uid: String,
+        roles: Vec<ListenerRole>,
+    },
+    Offered,
+    Ready,
+    Released,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerRole {
+    Outbound,
+    Inbound,
+    Hbone,
+}
+
+/// Waits until every enrolled pod has a certificate (with a control plane), at most
+/// `timeout`: a successor that serves a pod's HBONE listener without one refuses handshakes.
+pub async fn certificates_within(agent: &Agent, timeout: std::time::Duration) {
+    if !agent.identities.has_signer() {
+        return;
+    }
+    let identities: Vec<_> = {
+        let pods = agent.pods.lock().await;
+        pods.values().map(|p| p.context.identity.clone()).collect()
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    for id in identities {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if agent
+            .identities
+            .credential_within(&id, left)
+            .await
+            .is_none()
+        {
+            tracing::warn!(identity = %id, "no certificate yet; taking over anyway");
+        }
+    }
+}
+
+/// This build's version, as both agents log it.
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}

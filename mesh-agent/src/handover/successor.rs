@@ -1,0 +1,154 @@
+//! The new agent's side of a handover: find the running agent, check that its maps can be
+//! shared, receive its listeners, and, once this agent serves them, tell it to let go.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::wire::{socket_path, Channel, Listener};
+use super::{version, ListenerRole, Message};
+use crate::admin::AdminListeners;
+use crate::datapath::Layout;
+
+/// How long each answer of the running agent may take (it answers from a thread of its own).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the running agent handed over, before this agent serves it.
+pub struct Inheritance {
+    /// The old agent's cgroup id, kept out of capture until it is gone.
+    pub predecessor_cgroup: u64,
+    pub admin: AdminListeners,
+    pub handover: Listener,
+    /// Each pod's listeners, by pod uid.
+    pub pods: HashMap<String, Vec<(ListenerRole, std::net::TcpListener)>>,
+    /// The rest of the conversation.
+    pub pending: Pending,
+}
+
+/// The handover before `Ready`: the old agent still accepts.
+pub struct Pending {
+    channel: Channel,
+}
+
+/// Asks the agent serving `<state_dir>/handover.sock` to hand over. `Ok(None)`: no agent runs
+/// (a cold start). An error leaves the running agent as it was.
+pub async fn take_over(state_dir: &Path, layout: Layout) -> Result<Option<Inheritance>> {
+    let path = socket_path(state_dir);
+    tokio::task::spawn_blocking(move || converse(&path, &layout))
+        .await
+        .context("the handover thread")?
+}
+
+fn converse(path: &Path, layout: &Layout) -> Result<Option<Inheritance>> {
+    let Some(channel) = Channel::connect(path)? else {
+        return Ok(None);
+    };
+    channel.set_read_timeout(ANSWER_TIMEOUT)?;
+    channel.send(&Message::Hello { version: version() }, &[])?;
+    let (predecessor_version, running) = match channel.recv()? {
+        (Message::Welcome { version, layout }, _) => (version, layout),
+        (Message::Refused { reason }, _) => {
+            bail!("the running agent refused to hand over: {reason}")
+        }
+        (other, _) => bail!("unexpected handover answer {other:?}"),
+    };
+    layout.check_against(&running).with_context(|| {
+        format!("taking over from the running agent (version {predecessor_version})")
+    })?;
+    channel.send(&Message::Take, &[])?;
+    let (predecessor_cgroup, mut own) = match channel.recv()? {
+        (Message::Agent { cgroup_id }, fds) if fds.len() == 3 => (cgroup_id, fds),
+        (other, fds) => bail!(
+            "unexpected handover message {other:?} with {} descriptors",
+            fds.len()
+        ),
+    };
+    let handover = Listener::from_fd(own.pop().expect("three descriptors"));
+    let admin = AdminListeners {
+        socket: std::os::unix::net::UnixListener::from(own.pop().expect("three")),
+        tcp: std::net::TcpListener::from(own.pop().expect("three")),
+    };
+    let mut pods = HashMap::new();
+    loop {
+        match channel.recv()? {
+            (Message::Pod { uid, roles }, fds) if fds.len() == roles.len() => {
+                pods.insert(uid, tcp_listeners(roles, fds)?);
+            }
+            (Message::Offered, _) => break,
+            (other, fds) => bail!(
+                "unexpected handover message {other:?} with {} descriptors",
+                fds.len()
+            ),
+        }
+    }
+    tracing::info!(
+        pods = pods.len(),
+        version = %predecessor_version,
+        "the running agent handed over its listeners"
+    );
+    Ok(Some(Inheritance {
+        predecessor_cgroup,
+        admin,
+        handover,
+        pods,
+        pending: Pending { channel },
+    }))
+}
+
+fn tcp_listeners(
+    roles: Vec<ListenerRole>,
+    fds: Vec<OwnedFd>,
+) -> Result<Vec<(ListenerRole, std::net::TcpListener)>> {
+    roles
+        .into_iter()
+        .zip(fds)
+        .map(|(role, fd)| {
+            let listener = std::net::TcpListener::from(fd);
+            // Shared with the old agent's descriptor, which already is; said again so nothing
+            // depends on it.
+            listener.set_nonblocking(true)?;
+            Ok((role, listener))
+        })
+        .collect()
+}
+
+/// The handover after `Ready`: the old agent has stopped accepting.
+pub struct Released {
+    channel: Channel,
+}
+
+impl Pending {
+    /// Tells the old agent that this one serves, and waits until it has stopped accepting.
+    /// The handed listeners that are left (pods gone meanwhile) close here.
+    pub async fn complete(self) -> Result<Released> {
+        let channel = self.channel;
+        tokio::task::spawn_blocking(move || {
+            channel.send(&Message::Ready, &[])?;
+            match channel.recv() {
+                Ok((Message::Released, _)) => Ok(Released { channel }),
+                Ok((other, _)) => bail!("unexpected handover message {other:?}"),
+                // Gone: it cannot accept any more either.
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "the old agent went away during the handover");
+                    Ok(Released { channel })
+                }
+            }
+        })
+        .await
+        .context("the handover thread")?
+    }
+}
+
+impl Released {
+    /// Resolves when the old agent has exited (its end of the socket closed).
+    pub async fn predecessor_exited(self) {
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = self.channel.set_read_timeout(Duration::ZERO);
+            while self.channel.recv().is_ok() {}
+        })
+        .await;
+    }
+}

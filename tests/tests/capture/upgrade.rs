@@ -1,0 +1,193 @@
+//! Upgrading the agent under load: a second agent process takes over from the running one
+//! (the handover socket in the state directory), the old one drains and exits. New connections
+//! opened all along never fail, none goes around the mesh, and connections the old agent was
+//! relaying keep working while it drains. The same drain on SIGTERM without a successor.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_tests::{require_root, PodProcess};
+
+use crate::support::*;
+
+/// The echo server's port in web (pod IPs are captured: the client reaches it through the
+/// mesh, delivered on the same node).
+const ECHO_PORT: u16 = 9090;
+
+fn echo_server(mesh: &ClientWeb) -> (PodProcess, SocketAddr) {
+    let addr = SocketAddr::new(mesh.web.ip(), ECHO_PORT);
+    let server = mesh
+        .web
+        .spawn(
+            pod_tool(),
+            ["echo-serve", "--listen", &format!("0.0.0.0:{ECHO_PORT}")],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    (server, addr)
+}
+
+/// `count` connections from the client, held open until `verify` exists; then each is
+/// checked with a round trip and the result printed.
+fn hold(mesh: &ClientWeb, addr: SocketAddr, count: usize, verify: &std::path::Path) -> PodProcess {
+    let mut holder = mesh
+        .client
+        .spawn(
+            pod_tool(),
+            [
+                "hold",
+                "--connect",
+                &addr.to_string(),
+                "--count",
+                &count.to_string(),
+                "--verify-file",
+                &verify.display().to_string(),
+            ],
+        )
+        .unwrap();
+    let held = mesh_tests::wait_until(T, || holder.stdout().contains("\"held\""));
+    assert!(
+        held,
+        "hold did not open its connections: {}",
+        holder.stderr()
+    );
+    assert!(holder.is_running());
+    holder
+}
+
+fn verdict(holder: &mut PodProcess, verify: &std::path::Path) -> serde_json::Value {
+    std::fs::write(verify, b"now").unwrap();
+    let out = holder.wait_output(T).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("hold printed {text:?}: {e}"))
+}
+
+fn connect_rate(mesh: &ClientWeb, addr: SocketAddr, seconds: f64) -> PodProcess {
+    mesh.client
+        .spawn(
+            pod_tool(),
+            [
+                "connect-rate",
+                "--connect",
+                &addr.to_string(),
+                "--seconds",
+                &seconds.to_string(),
+                "--concurrency",
+                "2",
+                "--linger0",
+            ],
+        )
+        .unwrap()
+}
+
+fn rate_result(mut rate: PodProcess) -> serde_json::Value {
+    let out = rate.wait_output(Duration::from_secs(30)).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "connect-rate printed {text:?} ({e}); stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A new agent takes over while the client opens connections back to back: none of them
+/// fails or goes around the mesh (the kernel's connect4 counter rises by every one of them),
+/// the new agent serves afterwards, and connections the old agent relays keep working
+/// through its drain.
+#[test]
+fn a_second_agent_takes_over_without_refusing_a_connection() {
+    require_root();
+    let mut mesh = ClientWeb::new(51);
+    let (_server, addr) = echo_server(&mesh);
+    let dir = tempfile::tempdir().unwrap();
+    let verify = dir.path().join("verify");
+    let mut holder = hold(&mesh, addr, 16, &verify);
+    let captured_before = Status::of(&mesh.node).kernel("connect_captured");
+
+    let rate = connect_rate(&mesh, addr, 3.0);
+    std::thread::sleep(Duration::from_millis(700));
+    let mut old = mesh.node.upgrade_agent().unwrap();
+    // The old agent drains: the held connections (its relays) still work meanwhile.
+    assert!(old.is_running(), "the old agent exited at once");
+    let during = verdict(&mut holder, &verify);
+    assert_eq!(
+        during["alive"], 16,
+        "held connections during the drain: {during}"
+    );
+
+    let result = rate_result(rate);
+    let made = result["connections"].as_u64().unwrap();
+    assert_eq!(
+        result["errors"], 0,
+        "connections failed during the upgrade: {result}"
+    );
+    assert!(
+        made > 100,
+        "too few connections to prove anything: {result}"
+    );
+    let status = Status::of(&mesh.node);
+    assert!(
+        status.kernel("connect_captured") >= captured_before + made,
+        "connections went around the mesh: {made} made, captured {} -> {}",
+        captured_before,
+        status.kernel("connect_captured")
+    );
+    // The old agent exits by its drain deadline (3 s in tests).
+    assert!(
+        mesh_tests::wait_until(Duration::from_secs(10), || !old.is_running()),
+        "the old agent did not exit after draining"
+    );
+    assert!(
+        old.log().contains("handed over to the successor"),
+        "{}",
+        old.log_tail(20)
+    );
+    assert_eq!(status.pod_names(), ["default/client", "default/web"]);
+    mesh.assert_vip_works();
+    assert!(Status::of(&mesh.node).pod("default/client", "outbound", "connections") >= 1);
+    // Enrollment works on the new agent (the admin socket it took over).
+    mesh.node.unenroll("web-uid").unwrap();
+    mesh.node.enroll(&mesh.web, "web-uid", "web").unwrap();
+    mesh.assert_vip_works();
+}
+
+/// SIGTERM without a successor: the agent stops accepting (captured connections are refused,
+/// never sent around the mesh) and lets the connections it relays finish until its deadline.
+#[test]
+fn sigterm_drains_open_connections_and_refuses_new_ones() {
+    require_root();
+    let mut mesh = ClientWeb::new(52);
+    let (_server, addr) = echo_server(&mesh);
+    let dir = tempfile::tempdir().unwrap();
+    let verify = dir.path().join("verify");
+    let mut holder = hold(&mesh, addr, 8, &verify);
+    let agent = mesh.node.agent().unwrap();
+    let pid = nix::unistd::Pid::from_raw(agent.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(mesh_tests::wait_until(T, || agent
+        .log()
+        .contains("draining")));
+    assert!(agent.is_running(), "the agent exited without draining");
+    let during = verdict(&mut holder, &verify);
+    assert_eq!(
+        during["alive"], 8,
+        "held connections during the drain: {during}"
+    );
+    let web_opens = passive_opens(&mesh.web);
+    let (error, _) = get_fails(&mesh.client, &url(vip(), 80), 2000);
+    assert!(
+        error.contains("refused") || error.contains("reset"),
+        "{error}"
+    );
+    assert_eq!(
+        passive_opens(&mesh.web),
+        web_opens,
+        "a connection reached web around the mesh"
+    );
+    assert!(
+        mesh_tests::wait_until(Duration::from_secs(10), || !agent.is_running()),
+        "the agent did not exit after draining"
+    );
+}

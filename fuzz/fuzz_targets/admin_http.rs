@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use mesh_agent::admin::{listen, socket_routes, AdminApi};
+use mesh_agent::admin::{listen, socket_routes, AdminApi, Readiness};
 use mesh_agent::pods::EnrollRequest;
 use mesh_proto::limits::Accept;
 use serde_json::{json, Value};
@@ -23,8 +23,8 @@ struct Answers;
 impl AdminApi for Answers {
     type Status = Value;
 
-    fn ready(&self) -> bool {
-        true
+    async fn readiness(&self) -> Readiness {
+        Readiness::new(true, vec!["resume of pod default/a (uid a)".to_owned()])
     }
 
     fn metrics(&self) -> String {

@@ -1,4 +1,4 @@
-//! Command line: `run`, `enroll`, `unenroll`, `status`.
+//! Command line: `run`, `enroll`, `unenroll`, `status`, `log-level`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -28,6 +28,14 @@ pub enum Command {
     Unenroll {
         #[arg(long)]
         uid: String,
+        #[command(flatten)]
+        local: LocalAgent,
+    },
+    /// Show the running agent's log filter, or replace it (no restart), e.g. `debug` or
+    /// `info,mesh_agent::proxy=debug` (RUST_LOG syntax: LEVEL or TARGET=LEVEL, comma-separated).
+    LogLevel {
+        /// The new filter; omitted: print the one in force.
+        directives: Option<String>,
         #[command(flatten)]
         local: LocalAgent,
     },

@@ -13,6 +13,7 @@ mod balance;
 pub mod cli;
 mod control;
 mod datapath;
+mod handover;
 mod health;
 mod identity;
 pub mod logging;

@@ -11,14 +11,7 @@ use mesh_agent::pods::EnrollRequest;
 use mesh_agent::{admin, run, settings, status};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    mesh_agent::logging::init();
     match dispatch(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -74,6 +67,19 @@ fn dispatch(command: Command) -> Result<()> {
                 let socket = admin::socket_path(&local.state_dir);
                 admin::client::call(&socket, "DELETE", &format!("/v1/pods/{uid}"), None).await?;
                 println!("unenrolled {uid}");
+                Ok(())
+            }
+            Command::LogLevel { directives, local } => {
+                let socket = admin::socket_path(&local.state_dir);
+                let body = match directives {
+                    Some(directives) => {
+                        let request = serde_json::json!({ "level": directives }).to_string();
+                        admin::client::call(&socket, "PUT", "/logging", Some(request)).await?
+                    }
+                    None => admin::client::call(&socket, "GET", "/logging", None).await?,
+                };
+                let answer: serde_json::Value = serde_json::from_slice(&body)?;
+                println!("{}", answer["level"].as_str().unwrap_or_default());
                 Ok(())
             }
             Command::Status { output, local } => {

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::datapath::KernelStats;
+use crate::datapath::{KernelStats, MapFill};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,6 +67,11 @@ struct KernelLabels {
     counter: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     connections: Family<ConnLabels, Counter>,
@@ -76,6 +81,8 @@ pub struct Metrics {
     audited: Family<ConnLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     kernel: Family<KernelLabels, Gauge>,
+    map_entries: Family<MapLabels, Gauge>,
+    map_capacity: Family<MapLabels, Gauge>,
 }
 
 /// Counter handles of one direction of one pod.
@@ -134,6 +141,8 @@ impl Metrics {
             audited: Family::default(),
             failures: Family::default(),
             kernel: Family::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
         };
         {
             let mut r = metrics.registry.lock();
@@ -171,6 +180,16 @@ impl Metrics {
                 "kernel_events",
                 "Counters kept by the eBPF programs",
                 metrics.kernel.clone(),
+            );
+            r.register(
+                "bpf_map_entries",
+                "Entries in a kernel map whose filling refuses work (config, enrollments)",
+                metrics.map_entries.clone(),
+            );
+            r.register(
+                "bpf_map_capacity",
+                "Entries a kernel map can hold (max_entries)",
+                metrics.map_capacity.clone(),
             );
         }
         metrics
@@ -235,14 +254,26 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition, with the kernel counters read fresh, and `more` (other
-    /// registries' families, encoded without an end marker) before the end marker.
-    pub fn encode(&self, kernel: &KernelStats, more: &str) -> String {
+    /// Prometheus text exposition, with the kernel counters and map fill read fresh, and
+    /// `more` (other registries' families, encoded without an end marker) before the end
+    /// marker.
+    pub fn encode(&self, kernel: &KernelStats, maps: &[MapFill], more: &str) -> String {
         for (name, value) in kernel {
             let labels = KernelLabels {
                 counter: (*name).to_owned(),
             };
             self.kernel.get_or_create(&labels).set(*value as i64);
+        }
+        for fill in maps {
+            let labels = MapLabels {
+                map: fill.map.to_owned(),
+            };
+            self.map_entries
+                .get_or_create(&labels)
+                .set(i64::from(fill.entries));
+            self.map_capacity
+                .get_or_create(&labels)
+                .set(i64::from(fill.capacity));
         }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry.lock());

@@ -55,6 +55,15 @@ pub struct ConfigSource {
     pub version: u64,
 }
 
+impl ConfigSource {
+    /// False while an agent following a control plane has neither a cached config nor a
+    /// first push (`run` words the origin "none yet (...)" then). Without a control plane the
+    /// file is loaded before anything is served, or there is none to load.
+    pub fn loaded(&self) -> bool {
+        !self.origin.starts_with("none yet")
+    }
+}
+
 impl Registry {
     pub fn new(snapshot: Snapshot, origin: String) -> Registry {
         Registry {

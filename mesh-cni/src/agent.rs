@@ -36,12 +36,34 @@ impl Reply {
         (200..300).contains(&self.status)
     }
 
-    /// The agent's `{"error": ...}` message, else the body as text.
+    /// The agent's `{"error": ...}` message, else its readiness's pending list, else the
+    /// body as text.
     pub fn message(&self) -> String {
-        serde_json::from_slice::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).trim().to_string())
+        let json = self.json();
+        if let Some(error) = json["error"].as_str() {
+            return error.to_string();
+        }
+        if let Some(pending) = json["pending"].as_array() {
+            let pending: Vec<&str> = pending.iter().filter_map(Value::as_str).collect();
+            return format!("pending: {}", pending.join("; "));
+        }
+        String::from_utf8_lossy(&self.body).trim().to_string()
+    }
+
+    /// Why the agent refused (`reason` beside `error`: `not_declared`, `mismatch`...); `None`
+    /// from an agent that does not say.
+    pub fn reason(&self) -> Option<String> {
+        self.json()["reason"].as_str().map(str::to_owned)
+    }
+
+    /// `/healthz/ready`: whether the agent takes pods now, even if not ready in full (a
+    /// certificate still pending must not keep other pods from starting).
+    pub fn accepts_pods(&self) -> bool {
+        self.ok() || self.json()["acceptsPods"] == true
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 }
 
@@ -57,12 +79,15 @@ pub struct EnrollRequest<'a> {
 }
 
 /// The part of an enrolled pod in the agent's `/status` that tells whether it is served.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct EnrolledPod {
     pub uid: String,
     pub netns: String,
     pub ips: Vec<String>,
     pub listeners: Vec<String>,
+    /// Capture in force in the kernel for it; absent from older agents.
+    #[serde(default)]
+    pub captured: Option<bool>,
 }
 
 /// The part of `/status` that tells whether capture is in force.
@@ -90,7 +115,7 @@ impl Agent {
         &self.socket
     }
 
-    /// Whether the agent has resumed its saved pods and takes new ones (`/healthz/ready`).
+    /// Whether the agent takes new pods (`/healthz/ready`, see [`Reply::accepts_pods`]).
     pub fn ready(&self) -> Result<Reply, Unreachable> {
         self.call(Method::GET, "/healthz/ready", None, QUERY_TIMEOUT)
     }

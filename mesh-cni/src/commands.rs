@@ -75,27 +75,61 @@ fn add(inv: &Invocation, conf: &NetConf, agent: &Agent) -> Result<String, CniErr
 }
 
 /// The error for an enrollment the agent answered with an error: code 11 when waiting can fix
-/// it (the agent failed, or the pod's Workload is not declared yet), else 100.
+/// it (the pod's Workload is not declared yet, the agent has no config yet, another enrollment
+/// holds its uid or address, the agent failed), else 100 with the agent's message. The
+/// agent's `reason` decides; an agent too old to give one is asked whether the Workload is
+/// declared.
 fn refusal(
     pod: &PodIdentity,
     reply: &Reply,
     declared: impl FnOnce() -> Result<bool, Unreachable>,
 ) -> CniError {
     let agent_says = reply.message();
-    let (code, msg) = if reply.status >= 500 {
+    let key = pod.key();
+    let (code, msg) = match reply.reason().as_deref() {
+        Some("not_declared") => (Code::TryAgainLater, not_declared(pod)),
+        Some("not_ready") => (
+            Code::TryAgainLater,
+            format!("the mesh agent cannot enroll pod {key} yet (it has no mesh config)"),
+        ),
+        Some("conflict") => (
+            Code::TryAgainLater,
+            format!("another enrollment on this node holds what pod {key} needs (uid or address); retrying until it is gone"),
+        ),
+        Some("internal") => (
+            Code::TryAgainLater,
+            format!("the mesh agent failed to enroll pod {key}"),
+        ),
+        Some("mismatch") | Some("bad_request") => (
+            Code::EnrollmentRefused,
+            format!("the mesh agent refused to enroll pod {key}"),
+        ),
+        _ => refusal_without_reason(pod, reply, declared),
+    };
+    CniError::new(code, msg).with_details(agent_says)
+}
+
+fn not_declared(pod: &PodIdentity) -> String {
+    format!(
+        "no Workload with uid {} is declared for pod {} yet",
+        pod.uid,
+        pod.key()
+    )
+}
+
+/// How an agent's refusal without a `reason` (an older agent, during an upgrade) is read.
+fn refusal_without_reason(
+    pod: &PodIdentity,
+    reply: &Reply,
+    declared: impl FnOnce() -> Result<bool, Unreachable>,
+) -> (Code, String) {
+    if reply.status >= 500 {
         // The agent failed, not the pod: its enrollment undid itself, so a retry is clean.
         let msg = format!("the mesh agent failed to enroll pod {}", pod.key());
         (Code::TryAgainLater, msg)
     } else {
         match declared() {
-            Ok(false) => {
-                let msg = format!(
-                    "no Workload with uid {} is declared for pod {} yet",
-                    pod.uid,
-                    pod.key()
-                );
-                (Code::TryAgainLater, msg)
-            }
+            Ok(false) => (Code::TryAgainLater, not_declared(pod)),
             Ok(true) => {
                 let msg = format!("the mesh agent refused to enroll pod {}", pod.key());
                 (Code::EnrollmentRefused, msg)
@@ -108,8 +142,7 @@ fn refusal(
                 (Code::TryAgainLater, msg)
             }
         }
-    };
-    CniError::new(code, msg).with_details(agent_says)
+    }
 }
 
 /// DEL succeeds whenever the pod is not enrolled afterwards, including when the agent is not
@@ -228,6 +261,12 @@ fn check_enrolled(
     if enrolled.listeners.is_empty() {
         return Err("the agent serves no listener for it".to_string());
     }
+    if enrolled.captured == Some(false) {
+        return Err(
+            "its capture is not in force in the kernel (sk_lookup link or MESH_POD_NETNS entry missing)"
+                .to_string(),
+        );
+    }
     Ok(())
 }
 
@@ -244,10 +283,11 @@ fn ensure_ready(agent: &Agent) -> Result<(), CniError> {
     readiness(agent.socket(), agent.ready())
 }
 
-/// `/healthz/ready` answers 503 while the agent resumes its saved pods.
+/// `/healthz/ready` answers 503 until the agent takes pods (programs attached, saved pods
+/// resumed), and also while e.g. a certificate is pending, which must not stop new pods.
 fn readiness(socket: &Path, answer: Result<Reply, Unreachable>) -> Result<(), CniError> {
     match answer {
-        Ok(reply) if reply.ok() => Ok(()),
+        Ok(reply) if reply.accepts_pods() => Ok(()),
         Ok(reply) => Err(CniError::new(
             Code::TryAgainLater,
             format!("the mesh agent at {} is not ready", socket.display()),
@@ -358,6 +398,42 @@ mod tests {
         assert_eq!(e.code, Code::TryAgainLater);
         assert!(e.msg.contains("/run/m/agent.sock is not ready"), "{e}");
         assert_eq!(e.details, "resuming pods");
+        let resuming =
+            r#"{"ready":false,"acceptsPods":false,"pending":["resume of pod a/b (uid u)"]}"#;
+        let e = readiness(socket, Ok(reply(503, resuming))).unwrap_err();
+        assert_eq!(e.details, "pending: resume of pod a/b (uid u)");
+        // Another pod's certificate being pending does not keep this one from starting.
+        let certificate = r#"{"ready":false,"acceptsPods":true,"pending":["certificate for x"]}"#;
+        readiness(socket, Ok(reply(503, certificate))).unwrap();
+    }
+
+    #[test]
+    fn the_agents_reason_decides_whether_to_try_again() {
+        let pod = PodIdentity::from_cni_args(Some(ARGS)).unwrap();
+        let refused = |status, reason: &str| {
+            let body = format!(r#"{{"error":"enroll u-1: it says why","reason":"{reason}"}}"#);
+            refusal(&pod, &reply(status, &body), || {
+                panic!("not asked: the agent said why")
+            })
+        };
+        for (status, reason) in [
+            (422, "not_declared"),
+            (503, "not_ready"),
+            (409, "conflict"),
+            (500, "internal"),
+        ] {
+            let e = refused(status, reason);
+            assert_eq!(e.code, Code::TryAgainLater, "{reason}: {e}");
+            assert_eq!(e.details, "enroll u-1: it says why");
+        }
+        assert!(refused(422, "not_declared")
+            .msg
+            .contains("no Workload with uid u-1"));
+        for (status, reason) in [(422, "mismatch"), (400, "bad_request")] {
+            let e = refused(status, reason);
+            assert_eq!(e.code, Code::EnrollmentRefused, "{reason}: {e}");
+            assert_eq!(e.details, "enroll u-1: it says why");
+        }
     }
 
     #[test]
@@ -387,6 +463,7 @@ mod tests {
             netns: "/run/netns/a".into(),
             ips: vec!["10.1.0.2".into()],
             listeners: vec!["10.1.0.2:15001".into()],
+            captured: Some(true),
         };
         let ip = |s: &str| vec![s.parse().unwrap()];
         check_enrolled(&pod, Path::new("/run/netns/a"), &ip("10.1.0.2")).unwrap();
@@ -394,6 +471,13 @@ mod tests {
         assert!(e.contains("not /run/netns/b"), "{e}");
         let e = check_enrolled(&pod, Path::new("/run/netns/a"), &ip("10.1.0.3")).unwrap_err();
         assert!(e.contains("without 10.1.0.3"), "{e}");
+        let uncaptured = EnrolledPod {
+            captured: Some(false),
+            ..pod.clone()
+        };
+        let e =
+            check_enrolled(&uncaptured, Path::new("/run/netns/a"), &ip("10.1.0.2")).unwrap_err();
+        assert!(e.contains("capture is not in force"), "{e}");
         let idle = EnrolledPod {
             listeners: vec![],
             ..pod

@@ -166,6 +166,27 @@ impl AgentProcess {
     /// Polls `GET http://<admin_addr>/healthz/ready` until it answers 200. Fails early if the
     /// process exits, and on failure prints and returns the log tail.
     pub fn wait_ready(&mut self, admin_addr: SocketAddr, timeout: Duration) -> Result<()> {
+        self.wait_readiness(admin_addr, timeout, |code, _| code == 200)
+    }
+
+    /// Like [`wait_ready`](Self::wait_ready), until the agent takes pods: programs attached and
+    /// saved pods resumed (`acceptsPods` in the 503 body), whether or not its config has
+    /// arrived or its pods' certificates are issued yet (a test may have stopped the control
+    /// plane on purpose).
+    pub fn wait_accepting_pods(&mut self, admin_addr: SocketAddr, timeout: Duration) -> Result<()> {
+        self.wait_readiness(admin_addr, timeout, |code, body| {
+            code == 200
+                || serde_json::from_str::<serde_json::Value>(body)
+                    .is_ok_and(|v| v["acceptsPods"] == true)
+        })
+    }
+
+    fn wait_readiness(
+        &mut self,
+        admin_addr: SocketAddr,
+        timeout: Duration,
+        done: impl Fn(u16, &str) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_wait()? {
@@ -176,7 +197,7 @@ impl AgentProcess {
             }
             let last = match http_get_timeout(admin_addr, "/healthz/ready", Duration::from_secs(1))
             {
-                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) if done(code, &body) => return Ok(()),
                 Ok((code, body)) => format!("status {code}: {}", body.trim()),
                 Err(e) => format!("{e:#}"),
             };

@@ -151,13 +151,14 @@ impl MeshNode {
         args
     }
 
-    /// Starts the agent (again) and waits until it is ready.
+    /// Starts the agent (again) and waits until it takes pods (not for full readiness: a
+    /// test may keep the control plane away on purpose).
     pub fn start_agent(&mut self) -> Result<()> {
         if self.agent.is_some() {
             bail!("the agent is already running");
         }
         let mut agent = AgentProcess::spawn_command(self.agent_command())?;
-        agent.wait_ready(self.admin, Duration::from_secs(20))?;
+        agent.wait_accepting_pods(self.admin, Duration::from_secs(20))?;
         self.agent = Some(agent);
         Ok(())
     }
@@ -173,20 +174,22 @@ impl MeshNode {
     /// Starts a new agent beside the running one, as an upgrade does (a DaemonSet with
     /// maxSurge 1): it takes over the pods and the admin listeners, and the old one drains
     /// and exits. Waits until the new one serves; returns the old one's process.
+    /// If the new one fails, the old one stays this node's agent.
     pub fn upgrade_agent(&mut self) -> Result<AgentProcess> {
         let old = self.agent.take().context("no agent is running")?;
         let mut new = AgentProcess::spawn_command(self.agent_command())?;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !new.log().contains("agent ready") {
-            if let Some(status) = new.try_wait()? {
-                new.print_log_tail();
-                bail!("the new agent exited ({status}) instead of taking over");
-            }
-            if std::time::Instant::now() > deadline {
-                new.print_log_tail();
-                bail!("the new agent did not take over within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            let failure = if let Some(status) = new.try_wait()? {
+                format!("the new agent exited ({status}) instead of taking over")
+            } else if std::time::Instant::now() > deadline {
+                "the new agent did not take over within 30 s".to_string()
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            self.agent = Some(old);
+            bail!("{failure}: {}", new.log_tail(5));
         }
         self.agent = Some(new);
         Ok(old)

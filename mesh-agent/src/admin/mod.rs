@@ -15,9 +15,11 @@
 mod api;
 pub mod client;
 pub mod listen;
+mod listeners;
 mod readiness;
 mod server;
 
 pub use api::AdminApi;
+pub use listeners::AdminListeners;
 pub use readiness::Readiness;
 pub use server::{serve_http, serve_unix, socket_path, socket_routes};

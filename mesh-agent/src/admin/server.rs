@@ -15,13 +15,14 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::agent::Agent;
+use crate::pods::refusal::{self, Reason};
 use crate::pods::EnrollRequest;
 
 use super::api::AdminApi;
 use super::listen;
 
-/// An enroll request is a few hundred bytes of JSON.
-const MAX_ENROLL_REQUEST: usize = 64 * 1024;
+/// An enroll request is a few hundred bytes of JSON, a log filter a few dozen.
+const MAX_REQUEST_BODY: usize = 64 * 1024;
 
 type Shared<A> = State<Arc<A>>;
 
@@ -33,16 +34,19 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 pub fn read_only_routes<A: AdminApi>() -> Router<Arc<A>> {
     Router::new()
         .route("/healthz/ready", get(ready::<A>))
+        .route("/healthz/live", get(live))
         .route("/metrics", get(metrics::<A>))
         .route("/config_dump", get(config_dump::<A>))
         .route("/status", get(status::<A>))
 }
 
-/// What the root-only unix socket serves: the read-only routes and enrollment.
+/// What the root-only unix socket serves: the read-only routes, enrollment and the log
+/// filter (which could flood the node's disk or hide an attack: root only, like enrollment).
 pub fn socket_routes<A: AdminApi>() -> Router<Arc<A>> {
     read_only_routes()
         .route("/v1/pods", post(enroll::<A>))
         .route("/v1/pods/{uid}", delete(unenroll::<A>))
+        .route("/logging", get(log_filter::<A>).put(set_log_filter::<A>))
 }
 
 /// Serves the read-only routes on a loopback TCP address.
@@ -70,11 +74,20 @@ pub async fn serve_unix(agent: Arc<Agent>, path: PathBuf) -> Result<tokio::task:
 }
 
 async fn ready<A: AdminApi>(State(agent): Shared<A>) -> Response {
-    if agent.ready() {
-        (StatusCode::OK, "ready\n").into_response()
+    let readiness = agent.readiness().await;
+    tracing::debug!(ready = readiness.ready, pending = ?readiness.pending, "readiness asked");
+    let code = if readiness.ready {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "resuming pods\n").into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(readiness)).into_response()
+}
+
+/// Liveness: answered by the runtime that serves the proxy, from nothing else, so neither the
+/// control plane nor a pod (nor a lock a pod's enrollment holds) can get the agent restarted.
+async fn live() -> Response {
+    (StatusCode::OK, "alive\n").into_response()
 }
 
 async fn metrics<A: AdminApi>(State(agent): Shared<A>) -> Response {
@@ -97,48 +110,98 @@ async fn status<A: AdminApi>(State(agent): Shared<A>) -> Json<A::Status> {
     Json(agent.status().await)
 }
 
-async fn enroll<A: AdminApi>(State(agent): Shared<A>, body: Body) -> Response {
-    let body = match tokio::time::timeout(
+/// Reads a small JSON request body, within [`listen::REQUEST_BODY_TIMEOUT`].
+async fn read_json<T: serde::de::DeserializeOwned>(body: Body, what: &str) -> Result<T, Response> {
+    let bytes = match tokio::time::timeout(
         listen::REQUEST_BODY_TIMEOUT,
-        axum::body::to_bytes(body, MAX_ENROLL_REQUEST),
+        axum::body::to_bytes(body, MAX_REQUEST_BODY),
     )
     .await
     {
-        Ok(Ok(body)) => body,
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("bad enroll request: {e}")),
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return Err(bad_request(format!("bad {what} request: {e}"))),
         Err(_) => {
-            return error(
+            return Err(error(
                 StatusCode::REQUEST_TIMEOUT,
+                Reason::BadRequest,
                 format!(
-                    "the enroll request body did not arrive within {}s",
+                    "the {what} request body did not arrive within {}s",
                     listen::REQUEST_BODY_TIMEOUT.as_secs()
                 ),
-            )
+            ))
         }
     };
-    let request: EnrollRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad enroll request: {e}")),
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("bad {what} request: {e}")))
+}
+
+async fn enroll<A: AdminApi>(State(agent): Shared<A>, body: Body) -> Response {
+    let request: EnrollRequest = match read_json(body, "enroll").await {
+        Ok(request) => request,
+        Err(response) => return response,
     };
     // A task of its own: a client that hangs up must not cut an enrollment off half-way.
     let enrolled = tokio::spawn(agent.enroll(request)).await;
     match enrolled {
         Ok(Ok(())) => (StatusCode::CREATED, Json(json!({"enrolled": true}))).into_response(),
-        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+        Ok(Err(e)) => refused(&e),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
+            Reason::Internal,
             format!("enrollment failed: {e}"),
         ),
     }
 }
 
+/// 404 only when no pod with this uid is enrolled (a CNI DEL takes that as done); any other
+/// failure is the agent's (500), and the pod may still be enrolled.
 async fn unenroll<A: AdminApi>(State(agent): Shared<A>, UrlPath(uid): UrlPath<String>) -> Response {
     match agent.unenroll(&uid).await {
         Ok(()) => Json(json!({"unenrolled": true})).into_response(),
-        Err(e) => error(StatusCode::NOT_FOUND, format!("{e:#}")),
+        Err(e) => refused(&e),
     }
 }
 
-fn error(code: StatusCode, message: String) -> Response {
-    (code, Json(json!({"error": message}))).into_response()
+async fn log_filter<A: AdminApi>(State(agent): Shared<A>) -> Response {
+    match agent.log_filter() {
+        Some(level) => Json(json!({ "level": level })).into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Internal,
+            "this process's log filter cannot be changed at run time".into(),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFilterRequest {
+    /// `RUST_LOG` syntax: `debug`, `info,mesh_agent::proxy=debug`.
+    level: String,
+}
+
+async fn set_log_filter<A: AdminApi>(State(agent): Shared<A>, body: Body) -> Response {
+    let request: LogFilterRequest = match read_json(body, "log level").await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    match agent.set_log_filter(&request.level) {
+        Ok(level) => Json(json!({ "level": level })).into_response(),
+        Err(message) => bad_request(message),
+    }
+}
+
+/// The answer to a failed enroll or unenroll, with the reason a program acts on.
+fn refused(e: &anyhow::Error) -> Response {
+    let reason = refusal::reason_of(e);
+    let code =
+        StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(code, reason, format!("{e:#}"))
+}
+
+fn bad_request(message: String) -> Response {
+    error(StatusCode::BAD_REQUEST, Reason::BadRequest, message)
+}
+
+fn error(code: StatusCode, reason: Reason, message: String) -> Response {
+    (code, Json(json!({"error": message, "reason": reason}))).into_response()
 }

@@ -46,7 +46,6 @@ const WATCHED: [&str; 4] = [
     names::POD_NETNS,
 ];
 
-
 /// The destinations the kernel captures: (address, prefix length).
 pub type CaptureSet = BTreeSet<(IpAddr, u8)>;
 
@@ -139,20 +138,24 @@ impl Maps {
         }
     }
 
-    /// Keeps the socket hooks off the sockets of processes in cgroup `id` (this agent). The
-    /// set holds a few agents (an old and a new one during an upgrade); when full, it is
-    /// emptied first: entries of agents that are gone would keep nothing out that matters.
-    pub fn register_agent_cgroup(&self, id: u64) -> Result<()> {
+    /// Keeps the socket hooks off the sockets of processes in the cgroups `ids` (this agent,
+    /// and during an upgrade the one it takes over from) and of no others: ids of agents that
+    /// are gone are removed, so the set never fills up over upgrades.
+    pub fn keep_agent_cgroups(&self, ids: &[u64]) -> Result<()> {
         let mut map = self.agent_cgroups.lock();
-        if map.insert(id, 1, 0).is_ok() {
-            return Ok(());
+        for id in ids {
+            map.insert(id, 1, 0)
+                .context("registering the agent's cgroup in MESH_AGENT_CGROUPS")?;
         }
-        let stale: Vec<u64> = map.keys().filter_map(|k| k.ok()).collect();
+        let stale: Vec<u64> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !ids.contains(k))
+            .collect();
         for key in stale {
             let _ = map.remove(&key);
         }
-        map.insert(id, 1, 0)
-            .context("registering the agent's cgroup in MESH_AGENT_CGROUPS")
+        Ok(())
     }
 
     /// How many destinations each capture trie holds (IPv4 and IPv6 have one each; the

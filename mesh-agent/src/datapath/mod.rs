@@ -5,10 +5,12 @@
 //! running (and fails closed) while the agent is down, and a restarted agent re-adopts both.
 
 mod attach;
+mod layout;
 mod maps;
 mod peer_client;
 
-pub use attach::{AttachTarget, Attachment, PodAttachments};
+pub use attach::{own_cgroup_id, AttachTarget, Attachment, PodAttachments};
+pub use layout::Layout;
 pub use maps::{CaptureSet, KernelStats, MapFill, Maps};
 
 use std::path::{Path, PathBuf};
@@ -41,6 +43,9 @@ impl Datapath {
         let map_dir = bpffs.join("maps");
         std::fs::create_dir_all(&map_dir)
             .with_context(|| format!("creating {}", map_dir.display()))?;
+        // Before any pin is adopted, replaced or removed: pins of another layout belong to
+        // another version, maybe still running.
+        Layout::of_this_agent()?.check_pins(&map_dir)?;
         maps::remove_retired_pins(&map_dir);
         peer_client::ensure_pinned(&map_dir)?;
         let mut ebpf = EbpfLoader::new()

@@ -67,6 +67,10 @@ pub struct PodStatus {
     pub cgroup: String,
     pub slot: u32,
     pub listeners: Vec<String>,
+    /// Capture is in force: the pod's sk_lookup link is pinned and its namespace is in
+    /// `MESH_POD_NETNS` under its slot.
+    #[serde(default)]
+    pub captured: bool,
     pub outbound: TrafficStatus,
     pub inbound: TrafficStatus,
 }
@@ -135,6 +139,17 @@ impl TrafficStatus {
             failures: c.failures_total(),
         }
     }
+}
+
+/// Whether the kernel captures `pod` now: its sk_lookup link still pinned (inbound) and its
+/// namespace cookie in `MESH_POD_NETNS` under its slot (outbound, through the node-wide hooks).
+fn captured(agent: &Agent, pod: &crate::pods::EnrolledPod) -> bool {
+    let linked = pod.attachments.iter().any(|a| {
+        a.program == mesh_common::programs::SK_LOOKUP
+            && crate::sys::bpf::open_pinned(&a.pin).is_ok()
+    });
+    let cookie = pod.context.netns.cookie();
+    linked && agent.datapath.maps.pod_netns_slot(cookie) == Some(pod.slot)
 }
 
 fn hook_of(program: &str) -> &'static str {
@@ -207,6 +222,7 @@ impl Status {
                         .iter()
                         .map(|(role, a)| format!("{role} {a}"))
                         .collect(),
+                    captured: captured(agent, p),
                     outbound: TrafficStatus::from_counters(&p.context.counters.outbound),
                     inbound: TrafficStatus::from_counters(&p.context.counters.inbound),
                 })
@@ -310,6 +326,7 @@ impl Status {
                     p.uid.clone(),
                     list(&p.ips),
                     p.netns.clone(),
+                    if p.captured { "yes" } else { "NO" }.to_string(),
                     format!("{}/{}", p.outbound.connections, p.outbound.active),
                     format!("{}/{}", p.inbound.connections, p.inbound.active),
                     format!("{}/{}", p.outbound.failures, p.inbound.failures),
@@ -328,6 +345,7 @@ impl Status {
                 "UID",
                 "IPS",
                 "NETNS",
+                "CAPTURED",
                 "OUT CONN/ACTIVE",
                 "IN CONN/ACTIVE",
                 "FAILED OUT/IN",

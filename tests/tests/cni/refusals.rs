@@ -3,9 +3,10 @@
 use serde_json::{json, Value};
 
 use crate::runtime::{expect_error, parse_output, run_plugin, PluginError};
-use crate::support::{CniNode, CniPod, POD_UID};
+use crate::support::{CniNode, CniPod, POD_NAME, POD_UID};
 
 const TRY_AGAIN_LATER: u64 = 11;
+const ENROLLMENT_REFUSED: u64 = 100;
 
 /// With the agent down, the chain's ADD fails at mesh-cni with code 11; the runtime's DEL
 /// that follows leaves no interface, no address and (once the agent is back) no enrollment.
@@ -44,6 +45,61 @@ fn add_before_the_workload_is_declared_asks_to_try_again() {
     );
     assert_eq!(cni.enrolled(), ["web-uid"]);
     assert!(!cni.address_allocated());
+}
+
+/// A pod whose namespace/name is declared under another uid (recreated before its Workload
+/// was updated) is refused for good (100) with the agent's words, not retried as if its
+/// Workload were still to come; nothing is left. The agent's DELETE for a uid it never
+/// enrolled answers 404 `not_enrolled`, and DEL, run twice, succeeds both times.
+#[test]
+fn add_for_a_workload_declared_with_another_uid_is_refused_for_good() {
+    let cni = CniNode::start();
+    let pod = CniPod::named("cni-other-uid", POD_NAME, "recreated-uid");
+    let outcome = cni.runtime.add(&pod.sandbox()).unwrap();
+    let error = outcome.as_ref().err().map(|e| e.error.clone());
+    let msg = expect_error(outcome, "mesh-cni", ENROLLMENT_REFUSED).unwrap();
+    assert!(
+        msg.contains("refused to enroll pod default/client"),
+        "{msg}"
+    );
+    let details = error.unwrap()["stdout"]["details"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        details.contains(&format!(
+            "Workload default/client is declared with uid \"{POD_UID}\", not \"recreated-uid\""
+        )),
+        "{details}"
+    );
+    assert_eq!(cni.enrolled(), ["web-uid"]);
+    assert!(!cni.address_allocated());
+    assert!(!pod.links().contains("eth0"), "{}", pod.links());
+
+    let socket = cni.node.state_dir().join("agent.sock");
+    let delete = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "DELETE",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&socket)
+        .arg("http://agent/v1/pods/recreated-uid")
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&delete.stdout);
+    let (body, code) = answer.rsplit_once('\n').unwrap();
+    assert_eq!(code, "404", "{answer}");
+    assert_eq!(
+        serde_json::from_str::<Value>(body).unwrap()["reason"],
+        "not_enrolled"
+    );
+    for _ in 0..2 {
+        cni.runtime.del(&pod.sandbox(), None).unwrap().unwrap();
+    }
 }
 
 /// mesh-cni run by hand the way a broken runtime or config would: each bad input gets its

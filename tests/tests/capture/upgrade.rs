@@ -191,3 +191,79 @@ fn sigterm_drains_open_connections_and_refuses_new_ones() {
         "the agent did not exit after draining"
     );
 }
+
+/// A new agent whose programs need another map layout than the one pinned (another version)
+/// says so and exits; the running agent goes on serving and enrolling as before.
+#[test]
+fn an_agent_that_cannot_share_the_pinned_maps_leaves_the_running_one_alone() {
+    require_root();
+    let mut mesh = ClientWeb::new(53);
+    mesh.assert_vip_works();
+    // As another version would have pinned it: same name, 8-byte values instead of 4. The
+    // running agent's programs keep the map they were loaded with.
+    let pin = mesh.node.bpffs().join("maps").join("MESH_POD_NETNS");
+    std::fs::remove_file(&pin).unwrap();
+    pin_hash_map(&pin, 8, 8);
+
+    let error = match mesh.node.upgrade_agent() {
+        Ok(_) => panic!("an agent took over with a different map layout"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("exited") && error.contains("another layout"),
+        "{error}"
+    );
+    let log = mesh.node.agent().unwrap().log();
+    assert!(!log.contains("handed over"), "{log}");
+    mesh.assert_vip_works();
+    mesh.node.unenroll("web-uid").unwrap();
+    mesh.node.enroll(&mesh.web, "web-uid", "web").unwrap();
+    mesh.assert_vip_works();
+}
+
+/// Creates a BPF hash map and pins it at `path` (what another agent version would leave).
+fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    // bpf_attr for BPF_MAP_CREATE starts with type, key size, value size, max entries.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, key_size, value_size, 16]);
+    // SAFETY: a valid, zero-padded bpf_attr of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            create.as_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // bpf_attr for BPF_OBJ_PIN: the path pointer, then the fd.
+    let mut pin = [0u64; 16];
+    pin[0] = name.as_ptr() as u64;
+    pin[1] = fd as u64;
+    // SAFETY: as above; `name` outlives the call.
+    let pinned = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            pin.as_ptr(),
+            std::mem::size_of_val(&pin),
+        )
+    };
+    assert_eq!(
+        pinned,
+        0,
+        "BPF_OBJ_PIN: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: our descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}

@@ -1,8 +1,8 @@
 //! Raw bytes on the agent's admin socket: the agent's own HTTP/1 connection handling
 //! (`admin::listen::serve`, with its timeouts and limits), its routes (`socket_routes`: the
 //! loopback address serves a subset), the enroll body's size limit and parsing, the uid in a
-//! path. Behind the routes, `Answers` replies without a kernel; what enrollment does with a
-//! parsed request is the enroll_request target's.
+//! path, the log filter's checks and parser. Behind the routes, `Answers` replies without a
+//! kernel; what enrollment does with a parsed request is the enroll_request target's.
 #![no_main]
 
 use std::future::Future;
@@ -25,6 +25,15 @@ impl AdminApi for Answers {
 
     async fn readiness(&self) -> Readiness {
         Readiness::new(true, vec!["resume of pod default/a (uid a)".to_owned()])
+    }
+
+    fn log_filter(&self) -> Option<String> {
+        Some("info".to_owned())
+    }
+
+    /// The agent's own directive checks and parser, without touching this process's logging.
+    fn set_log_filter(&self, directives: &str) -> Result<String, String> {
+        mesh_agent::logging::parse(directives).map(|filter| filter.to_string())
     }
 
     fn metrics(&self) -> String {

@@ -183,8 +183,19 @@ pub async fn run(settings: Settings) -> Result<()> {
             serving.extend(admin.serve(agent.clone())?);
         }
         let agent = agent.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::spawn(async move {
-            released.predecessor_exited().await;
+            let adopting = agent.clone();
+            released
+                .follow(move |connection, pod_side, peer_side| {
+                    runtime.spawn(handover::adopt(
+                        adopting.clone(),
+                        connection,
+                        pod_side,
+                        peer_side,
+                    ));
+                })
+                .await;
             tracing::info!("the previous agent has exited");
             if let Err(e) = agent.datapath.maps.keep_agent_cgroups(&[agent.cgroup_id]) {
                 tracing::warn!(error = %format!("{e:#}"), "removing the previous agent's cgroup from MESH_AGENT_CGROUPS");

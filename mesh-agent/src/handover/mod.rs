@@ -25,11 +25,15 @@
 //! with everything it needs. SIGTERM without a successor drains the same way after closing the
 //! listeners: captured connections are then refused (fail closed) until an agent starts.
 
+mod connections;
 mod drain;
 mod predecessor;
 mod successor;
 mod wire;
 
+pub use connections::{
+    adopt, relay_or_hand_over, HandedConnection, Handoff, Pause, TrackedConnection,
+};
 pub(crate) use drain::serve_draining;
 pub use drain::Drain;
 pub use predecessor::{serve, Handover, OwnListeners};
@@ -69,6 +73,8 @@ pub enum Message {
     Offered,
     Ready,
     Released,
+    /// A relayed connection, as descriptors (pod side, peer side).
+    Connection(HandedConnection),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -111,9 +111,7 @@ pub fn serve(
                         tracing::warn!(error = %format!("{e:#}"), "telling the successor failed; it serves anyway");
                     }
                     tracing::info!("handed over to the successor; draining");
-                    // Kept open until this process exits: the successor learns from its end
-                    // closing that this agent is gone.
-                    std::mem::forget(channel);
+                    hand_over_connections(&agent, &channel);
                     return;
                 }
                 Err(e) => {
@@ -123,6 +121,28 @@ pub fn serve(
             }
         })
         .expect("spawning the handover thread");
+}
+
+/// Pauses the relayed connections and sends each to the successor, until this process exits
+/// (the successor learns from the socket closing that this agent is gone).
+fn hand_over_connections(agent: &Agent, channel: &Channel) {
+    let paused = agent.proxy.handoff.start();
+    let mut handed = 0usize;
+    while let Ok((connection, pod_side, peer_side)) = paused.recv() {
+        let sent = channel.send(
+            &Message::Connection(connection),
+            &[pod_side.as_fd(), peer_side.as_fd()],
+        );
+        match sent {
+            Ok(()) => handed += 1,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "handing a connection to the successor failed; closed");
+            }
+        }
+        if handed.is_power_of_two() {
+            tracing::info!(handed, "relayed connections handed to the successor");
+        }
+    }
 }
 
 /// One successor, up to its `Ready`.

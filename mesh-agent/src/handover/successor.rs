@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::wire::{socket_path, Channel, Listener};
-use super::{version, ListenerRole, Message};
+use super::{version, HandedConnection, ListenerRole, Message};
 use crate::admin::AdminListeners;
 use crate::datapath::Layout;
 
@@ -143,11 +143,24 @@ impl Pending {
 }
 
 impl Released {
-    /// Resolves when the old agent has exited (its end of the socket closed).
-    pub async fn predecessor_exited(self) {
+    /// Takes the relayed connections the old agent hands over (`adopt` each) until it has
+    /// exited (its end of the socket closed).
+    pub async fn follow(self, adopt: impl Fn(HandedConnection, OwnedFd, OwnedFd) + Send + 'static) {
         let _ = tokio::task::spawn_blocking(move || {
             let _ = self.channel.set_read_timeout(Duration::ZERO);
-            while self.channel.recv().is_ok() {}
+            loop {
+                match self.channel.recv() {
+                    Ok((Message::Connection(connection), fds)) if fds.len() == 2 => {
+                        let mut fds = fds.into_iter();
+                        let (pod_side, peer_side) = (fds.next().unwrap(), fds.next().unwrap());
+                        adopt(connection, pod_side, peer_side);
+                    }
+                    Ok((other, _)) => {
+                        tracing::warn!(message = ?other, "unexpected handover message; ignored")
+                    }
+                    Err(_) => return,
+                }
+            }
         })
         .await;
     }

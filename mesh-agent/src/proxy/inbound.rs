@@ -11,7 +11,8 @@ use super::http::sniff;
 use super::policy::{admit_counted, Carries, PeerInfo, Transport};
 use super::request_security::{self, serve::serve_inbound, serve::Inbound};
 use super::tracker::{NewConnection, Registration};
-use super::{relay::relay, upstream, PodContext};
+use super::{upstream, PodContext};
+use crate::handover::{relay_or_hand_over, HandedConnection};
 use crate::metrics::{Direction, Failure};
 
 pub async fn handle(client_stream: TcpStream, client: SocketAddr, context: Arc<PodContext>) {
@@ -101,8 +102,22 @@ pub async fn handle(client_stream: TcpStream, client: SocketAddr, context: Arc<P
             serve_inbound(client_stream, delivered.stream, inbound, registration).await;
         }
         None => {
+            let describe = || HandedConnection {
+                pod: context.pod.clone(),
+                direction: Direction::Inbound,
+                peer_pod: None,
+                tracked: registration.describe(),
+            };
+            let relayed = relay_or_hand_over(
+                &context,
+                delivered.stream,
+                client_stream,
+                counters,
+                None,
+                describe,
+            );
             tokio::select! {
-                _ = relay(delivered.stream, client_stream, counters, None) => {}
+                _ = relayed => {}
                 _ = registration.closed() => {}
             }
         }
@@ -123,10 +138,20 @@ pub fn decision_holds(
     carries: Carries,
 ) -> bool {
     let current = context.registry.snapshot();
-    if Arc::ptr_eq(used, &current) {
-        return true;
-    }
-    let judged = request_security::judged_per_request(&current, &context.workload, port);
+    Arc::ptr_eq(used, &current) || still_admitted(context, &current, peer, port, transport, carries)
+}
+
+/// Whether the config `current` admits an open connection into `context`'s pod: the
+/// tracker's judgement, also of a connection handed over by the previous agent.
+pub fn still_admitted(
+    context: &PodContext,
+    current: &mesh_api::Snapshot,
+    peer: &PeerInfo,
+    port: u16,
+    transport: Transport,
+    carries: Carries,
+) -> bool {
+    let judged = request_security::judged_per_request(current, &context.workload, port);
     let fits = match carries {
         Carries::Http => judged,
         Carries::Bytes => !judged,
@@ -134,7 +159,7 @@ pub fn decision_holds(
     };
     let counters = &context.counters.inbound;
     fits && admit_counted(
-        &current,
+        current,
         &context.workload,
         peer,
         port,

@@ -21,13 +21,13 @@ mod dial;
 mod hbone;
 pub mod http;
 mod idle;
-mod inbound;
+pub(crate) mod inbound;
 mod outbound;
-mod policy;
-mod relay;
+pub(crate) mod policy;
+pub(crate) mod relay;
 pub mod request_security;
 mod telemetry;
-mod tracker;
+pub(crate) mod tracker;
 mod upstream;
 
 pub use tracker::{enforce_on_changes, ConnectionStatus, ConnectionTable};
@@ -85,6 +85,8 @@ pub struct Shared {
     pub circuits: circuit::Breakers,
     /// Connections being served, and the signal that tells them to finish (upgrade, SIGTERM).
     pub drain: crate::handover::Drain,
+    /// Relayed connections paused for a successor agent, on their way to it.
+    pub handoff: crate::handover::Handoff,
 }
 
 impl Default for Shared {
@@ -96,6 +98,7 @@ impl Default for Shared {
             http: Default::default(),
             circuits: Default::default(),
             drain: Default::default(),
+            handoff: Default::default(),
         };
         shared.http.telemetry.register(
             "mesh_circuit_breaker_opens",

@@ -15,11 +15,13 @@ use super::dial::{connect_first, Upstream};
 use super::http::{self, HttpTarget};
 use super::idle;
 use super::policy::Carries;
-use super::relay::{relay, relay_stream};
+use super::relay::relay_stream;
 use super::telemetry::{ConnectionRecord, PeerLabels};
+use super::tracker::Registration;
 use super::PodContext;
 use crate::balance::Picked;
-use crate::metrics::{DirectionCounters, Failure};
+use crate::handover::{relay_or_hand_over, HandedConnection};
+use crate::metrics::{Direction, DirectionCounters, Failure};
 use crate::registry::{Route, Source};
 
 pub async fn handle(app_stream: TcpStream, app: SocketAddr, context: Arc<PodContext>) {
@@ -110,7 +112,7 @@ async fn relay_to(
     telemetry.tcp_opened(&labels);
     // Watched beside the relay that owns it, and dropped with it (see `idle::idle_for`).
     let app_fd = app_stream.as_raw_fd();
-    let relayed = relay_upstream(app_stream, upstream, counters);
+    let relayed = relay_upstream(context, app_stream, upstream, counters);
     let (sent, received) = tokio::select! {
         moved = relayed => moved,
         _ = idle::idle_for(app_fd, idle_timeout) => {
@@ -139,24 +141,51 @@ async fn relay_to(
 /// Relays the app's connection over `upstream` until both directions end (or policy closes a
 /// same-node one); the bytes sent and received.
 async fn relay_upstream(
+    context: &PodContext,
     app_stream: TcpStream,
     upstream: Upstream,
     counters: &DirectionCounters,
 ) -> (u64, u64) {
     match upstream {
-        Upstream::Remote(stream) => relay(app_stream, stream, counters, None).await,
+        Upstream::Remote(stream) => {
+            let describe = || handed(context, None, None);
+            relay_or_hand_over(context, app_stream, stream, counters, None, describe).await
+        }
         Upstream::Hbone(stream, _registration) => {
             relay_stream(app_stream, TokioIo::new(stream), counters).await
         }
         Upstream::Local(delivered, peer, registration) => {
             let peer_counters = &peer.counters.inbound;
             peer_counters.connections.inc();
+            let describe = || handed(context, Some(&peer), Some(&registration));
+            let relayed = relay_or_hand_over(
+                context,
+                app_stream,
+                delivered.stream,
+                counters,
+                Some(peer_counters),
+                describe,
+            );
             tokio::select! {
-                moved = relay(app_stream, delivered.stream, counters, Some(peer_counters)) => moved,
+                moved = relayed => moved,
                 // Closed by policy: the relay's counts are lost with it.
                 _ = registration.closed() => (0, 0),
             }
         }
+    }
+}
+
+/// An outbound relayed connection as a successor agent takes it over.
+fn handed(
+    context: &PodContext,
+    peer: Option<&PodContext>,
+    registration: Option<&Registration>,
+) -> HandedConnection {
+    HandedConnection {
+        pod: context.pod.clone(),
+        direction: Direction::Outbound,
+        peer_pod: peer.map(|p| p.pod.clone()),
+        tracked: registration.and_then(Registration::describe),
     }
 }
 

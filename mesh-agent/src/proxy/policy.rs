@@ -31,7 +31,7 @@ pub enum Transport {
 }
 
 /// Who is connecting.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
     /// Verified SPIFFE ID; `None` for plaintext.
     pub principal: Option<String>,
@@ -39,7 +39,7 @@ pub struct PeerInfo {
 }
 
 /// What a connection into a pod carries, as far as the proxy knows when it opens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Carries {
     /// Opaque bytes (or HTTP the proxy will not look into): judged per connection.
     Bytes,

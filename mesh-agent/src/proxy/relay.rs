@@ -11,23 +11,48 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+use crate::handover::Pause;
 use crate::metrics::DirectionCounters;
 
 /// Most bytes moved per splice call (the default pipe capacity).
 const CHUNK: usize = 64 * 1024;
 
+/// What a relay of two sockets did.
+pub struct Relayed {
+    /// Bytes sent by the pod, received by it.
+    pub sent: u64,
+    pub received: u64,
+    /// Both sockets (pod side, peer side), when the relay stopped for a successor agent
+    /// (`pause`) with nothing of the connection left in the relay, instead of ending.
+    pub paused: Option<(TcpStream, TcpStream)>,
+}
+
 /// Copies until both directions are done, then records the bytes and returns them (sent by
 /// the pod, received by it). `pod_side` is the socket facing the enrolled pod's app,
 /// `peer_side` the other end; when the peer is an enrolled pod on this node too (same-node
 /// delivery), `peer_counters` are its inbound counters.
+///
+/// When `pause` resolves (an upgrade: the successor agent takes the connection over), each
+/// direction stops before its next read, once what it read is written: the sockets hold the
+/// whole connection then, and are returned in `paused`. A direction already ended reads its
+/// end again in the next relay and passes it on again, which changes nothing.
 pub async fn relay(
     pod_side: TcpStream,
     peer_side: TcpStream,
     counters: &DirectionCounters,
     peer_counters: Option<&DirectionCounters>,
-) -> (u64, u64) {
+    pause: &Pause,
+) -> Relayed {
     let _active = Active::new(counters, peer_counters);
-    let (sent, received) = tokio::join!(pump(&pod_side, &peer_side), pump(&peer_side, &pod_side));
+    let (sent, received) = tokio::join!(
+        pump(&pod_side, &peer_side, pause.clone().until()),
+        pump(&peer_side, &pod_side, pause.clone().until())
+    );
+    // Handed over only when neither direction failed and one of them paused.
+    let paused = matches!(
+        (&sent, &received),
+        (Ok(Flow::Paused(_)), Ok(_)) | (Ok(_), Ok(Flow::Paused(_)))
+    );
     let (sent, received) = (moved(sent), moved(received));
     counters.bytes_sent.inc_by(sent);
     counters.bytes_received.inc_by(received);
@@ -35,7 +60,17 @@ pub async fn relay(
         peer.bytes_sent.inc_by(received);
         peer.bytes_received.inc_by(sent);
     }
-    (sent, received)
+    Relayed {
+        sent,
+        received,
+        paused: paused.then_some((pod_side, peer_side)),
+    }
+}
+
+/// How a direction of a relay stopped, with the bytes it moved.
+enum Flow {
+    Ended(u64),
+    Paused(u64),
 }
 
 /// Like [`relay`] for a peer side that is not a socket (an HBONE stream): bytes go through
@@ -117,9 +152,9 @@ impl Drop for Active<'_> {
     }
 }
 
-fn moved(result: Result<u64, (u64, io::Error)>) -> u64 {
+fn moved<T: Into<u64>>(result: Result<T, (u64, io::Error)>) -> u64 {
     match result {
-        Ok(bytes) => bytes,
+        Ok(bytes) => bytes.into(),
         // A reset from either side is ordinary end of life for a connection.
         Err((bytes, e)) => {
             tracing::debug!(error = %e, "relay direction ended with an error");
@@ -128,13 +163,32 @@ fn moved(result: Result<u64, (u64, io::Error)>) -> u64 {
     }
 }
 
+impl From<Flow> for u64 {
+    fn from(flow: Flow) -> u64 {
+        match flow {
+            Flow::Ended(bytes) | Flow::Paused(bytes) => bytes,
+        }
+    }
+}
+
 /// Moves `from`'s bytes to `to` until end of stream, then half-closes `to` so the far side
-/// sees the end too. Returns the bytes moved (also on error).
-async fn pump(from: &TcpStream, to: &TcpStream) -> Result<u64, (u64, io::Error)> {
+/// sees the end too; or, once `pause` resolves, stops before the next read. Returns the bytes
+/// moved (also on error).
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    pause: impl std::future::Future<Output = ()>,
+) -> Result<Flow, (u64, io::Error)> {
     let mut moved = 0u64;
     let mut pipe: Option<Pipe> = None;
+    tokio::pin!(pause);
     loop {
-        from.readable().await.map_err(|e| (moved, e))?;
+        // The pipe is empty here: everything read so far has been written.
+        tokio::select! {
+            biased;
+            readable = from.readable() => readable.map_err(|e| (moved, e))?,
+            _ = &mut pause => return Ok(Flow::Paused(moved)),
+        }
         let pipe = match &pipe {
             Some(p) => p,
             None => pipe.insert(Pipe::new().map_err(|e| (moved, e))?),
@@ -166,7 +220,7 @@ async fn pump(from: &TcpStream, to: &TcpStream) -> Result<u64, (u64, io::Error)>
         }
     }
     shutdown_write(to);
-    Ok(moved)
+    Ok(Flow::Ended(moved))
 }
 
 struct Pipe {
@@ -235,7 +289,7 @@ mod tests {
                 listener.accept().await.unwrap()
             });
         let counters = DirectionCounters::default();
-        let relay_task = async { relay(a2, b1, &counters, None).await };
+        let relay_task = async { relay(a2, b1, &counters, None, &Pause::never()).await };
         let traffic = async {
             let payload = vec![7u8; 1_000_000];
             a1.write_all(&payload).await.unwrap();
@@ -253,6 +307,59 @@ mod tests {
         assert_eq!(counters.bytes_sent.get(), 1_000_000);
         assert_eq!(counters.bytes_received.get(), 5);
         assert_eq!(counters.active.get(), 0);
+    }
+
+    /// Paused mid-transfer (an upgrade), the relay hands back both sockets with every byte
+    /// it read already written: a second relay on them (the successor's) completes the
+    /// transfer exactly.
+    #[tokio::test]
+    async fn a_paused_relay_loses_nothing_and_a_second_relay_finishes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut a1, (a2, _)) =
+            tokio::join!(async { TcpStream::connect(addr).await.unwrap() }, async {
+                listener.accept().await.unwrap()
+            });
+        let (b1, (mut b2, _)) =
+            tokio::join!(async { TcpStream::connect(addr).await.unwrap() }, async {
+                listener.accept().await.unwrap()
+            });
+        let payload: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        let handoff = crate::handover::Handoff::default();
+        let counters = DirectionCounters::default();
+        // Keeps writing across the pause (the socket buffers, then the second relay, take it).
+        let writer = tokio::spawn({
+            let payload = payload.clone();
+            async move {
+                a1.write_all(&payload).await.unwrap();
+                a1.shutdown().await.unwrap();
+                a1
+            }
+        });
+        let pause = handoff.pause();
+        let first = async {
+            let relayed = relay(a2, b1, &counters, None, &pause).await;
+            relayed.paused.expect("paused, not ended")
+        };
+        let reader = async {
+            let mut got = vec![0u8; 100_000];
+            b2.read_exact(&mut got).await.unwrap();
+            // Mid-transfer: the relay is told to stop.
+            let _queue = handoff.start();
+            got
+        };
+        let ((a2, b1), mut got) = tokio::join!(first, reader);
+        let never = Pause::never();
+        let second = relay(a2, b1, &counters, None, &never);
+        let rest = async {
+            b2.read_to_end(&mut got).await.unwrap();
+            b2.shutdown().await.unwrap();
+        };
+        let (relayed, ()) = tokio::join!(second, rest);
+        let _a1 = writer.await.unwrap();
+        assert!(relayed.paused.is_none());
+        assert_eq!(got.len(), payload.len());
+        assert!(got == payload, "bytes lost or reordered across the pause");
     }
 
     /// A socket relayed to an in-memory stream (what an HBONE stream is to the relay): bytes

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use super::policy::{admit, Carries, PeerInfo, Transport};
 use super::request_security::judged_per_request;
+use crate::handover::TrackedConnection;
 use crate::metrics::{Direction, DirectionCounters};
 use crate::registry::Registry;
 
@@ -76,6 +77,20 @@ pub struct Registration {
 impl Registration {
     pub async fn closed(&self) {
         self.close.notified().await
+    }
+
+    /// The connection as tracked, for a successor agent to track it the same way.
+    pub fn describe(&self) -> Option<TrackedConnection> {
+        let open = self.table.open.lock();
+        let tracked = open.get(&self.id)?;
+        Some(TrackedConnection {
+            pod: tracked.pod.clone(),
+            transport: tracked.transport,
+            peer: tracked.peer.clone(),
+            peer_address: tracked.peer_address,
+            destination: tracked.destination,
+            carries: tracked.carries,
+        })
     }
 }
 

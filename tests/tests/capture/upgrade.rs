@@ -1,11 +1,12 @@
 //! Upgrading the agent under load: a second agent process takes over from the running one
 //! (the handover socket in the state directory), the old one drains and exits. New connections
 //! opened all along never fail, none goes around the mesh, and connections the old agent was
-//! relaying keep working while it drains. The same drain on SIGTERM without a successor.
+//! relaying are handed to the new one and survive. SIGTERM without a successor drains.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mesh_tests::two_nodes::authz_policy;
 use mesh_tests::{require_root, PodProcess};
 
 use crate::support::*;
@@ -94,8 +95,8 @@ fn rate_result(mut rate: PodProcess) -> serde_json::Value {
 
 /// A new agent takes over while the client opens connections back to back: none of them
 /// fails or goes around the mesh (the kernel's connect4 counter rises by every one of them),
-/// the new agent serves afterwards, and connections the old agent relays keep working
-/// through its drain.
+/// the new agent serves afterwards, and the connections the old agent relayed are handed to
+/// the new one and outlive the old process.
 #[test]
 fn a_second_agent_takes_over_without_refusing_a_connection() {
     require_root();
@@ -104,18 +105,14 @@ fn a_second_agent_takes_over_without_refusing_a_connection() {
     let dir = tempfile::tempdir().unwrap();
     let verify = dir.path().join("verify");
     let mut holder = hold(&mesh, addr, 16, &verify);
+    // Checked after a policy change on the new agent, which must close them.
+    let denied_verify = dir.path().join("verify-denied");
+    let mut denied = hold(&mesh, addr, 4, &denied_verify);
     let captured_before = Status::of(&mesh.node).kernel("connect_captured");
 
     let rate = connect_rate(&mesh, addr, 3.0);
     std::thread::sleep(Duration::from_millis(700));
     let mut old = mesh.node.upgrade_agent().unwrap();
-    // The old agent drains: the held connections (its relays) still work meanwhile.
-    assert!(old.is_running(), "the old agent exited at once");
-    let during = verdict(&mut holder, &verify);
-    assert_eq!(
-        during["alive"], 16,
-        "held connections during the drain: {during}"
-    );
 
     let result = rate_result(rate);
     let made = result["connections"].as_u64().unwrap();
@@ -134,15 +131,36 @@ fn a_second_agent_takes_over_without_refusing_a_connection() {
         captured_before,
         status.kernel("connect_captured")
     );
-    // The old agent exits by its drain deadline (3 s in tests).
+    // The old agent hands its relayed connections over and exits well before its drain
+    // deadline (3 s in tests), nothing being left to drain.
     assert!(
         mesh_tests::wait_until(Duration::from_secs(10), || !old.is_running()),
         "the old agent did not exit after draining"
     );
+    let log = old.log();
     assert!(
-        old.log().contains("handed over to the successor"),
+        log.contains("handed over to the successor"),
         "{}",
         old.log_tail(20)
+    );
+    assert!(log.contains("closed_at_deadline=0"), "{}", old.log_tail(20));
+    // The held connections outlived the process that accepted them: the new agent relays
+    // them (its gauge counts them on both pods).
+    let status = Status::of(&mesh.node);
+    assert!(
+        status.pod("default/client", "outbound", "active") >= 20,
+        "{:?}",
+        status.0
+    );
+    assert!(
+        status.pod("default/web", "inbound", "active") >= 20,
+        "{:?}",
+        status.0
+    );
+    let after = verdict(&mut holder, &verify);
+    assert_eq!(
+        after["alive"], 16,
+        "held connections after the upgrade: {after}"
     );
     assert_eq!(status.pod_names(), ["default/client", "default/web"]);
     mesh.assert_vip_works();
@@ -151,6 +169,19 @@ fn a_second_agent_takes_over_without_refusing_a_connection() {
     mesh.node.unenroll("web-uid").unwrap();
     mesh.node.enroll(&mesh.web, "web-uid", "web").unwrap();
     mesh.assert_vip_works();
+    // The new agent enforces policy on the connections it took over, as on its own.
+    let mut config = std::fs::read_to_string(mesh.node.config_path()).unwrap();
+    config += &authz_policy(
+        "default",
+        "deny-all",
+        "  selector: {app: web}\n  action: DENY\n  rules:\n  - {}\n",
+    );
+    mesh.node.reload_config(&config).unwrap();
+    let after_deny = verdict(&mut denied, &denied_verify);
+    assert_eq!(
+        after_deny["alive"], 0,
+        "denied connections still open: {after_deny}"
+    );
 }
 
 /// SIGTERM without a successor: the agent stops accepting (captured connections are refused,

@@ -33,6 +33,8 @@
 //! - `root_rotation`: cross-node traffic keeps working through a CA root rotation.
 //! - `policy_update`: a policy change (AuthorizationPolicy, MeshConfig `defaultPolicy`)
 //!   closes open connections it now denies, from either node.
+//! - `upgrade`: either node's agent replaced under cross-node load: no new connection fails,
+//!   HBONE connections on the old agent drain (GOAWAY), later ones go to the new agent.
 //!
 //! Needs root; run with `--test-threads=1` after `cargo xtask build-ebpf && cargo build -p
 //! mesh-agent -p mesh-control -p mesh-tests --bins`. The tests share one bridge subnet
@@ -53,3 +55,4 @@ mod server_identity;
 mod sniffer;
 mod support;
 mod traffic;
+mod upgrade;

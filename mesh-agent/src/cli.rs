@@ -97,6 +97,11 @@ pub struct RunArgs {
     /// Where enrollments and the admin socket live [default: /var/run/mesh-agent].
     #[arg(long, env = "MESH_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Where the node's credential (key, certificate, trust bundle) is kept [default:
+    /// <state-dir>/identity]. Put it on storage that survives a reboot (the state dir is
+    /// usually a tmpfs): a node that keeps its credential needs no new join token.
+    #[arg(long, env = "MESH_AGENT_IDENTITY_DIR")]
+    pub identity_dir: Option<PathBuf>,
     /// Upstream connect timeout in milliseconds [default: 5000].
     #[arg(long)]
     pub connect_timeout_ms: Option<u64>,

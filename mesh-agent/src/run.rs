@@ -54,7 +54,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     } else {
         Some(
             NodeIdentity::bootstrap(
-                &settings.state_dir,
+                &settings.identity_dir,
                 &settings.node_name,
                 settings.control_plane.clone(),
                 settings.join_token.as_deref(),

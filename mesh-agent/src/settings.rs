@@ -24,6 +24,7 @@ pub struct SettingsFile {
     state_dir: Option<PathBuf>,
     connect_timeout_ms: Option<u64>,
     drain_timeout_secs: Option<u64>,
+    identity_dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -40,6 +41,8 @@ pub struct Settings {
     /// `None`: detect.
     pub cgroup_root: Option<PathBuf>,
     pub state_dir: PathBuf,
+    /// Where the node's credential (key, certificate, trust bundle) is kept.
+    pub identity_dir: PathBuf,
     pub connect_timeout: Duration,
     /// How long a stopping agent (handed over, or SIGTERM) lets its connections finish.
     pub drain_timeout: Duration,
@@ -79,6 +82,14 @@ impl Settings {
         for url in &control_plane {
             crate::control::channel::authority(url).context("--control-plane")?;
         }
+        let state_dir: PathBuf = args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let identity_dir = args
+            .identity_dir
+            .or(file.identity_dir)
+            .unwrap_or_else(|| state_dir.join("identity"));
         Ok(Settings {
             local_config,
             control_plane,
@@ -97,10 +108,8 @@ impl Settings {
                 .or(file.bpffs)
                 .unwrap_or_else(|| "/sys/fs/bpf/mesh".into()),
             cgroup_root: args.cgroup_root.or(file.cgroup_root),
-            state_dir: args
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir,
+            identity_dir,
             connect_timeout: Duration::from_millis(
                 args.connect_timeout_ms
                     .or(file.connect_timeout_ms)

@@ -84,15 +84,16 @@ fn is_definitive(status: &tonic::Status) -> bool {
 }
 
 impl NodeIdentity {
-    /// The node's credential: the stored one if it is still good, else a fresh one from
-    /// joining with `token`. Without either, fails naming `--join-token`.
+    /// The node's credential: the stored one (in `dir`, `--identity-dir`) if it is still
+    /// good, else a fresh one from joining with `token`. Without either, fails naming
+    /// `--join-token`.
     pub async fn bootstrap(
-        state_dir: &Path,
+        dir: &Path,
         node: &str,
         urls: Vec<String>,
         token: Option<&str>,
     ) -> Result<Arc<NodeIdentity>> {
-        let dir = state_dir.join("identity");
+        let dir = dir.to_path_buf();
         let usable = match load(&dir) {
             Ok(Some(current)) => match check_stored(&current, node) {
                 Ok(()) => Ok(current),

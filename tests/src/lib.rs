@@ -24,6 +24,7 @@ pub mod cgroup;
 mod cmd;
 pub mod control;
 pub mod etcd;
+pub mod held;
 pub mod http;
 pub mod janitor;
 pub mod jwt;

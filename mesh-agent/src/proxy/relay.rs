@@ -274,20 +274,19 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    /// Both ends of a new loopback TCP connection.
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
     /// Two connected pairs (a1<->a2, b1<->b2) with a2 and b1 relayed: bytes written at a1
     /// come out at b2 and back, and a half-close travels through.
     #[tokio::test]
     async fn relays_both_ways_and_propagates_half_close() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (mut a1, (a2, _)) =
-            tokio::join!(async { TcpStream::connect(addr).await.unwrap() }, async {
-                listener.accept().await.unwrap()
-            });
-        let (b1, (mut b2, _)) =
-            tokio::join!(async { TcpStream::connect(addr).await.unwrap() }, async {
-                listener.accept().await.unwrap()
-            });
+        let ((mut a1, a2), (b1, mut b2)) = (connected().await, connected().await);
         let counters = DirectionCounters::default();
         let relay_task = async { relay(a2, b1, &counters, None, &Pause::never()).await };
         let traffic = async {
@@ -314,16 +313,7 @@ mod tests {
     /// transfer exactly.
     #[tokio::test]
     async fn a_paused_relay_loses_nothing_and_a_second_relay_finishes() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (mut a1, (a2, _)) =
-            tokio::join!(async { TcpStream::connect(addr).await.unwrap() }, async {
-                listener.accept().await.unwrap()
-            });
-        let (b1, (mut b2, _)) =
-            tokio::join!(async { TcpStream::connect(addr).await.unwrap() }, async {
-                listener.accept().await.unwrap()
-            });
+        let ((mut a1, a2), (b1, mut b2)) = (connected().await, connected().await);
         let payload: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
         let handoff = crate::handover::Handoff::default();
         let counters = DirectionCounters::default();
@@ -366,12 +356,7 @@ mod tests {
     /// both ways, the half-close passed on, the counts recorded.
     #[tokio::test]
     async fn relays_a_socket_to_a_stream() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (mut app, (pod_side, _)) =
-            tokio::join!(async { TcpStream::connect(addr).await.unwrap() }, async {
-                listener.accept().await.unwrap()
-            });
+        let (mut app, pod_side) = connected().await;
         let (peer_side, mut far) = tokio::io::duplex(1024);
         let counters = DirectionCounters::default();
         let relay_task = relay_stream(pod_side, peer_side, &counters);

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mesh_tests::held::Held;
 use mesh_tests::two_nodes::authz_policy;
 use mesh_tests::{require_root, PodProcess};
 
@@ -26,42 +27,6 @@ fn echo_server(mesh: &ClientWeb) -> (PodProcess, SocketAddr) {
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     (server, addr)
-}
-
-/// `count` connections from the client, held open until `verify` exists; then each is
-/// checked with a round trip and the result printed.
-fn hold(mesh: &ClientWeb, addr: SocketAddr, count: usize, verify: &std::path::Path) -> PodProcess {
-    let mut holder = mesh
-        .client
-        .spawn(
-            pod_tool(),
-            [
-                "hold",
-                "--connect",
-                &addr.to_string(),
-                "--count",
-                &count.to_string(),
-                "--verify-file",
-                &verify.display().to_string(),
-            ],
-        )
-        .unwrap();
-    let held = mesh_tests::wait_until(T, || holder.stdout().contains("\"held\""));
-    assert!(
-        held,
-        "hold did not open its connections: {}",
-        holder.stderr()
-    );
-    assert!(holder.is_running());
-    holder
-}
-
-fn verdict(holder: &mut PodProcess, verify: &std::path::Path) -> serde_json::Value {
-    std::fs::write(verify, b"now").unwrap();
-    let out = holder.wait_output(T).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("hold printed {text:?}: {e}"))
 }
 
 fn connect_rate(mesh: &ClientWeb, addr: SocketAddr, seconds: f64) -> PodProcess {
@@ -102,12 +67,9 @@ fn a_second_agent_takes_over_without_refusing_a_connection() {
     require_root();
     let mut mesh = ClientWeb::new(51);
     let (_server, addr) = echo_server(&mesh);
-    let dir = tempfile::tempdir().unwrap();
-    let verify = dir.path().join("verify");
-    let mut holder = hold(&mesh, addr, 16, &verify);
+    let holder = Held::open(&mesh.client, addr, 16).unwrap();
     // Checked after a policy change on the new agent, which must close them.
-    let denied_verify = dir.path().join("verify-denied");
-    let mut denied = hold(&mesh, addr, 4, &denied_verify);
+    let denied = Held::open(&mesh.client, addr, 4).unwrap();
     let captured_before = Status::of(&mesh.node).kernel("connect_captured");
 
     let rate = connect_rate(&mesh, addr, 3.0);
@@ -157,7 +119,7 @@ fn a_second_agent_takes_over_without_refusing_a_connection() {
         "{:?}",
         status.0
     );
-    let after = verdict(&mut holder, &verify);
+    let after = holder.check().unwrap();
     assert_eq!(
         after["alive"], 16,
         "held connections after the upgrade: {after}"
@@ -177,7 +139,7 @@ fn a_second_agent_takes_over_without_refusing_a_connection() {
         "  selector: {app: web}\n  action: DENY\n  rules:\n  - {}\n",
     );
     mesh.node.reload_config(&config).unwrap();
-    let after_deny = verdict(&mut denied, &denied_verify);
+    let after_deny = denied.check().unwrap();
     assert_eq!(
         after_deny["alive"], 0,
         "denied connections still open: {after_deny}"
@@ -191,9 +153,7 @@ fn sigterm_drains_open_connections_and_refuses_new_ones() {
     require_root();
     let mut mesh = ClientWeb::new(52);
     let (_server, addr) = echo_server(&mesh);
-    let dir = tempfile::tempdir().unwrap();
-    let verify = dir.path().join("verify");
-    let mut holder = hold(&mesh, addr, 8, &verify);
+    let holder = Held::open(&mesh.client, addr, 8).unwrap();
     let agent = mesh.node.agent().unwrap();
     let pid = nix::unistd::Pid::from_raw(agent.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -201,7 +161,7 @@ fn sigterm_drains_open_connections_and_refuses_new_ones() {
         .log()
         .contains("draining")));
     assert!(agent.is_running(), "the agent exited without draining");
-    let during = verdict(&mut holder, &verify);
+    let during = holder.check().unwrap();
     assert_eq!(
         during["alive"], 8,
         "held connections during the drain: {during}"

@@ -2,40 +2,13 @@
 //! node's agent is replaced, and the HBONE connections the old agent carried drain: they keep
 //! working until its deadline and are then closed, never left hanging.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use mesh_tests::held::Held;
 use mesh_tests::two_nodes::TwoNodes;
-use mesh_tests::{cargo_bin, require_root, wait_until, Pod, PodProcess};
+use mesh_tests::{cargo_bin, require_root, wait_until};
 
 use crate::support::*;
-
-fn hold(client: &Pod, addr: SocketAddr, count: usize, verify: &std::path::Path) -> PodProcess {
-    let args = [
-        "hold".to_string(),
-        "--connect".into(),
-        addr.to_string(),
-        "--count".into(),
-        count.to_string(),
-        "--verify-file".into(),
-        verify.display().to_string(),
-    ];
-    let mut holder = client.spawn(cargo_bin("pod-tool"), &args).unwrap();
-    assert!(
-        wait_until(T, || holder.stdout().contains("\"held\"")),
-        "hold did not open its connections: {}",
-        holder.stderr()
-    );
-    holder
-}
-
-fn verdict(holder: &mut PodProcess, verify: &std::path::Path) -> serde_json::Value {
-    std::fs::write(verify, b"now").unwrap();
-    let out = holder.wait_output(T).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("hold printed {text:?}: {e}"))
-}
 
 /// Client `a` on node-1 opens connections back to back to `b` on node-2 (HBONE) while first
 /// node-2's agent, then node-1's is upgraded: none fails. Connections held through the old
@@ -50,11 +23,9 @@ fn upgrading_either_node_under_cross_node_load_fails_no_connection() {
         .expect("starting two nodes");
     mesh.serve_echo("b", ECHO_PORT);
     let target = mesh.pod("b").addr(ECHO_PORT);
-    let dir = tempfile::tempdir().unwrap();
     for node in [1, 0] {
-        let verify = dir.path().join(format!("verify-{node}"));
         let client = &mesh.pod("a").pod;
-        let mut holder = hold(client, target, 4, &verify);
+        let holder = Held::open(client, target, 4).unwrap();
         let rate = client
             .spawn(
                 cargo_bin("pod-tool"),
@@ -72,7 +43,7 @@ fn upgrading_either_node_under_cross_node_load_fails_no_connection() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(700));
         let mut old = mesh.agents[node].upgrade_agent().unwrap();
-        let during = verdict(&mut holder, &verify);
+        let during = holder.check().unwrap();
         assert_eq!(
             during["alive"], 4,
             "node {node}: held HBONE connections during the drain: {during}"
@@ -81,12 +52,7 @@ fn upgrading_either_node_under_cross_node_load_fails_no_connection() {
         // elsewhere: these go to the new agent.
         assert!(wait_until(T, || old.log().contains("draining")));
         std::thread::sleep(Duration::from_millis(300));
-        let mut holder = hold(
-            &mesh.pod("a").pod,
-            target,
-            2,
-            &verify.with_extension("late"),
-        );
+        let late = Held::open(&mesh.pod("a").pod, target, 2).unwrap();
         let mut rate = rate;
         let out = rate.wait_output(Duration::from_secs(30)).unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -107,7 +73,7 @@ fn upgrading_either_node_under_cross_node_load_fails_no_connection() {
             old.log_tail(20)
         );
         // Opened after the takeover: the new agents carry them, they outlive the old one.
-        let late = verdict(&mut holder, &verify.with_extension("late"));
+        let late = late.check().unwrap();
         assert_eq!(
             late["alive"], 2,
             "node {node}: connections opened after the takeover: {late}"

@@ -87,11 +87,21 @@ pub struct Extra<'a> {
 }
 
 impl CrossBed {
-    pub fn start(bins: &Path, pod_tool: PathBuf) -> Result<CrossBed> {
-        Self::start_with(bins, pod_tool, None)
+    /// Both nodes run `agent` (e.g. an older build, for before/after numbers).
+    pub fn start(bins: &Path, agent: &Path, pod_tool: PathBuf) -> Result<CrossBed> {
+        Self::start_with_agent(bins, agent, pod_tool, None)
     }
 
     pub fn start_with(bins: &Path, pod_tool: PathBuf, extra: Option<Extra>) -> Result<CrossBed> {
+        Self::start_with_agent(bins, &bins.join("mesh-agent"), pod_tool, extra)
+    }
+
+    fn start_with_agent(
+        bins: &Path,
+        agent: &Path,
+        pod_tool: PathBuf,
+        extra: Option<Extra>,
+    ) -> Result<CrossBed> {
         progress("cross-node: a bridge and four pods: xclient, xserver (mesh), xdclient, xdserver (direct)");
         let bridge = new_bridge()?;
         let client = Pod::new(&bridge, CLIENT, 2)?;
@@ -125,9 +135,8 @@ impl CrossBed {
         let token1 = meshctl.join_token(NODE_1)?;
         let token2 = meshctl.join_token(NODE_2)?;
         let join_tokens = token1.is_some();
-        let agent = bins.join("mesh-agent");
-        let node1 = Agent::start(&agent, NODE_1, &control.url(), token1)?;
-        let node2 = Agent::start(&agent, NODE_2, &control.url(), token2)?;
+        let node1 = Agent::start(agent, NODE_1, &control.url(), token1)?;
+        let node2 = Agent::start(agent, NODE_2, &control.url(), token2)?;
         // Enrollment checks the pod against its declared Workload: wait for the config.
         node2.enroll_when_declared(&server, SERVER_UID, SERVER)?;
         node1.enroll_when_declared(&client, CLIENT_UID, CLIENT)?;

@@ -69,10 +69,10 @@ pub struct CrossNode {
     pub took: f64,
 }
 
-/// Runs the scenario with the release binaries in `bins`.
-pub fn run(bins: &Path, plan: &Plan) -> Result<CrossNode> {
+/// Runs the scenario with the release binaries in `bins`, both nodes running `agent`.
+pub fn run(bins: &Path, agent: &Path, plan: &Plan) -> Result<CrossNode> {
     let started = Instant::now();
-    let bed = CrossBed::start(bins, bins.join("pod-tool"))?;
+    let bed = CrossBed::start(bins, agent, bins.join("pod-tool"))?;
     let mut run = Runner {
         bed,
         plan,

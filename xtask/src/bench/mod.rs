@@ -76,7 +76,7 @@ pub struct BenchArgs {
     /// Use the release binaries already in target/release instead of building them first.
     #[arg(long)]
     no_build: bool,
-    /// The mesh-agent binary the same-node scenario measures [default:
+    /// The mesh-agent binary the same-node and cross-node scenarios measure [default:
     /// target/release/mesh-agent], e.g. an older build for before/after numbers.
     #[arg(long)]
     agent: Option<PathBuf>,
@@ -122,7 +122,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let same = same_node::run(&args.agent_or_default(), &plan, iptables)?;
     let (rows, mut notes, mut raw) = (same.rows, same.notes, same.raw);
     progress("cross-node: HBONE across two agents");
-    let cross = cross_node::run(&release_dir(), &plan);
+    let cross = cross_node::run(&release_dir(), &args.agent_or_default(), &plan);
     if let Err(e) = &cross {
         eprintln!("cross-node: {e:#}");
     }
@@ -224,9 +224,9 @@ fn same_node_only(args: BenchArgs) -> Result<()> {
 /// `cargo xtask bench cross-node`: only the cross-node scenario; its section, rows and raw
 /// samples replace the old ones in results.md and results.json, the rest stays.
 fn cross_node_only(args: BenchArgs) -> Result<()> {
-    let quick = args.quick;
+    let (quick, agent) = (args.quick, args.agent_or_default());
     section_only(args, &sections::CROSS_NODE, |plan, machine| {
-        let cross = cross_node::run(&release_dir(), plan);
+        let cross = cross_node::run(&release_dir(), &agent, plan);
         // A failed scenario leaves the last results alone.
         let cross = Ok(cross.context("cross-node scenario (results files left unchanged)")?);
         Ok(SectionRun {

@@ -44,7 +44,12 @@ pub async fn run(settings: Settings) -> Result<()> {
     let cgroup_id = own_cgroup_id().context("finding the agent's own cgroup")?;
     // Before anything else, and before anything changes in the kernel: a running agent hands
     // over to this one (an upgrade), or refuses and is left as it was.
-    let inheritance = handover::take_over(&settings.state_dir, Layout::of_this_agent()?)
+    let place = handover::Place {
+        node: settings.node_name.clone(),
+        bpffs: settings.bpffs.clone(),
+        cgroup_root: cgroup_root.clone(),
+    };
+    let inheritance = handover::take_over(&settings.state_dir, Layout::of_this_agent()?, place)
         .await
         .context("taking over from the agent running on this node")?;
     // With a control plane, the node's identity comes first (joining if need be): a node
@@ -149,6 +154,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     }
     agent.resume().await?;
+    // Listeners of saved pods that were not resumed (gone meanwhile): closed, not kept.
+    let unused = std::mem::take(&mut *agent.inherited.lock());
+    if !unused.is_empty() {
+        tracing::info!(pods = unused.len(), "closing handed-over listeners of pods not resumed");
+    }
     // After resume, which saves once every saved pod is back: a save before would forget the
     // pods not resumed yet.
     serving.push(tokio::spawn(crate::pods::save_on_changes(agent.clone())));

@@ -55,6 +55,8 @@ pub enum Message {
     Welcome {
         version: String,
         layout: Layout,
+        /// Where it serves: a successor must serve the same.
+        place: Place,
     },
     Refused {
         reason: String,
@@ -75,6 +77,15 @@ pub enum Message {
     Released,
     /// A relayed connection, as descriptors (pod side, peer side).
     Connection(HandedConnection),
+}
+
+/// What an agent serves, which its successor must serve the same way: the node, and where
+/// its programs are pinned and attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    pub node: String,
+    pub bpffs: std::path::PathBuf,
+    pub cgroup_root: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

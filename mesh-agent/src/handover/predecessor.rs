@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use tokio::runtime::Handle;
 
 use super::wire::{Channel, Listener};
-use super::{version, Message};
+use super::{version, Message, Place};
 use crate::admin::AdminListeners;
 use crate::agent::Agent;
 use crate::datapath::Layout;
@@ -158,6 +158,11 @@ fn converse(agent: &Agent, channel: &Channel, own: &OwnListeners, runtime: &Hand
         &Message::Welcome {
             version: version(),
             layout: Layout::of_this_agent()?,
+            place: Place {
+                node: agent.node.clone(),
+                bpffs: agent.datapath.bpffs().to_owned(),
+                cgroup_root: agent.cgroup_root.clone(),
+            },
         },
         &[],
     )?;

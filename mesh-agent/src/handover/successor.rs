@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::wire::{socket_path, Channel, Listener};
-use super::{version, HandedConnection, ListenerRole, Message};
+use super::{version, HandedConnection, ListenerRole, Message, Place};
 use crate::admin::AdminListeners;
 use crate::datapath::Layout;
 
@@ -35,21 +35,32 @@ pub struct Pending {
 
 /// Asks the agent serving `<state_dir>/handover.sock` to hand over. `Ok(None)`: no agent runs
 /// (a cold start). An error leaves the running agent as it was.
-pub async fn take_over(state_dir: &Path, layout: Layout) -> Result<Option<Inheritance>> {
+pub async fn take_over(
+    state_dir: &Path,
+    layout: Layout,
+    place: Place,
+) -> Result<Option<Inheritance>> {
     let path = socket_path(state_dir);
-    tokio::task::spawn_blocking(move || converse(&path, &layout))
+    tokio::task::spawn_blocking(move || converse(&path, &layout, &place))
         .await
         .context("the handover thread")?
 }
 
-fn converse(path: &Path, layout: &Layout) -> Result<Option<Inheritance>> {
+fn converse(path: &Path, layout: &Layout, place: &Place) -> Result<Option<Inheritance>> {
     let Some(channel) = Channel::connect(path)? else {
         return Ok(None);
     };
     channel.set_read_timeout(ANSWER_TIMEOUT)?;
     channel.send(&Message::Hello { version: version() }, &[])?;
-    let (predecessor_version, running) = match channel.recv()? {
-        (Message::Welcome { version, layout }, _) => (version, layout),
+    let (predecessor_version, running, running_place) = match channel.recv()? {
+        (
+            Message::Welcome {
+                version,
+                layout,
+                place,
+            },
+            _,
+        ) => (version, layout, place),
         (Message::Refused { reason }, _) => {
             bail!("the running agent refused to hand over: {reason}")
         }
@@ -58,6 +69,19 @@ fn converse(path: &Path, layout: &Layout) -> Result<Option<Inheritance>> {
     layout.check_against(&running).with_context(|| {
         format!("taking over from the running agent (version {predecessor_version})")
     })?;
+    if &running_place != place {
+        bail!(
+            "the running agent serves node {:?} with --bpffs {} and --cgroup-root {}; this one \
+             was started for node {:?} with --bpffs {} and --cgroup-root {}: a successor must \
+             serve the same node the same way",
+            running_place.node,
+            running_place.bpffs.display(),
+            running_place.cgroup_root.display(),
+            place.node,
+            place.bpffs.display(),
+            place.cgroup_root.display()
+        );
+    }
     channel.send(&Message::Take, &[])?;
     let (predecessor_cgroup, mut own) = match channel.recv()? {
         (Message::Agent { cgroup_id }, fds) if fds.len() == 3 => (cgroup_id, fds),

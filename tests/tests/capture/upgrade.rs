@@ -212,6 +212,26 @@ fn an_agent_that_cannot_share_the_pinned_maps_leaves_the_running_one_alone() {
     mesh.assert_vip_works();
 }
 
+/// A successor started for another `--cgroup-root` (or node, or bpffs) than the running agent
+/// would serve the node differently: it says so and exits, and the running agent carries on.
+#[test]
+fn a_successor_configured_differently_is_refused() {
+    require_root();
+    let mut mesh = ClientWeb::new(54);
+    let other_root = mesh.web.cgroup_path().display().to_string();
+    mesh.node.set_extra_args(&["--cgroup-root", &other_root]);
+    let error = match mesh.node.upgrade_agent() {
+        Ok(_) => panic!("a differently configured agent took over"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("must serve the same node the same way"), "{error}");
+    mesh.node.set_extra_args(&[]);
+    mesh.assert_vip_works();
+    mesh.node.unenroll("web-uid").unwrap();
+    mesh.node.enroll(&mesh.web, "web-uid", "web").unwrap();
+    mesh.assert_vip_works();
+}
+
 /// Creates a BPF hash map and pins it at `path` (what another agent version would leave).
 fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32) {
     use std::os::unix::ffi::OsStrExt;

@@ -112,6 +112,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         agent.proxy.hbone.opened.clone(),
     );
     agent.metrics.register_counter(
+        "hbone_early_data_streams",
+        "HBONE streams whose CONNECT carried the app's first bytes (sent before the answer)",
+        agent.proxy.hbone.early_data.clone(),
+    );
+    agent.metrics.register_counter(
         "http_retries_over_budget",
         "HTTP retries not made because the service's retry budget was spent",
         agent.proxy.http.retries_over_budget.clone(),

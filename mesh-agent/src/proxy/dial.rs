@@ -9,15 +9,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use mesh_api::MtlsMode;
 use mesh_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::circuit::Limit;
-use super::hbone::HboneTarget;
+use super::early::Early;
+use super::hbone::{HboneStream, HboneTarget};
 use super::inbound::{self, Delivered};
 use super::policy::{admit_counted, Carries, PeerInfo, Transport};
 use super::request_security;
@@ -29,8 +28,9 @@ use crate::metrics::{Direction, Failure};
 pub enum Upstream {
     /// Plaintext over the network, from inside the source pod.
     Remote(TcpStream),
-    /// An HBONE stream to another node; listed while open.
-    Hbone(Upgraded, Registration),
+    /// An HBONE stream to another node; listed while open. The early bytes it was opened
+    /// with are on their way already.
+    Hbone(HboneStream, Registration),
     /// Straight into a pod this agent serves (same node): one proxy hop instead of two.
     /// Subject to the destination's policy like any inbound connection.
     Local(Delivered, Arc<PodContext>, Registration),
@@ -53,11 +53,9 @@ impl Upstream {
     pub fn into_io(self) -> (UpstreamIo, Option<Registration>, Option<Arc<PodContext>>) {
         match self {
             Upstream::Remote(stream) => (UpstreamIo::Tcp(stream), None, None),
-            Upstream::Hbone(stream, registration) => (
-                UpstreamIo::Hbone(TokioIo::new(stream)),
-                Some(registration),
-                None,
-            ),
+            Upstream::Hbone(stream, registration) => {
+                (UpstreamIo::Hbone(stream), Some(registration), None)
+            }
             Upstream::Local(delivered, peer, registration) => {
                 peer.counters.inbound.connections.inc();
                 (
@@ -80,7 +78,7 @@ pub enum Security {
 /// An upstream byte stream, whichever way it was opened.
 pub enum UpstreamIo {
     Tcp(TcpStream),
-    Hbone(TokioIo<Upgraded>),
+    Hbone(HboneStream),
 }
 
 impl AsyncRead for UpstreamIo {
@@ -147,11 +145,13 @@ impl AsyncWrite for UpstreamIo {
 /// Under `least_request` each try is reported to the balancer (its connect latency, or a
 /// failure), and the handle returned with the connection counts it as outstanding while held.
 /// With `outlierDetection`, each try's outcome counts towards ejecting its endpoint.
+/// Whatever was read of the app's bytes ahead (`early`) reaches the endpoint that answers.
 pub async fn connect_first(
     context: &Arc<PodContext>,
     candidates: &Picked,
     app: SocketAddr,
     carries: Carries,
+    early: &mut Early<'_>,
 ) -> Result<(Upstream, SocketAddr, Option<InFlight>), Failure> {
     let mut failure = Failure::UpstreamConnect;
     for target in candidates.order.iter().take(3) {
@@ -159,7 +159,7 @@ pub async fn connect_first(
         let timeout = candidates
             .connect_timeout
             .unwrap_or(context.connect_timeout);
-        let result = connect(context, *target, app, carries, timeout).await;
+        let result = connect(context, *target, app, carries, timeout, early).await;
         if let Some(load) = &load {
             match &result {
                 Ok(_) => load.succeeded(),
@@ -188,19 +188,27 @@ pub async fn connect_first(
 /// Opens a connection to one endpoint for the app at `app`, within `timeout` (the
 /// service's `connectionPool.connectTimeoutMs`, else the agent's). `carries` says whether
 /// the caller parses HTTP on it (then same-node delivery leaves request-level policy to it).
+/// An HBONE stream takes the app's first bytes along (`early`); the other paths write what
+/// was read of them first.
 pub async fn connect(
     context: &Arc<PodContext>,
     target: SocketAddr,
     app: SocketAddr,
     carries: Carries,
     timeout: Duration,
+    early: &mut Early<'_>,
 ) -> Result<Upstream, Failure> {
     match context.local_pods.get(target.ip()) {
-        Some(peer) => connect_local(context, peer, target, app.port(), carries).await,
+        Some(peer) => connect_local(context, peer, target, app.port(), carries, early).await,
         // Boxed: the HBONE handshake's state is large, and a task's future is as big as
         // its largest state; unboxed, every proxied connection (also same-node ones)
         // would carry it for its whole life.
-        None => Box::pin(connect_remote(context, target, app, carries, timeout)).await,
+        None => {
+            Box::pin(connect_remote(
+                context, target, app, carries, timeout, early,
+            ))
+            .await
+        }
     }
 }
 
@@ -213,6 +221,7 @@ async fn connect_local(
     target: SocketAddr,
     app_port: u16,
     carries: Carries,
+    early: &Early<'_>,
 ) -> Result<Upstream, Failure> {
     // The destination app sees this pod's own address as the client.
     let client = context
@@ -244,7 +253,11 @@ async fn connect_local(
         carries,
         counters,
     )?;
-    let delivered = inbound::deliver(&peer, target, client).await.map_err(|e| {
+    let mut delivered = inbound::deliver(&peer, target, client).await.map_err(|e| {
+        tracing::debug!(pod = %context.pod, %target, error = %e, "same-node delivery failed");
+        Failure::UpstreamConnect
+    })?;
+    early.write_to(&mut delivered.stream).await.map_err(|e| {
         tracing::debug!(pod = %context.pod, %target, error = %e, "same-node delivery failed");
         Failure::UpstreamConnect
     })?;
@@ -260,6 +273,7 @@ async fn connect_remote(
     app: SocketAddr,
     carries: Carries,
     timeout: Duration,
+    early: &mut Early<'_>,
 ) -> Result<Upstream, Failure> {
     let snapshot = context.registry.snapshot();
     let hbone_peer = snapshot
@@ -267,13 +281,15 @@ async fn connect_remote(
         .filter(|w| snapshot.mtls_mode_for(w, target.port()) != MtlsMode::Disable)
         .filter(|_| context.identities.has_signer());
     let Some(workload) = hbone_peer else {
-        return upstream::connect(&context.netns, target, timeout)
-            .await
-            .map(Upstream::Remote)
-            .map_err(|e| {
-                tracing::debug!(pod = %context.pod, %target, error = %e, "upstream connect failed");
-                Failure::UpstreamConnect
-            });
+        let connected = async {
+            let mut stream = upstream::connect(&context.netns, target, timeout).await?;
+            early.write_to(&mut stream).await?;
+            Ok::<_, std::io::Error>(Upstream::Remote(stream))
+        };
+        return connected.await.map_err(|e| {
+            tracing::debug!(pod = %context.pod, %target, error = %e, "upstream connect failed");
+            Failure::UpstreamConnect
+        });
     };
     let identity = SpiffeId::parse(&snapshot.mesh_config().identity_of(workload))
         .map_err(|_| Failure::HboneHandshake)?;
@@ -300,6 +316,7 @@ async fn connect_remote(
             credential,
             hbone_target,
             source,
+            early.take_ahead(),
             timeout,
         )
         .await

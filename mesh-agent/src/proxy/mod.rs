@@ -18,6 +18,7 @@
 mod circuit;
 mod counted_io;
 mod dial;
+mod early;
 mod hbone;
 pub mod http;
 mod idle;

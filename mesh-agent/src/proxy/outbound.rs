@@ -7,15 +7,15 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::circuit::Limit;
 use super::dial::{connect_first, Upstream};
+use super::early::Early;
 use super::http::{self, HttpTarget};
 use super::idle;
 use super::policy::Carries;
-use super::relay::relay_stream;
+use super::relay::relay_tunnel;
 use super::telemetry::{ConnectionRecord, PeerLabels};
 use super::tracker::Registration;
 use super::PodContext;
@@ -91,14 +91,20 @@ async fn relay_to(
         None => None,
     };
     // `_load` (least_request) counts the connection as outstanding until the relay ends.
-    let (upstream, endpoint, _load) = match connect_first(context, &candidates, app, carries).await
-    {
+    let mut early = Early::from(&app_stream);
+    let connected = connect_first(context, &candidates, app, carries, &mut early).await;
+    let (upstream, endpoint, _load) = match connected {
         Ok(reached) => reached,
         Err(reason) => {
             counters.fail(reason);
             return;
         }
     };
+    // Sent with the connection's opening, so not seen by the relay.
+    let sent_ahead = early.already_read().len() as u64;
+    if sent_ahead > 0 {
+        counters.bytes_sent.inc_by(sent_ahead);
+    }
     let telemetry = &context.shared.http.telemetry;
     let started = (std::time::Instant::now(), std::time::SystemTime::now());
     let security = Some(upstream.security());
@@ -114,7 +120,7 @@ async fn relay_to(
     let app_fd = app_stream.as_raw_fd();
     let relayed = relay_upstream(context, app_stream, upstream, counters);
     let (sent, received) = tokio::select! {
-        moved = relayed => moved,
+        (sent, received) = relayed => (sent + sent_ahead, received),
         _ = idle::idle_for(app_fd, idle_timeout) => {
             tracing::debug!(pod = %context.pod, %endpoint, ?idle_timeout, "closing an idle connection");
             (0, 0)
@@ -151,9 +157,7 @@ async fn relay_upstream(
             let describe = || handed(context, None, None);
             relay_or_hand_over(context, app_stream, stream, counters, None, describe).await
         }
-        Upstream::Hbone(stream, _registration) => {
-            relay_stream(app_stream, TokioIo::new(stream), counters).await
-        }
+        Upstream::Hbone(stream, _registration) => relay_tunnel(app_stream, stream, counters).await,
         Upstream::Local(delivered, peer, registration) => {
             let peer_counters = &peer.counters.inbound;
             peer_counters.connections.inc();

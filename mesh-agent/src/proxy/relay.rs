@@ -96,6 +96,20 @@ where
     (sent, received)
 }
 
+/// Like [`relay_stream`] for an HBONE tunnel, whose buffers go to `h2` and come from it
+/// whole (no copy through another buffer, no extra task per stream).
+pub async fn relay_tunnel(
+    pod_side: TcpStream,
+    tunnel: crate::proxy::hbone::HboneStream,
+    counters: &DirectionCounters,
+) -> (u64, u64) {
+    let _active = Active::new(counters, None);
+    let (sent, received) = crate::proxy::hbone::relay(pod_side, tunnel).await;
+    counters.bytes_sent.inc_by(sent);
+    counters.bytes_received.inc_by(received);
+    (sent, received)
+}
+
 /// Copies until end of stream, then shuts `to` down for writing (half-close). Buffers are
 /// allocated once per direction and never zeroed (`read_buf` fills spare capacity): at
 /// thousands of new connections per second, zeroing big buffers was the proxy's top cost.

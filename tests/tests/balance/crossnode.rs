@@ -100,7 +100,9 @@ fn weighted_splits_requests_to_another_node_one_to_three() {
 /// a reset) and stays in rotation. Over HBONE, 300 HTTP requests and 90 TCP connections
 /// from node-1 all succeed, answered by light and heavy, while dead refused at least a third
 /// of each (every try on it was retried on another endpoint; without the retry a third of
-/// the requests and connections would fail).
+/// the requests and connections would fail). On the TCP port node-1 sends the app's request
+/// ahead with the CONNECT (early data): a try refused by dead passes the same bytes on to
+/// the next endpoint, or its answer would never come.
 #[test]
 fn connect_retry_hides_a_refusing_endpoint_on_another_node() {
     let mesh = setup();
@@ -116,10 +118,12 @@ fn connect_retry_hides_a_refusing_endpoint_on_another_node() {
         (81, 90, &["-H", "connection: close"][..]),
     ] {
         let before = resets_sent(dead);
+        let early_before = early_data_streams(&mesh);
         let url = format!("http://{RETRY_VIP}:{port}/");
         let summary = load_url(client, &url, n as usize, extra);
         let tries_on_dead = resets_sent(dead) - before;
-        eprintln!("port {port}: {n} requests, {tries_on_dead} refused tries on dead: {summary}");
+        let early = early_data_streams(&mesh) - early_before;
+        eprintln!("port {port}: {n} requests, {tries_on_dead} refused tries on dead, {early} HBONE streams with early data: {summary}");
         assert_eq!(summary["errors"], 0, "{summary}");
         assert_eq!(summary["statuses"]["200"], n, "{summary}");
         assert_eq!(
@@ -131,7 +135,16 @@ fn connect_retry_hides_a_refusing_endpoint_on_another_node() {
             tries_on_dead >= n / 3,
             "port {port}: dead was tried {tries_on_dead} times for {n}: not in rotation?"
         );
+        if port == 81 {
+            assert!(early > 0, "node-1 sent no early data on the TCP port");
+        }
     }
+}
+
+/// node-1's HBONE streams whose CONNECT carried the app's first bytes.
+fn early_data_streams(mesh: &TwoNodes) -> u64 {
+    let text = metrics(mesh.agent(0)).expect("/metrics");
+    sum_samples(&text, "mesh_hbone_early_data_streams_total", |_| true)
 }
 
 /// `maglev` on `x-user` with endpoints on both nodes: 30 users ask from node-1 twice and

@@ -42,6 +42,26 @@ impl Client<'_> {
         self.request(server, server_id, http::Method::CONNECT, target, payload)
     }
 
+    /// Like [`connect`](Self::connect), with `payload` sent right behind the CONNECT, before
+    /// its answer (early data, as the agents' own client sends an app's first bytes); then,
+    /// after a 200, reads as many bytes back.
+    pub fn connect_early(
+        &self,
+        server: SocketAddr,
+        server_id: &str,
+        target: &str,
+        payload: &[u8],
+    ) -> Outcome {
+        self.run(self.connect_async(
+            server,
+            server_id,
+            http::Method::CONNECT,
+            target,
+            payload,
+            When::Early,
+        ))
+    }
+
     /// Like [`connect`](Self::connect) with another method: `http://<target>/` is requested.
     pub fn request(
         &self,
@@ -51,17 +71,18 @@ impl Client<'_> {
         target: &str,
         payload: &[u8],
     ) -> Outcome {
+        self.run(self.connect_async(server, server_id, method, target, payload, When::After200))
+    }
+
+    fn run(&self, attempt: impl std::future::Future<Output = Result<(u16, Vec<u8>)>>) -> Outcome {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let attempt = rt.block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(10),
-                self.connect_async(server, server_id, method, target, payload),
-            )
-            .await
-            .context("timed out")?
+            tokio::time::timeout(Duration::from_secs(10), attempt)
+                .await
+                .context("timed out")?
         });
         match attempt {
             Ok((status, data)) => Outcome::Status(status, data),
@@ -76,6 +97,7 @@ impl Client<'_> {
         method: http::Method,
         target: &str,
         payload: &[u8],
+        when: When,
     ) -> Result<(u16, Vec<u8>)> {
         // The socket is made in the client pod's namespace (not captured: the pod is not
         // in the mesh), so it leaves with the pod's address over the bridge.
@@ -111,11 +133,16 @@ impl Client<'_> {
             .method(method)
             .body(())?;
         let (response, mut stream) = send.send_request(request, false).context("CONNECT")?;
+        if when == When::Early && !payload.is_empty() {
+            stream.send_data(Bytes::copy_from_slice(payload), false)?;
+        }
         let response = response.await.context("CONNECT response")?;
         let status = response.status().as_u16();
         let mut echoed = Vec::new();
         if status == 200 && !payload.is_empty() {
-            stream.send_data(Bytes::copy_from_slice(payload), false)?;
+            if when == When::After200 {
+                stream.send_data(Bytes::copy_from_slice(payload), false)?;
+            }
             let mut body = response.into_body();
             while echoed.len() < payload.len() {
                 let Some(chunk) = body.data().await else {
@@ -128,6 +155,15 @@ impl Client<'_> {
         }
         Ok((status, echoed))
     }
+}
+
+/// When the client sends its payload.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum When {
+    /// Once the CONNECT was answered 200.
+    After200,
+    /// Right behind the CONNECT, before any answer.
+    Early,
 }
 
 /// A credential for `spiffe://<td>/ns/default/sa/<sa>` signed by `cp`'s CA (key and CSR

@@ -22,6 +22,8 @@
 //! - `forged_connect`: our own HBONE client with an admin-issued certificate: CONNECT to
 //!   what the server does not serve is 421, a malformed target 400, a denied one 403, the real
 //!   pod 200 with bytes flowing; proxy ports and methods other than CONNECT are no tunnels.
+//! - `early_data`: bytes sent with a CONNECT before its answer reach the app only once the
+//!   stream is admitted; a refused one's (403, 421) never do.
 //! - `server_identity`: the client's agent refuses an HBONE server that presents another
 //!   identity than the destination workload's, even one the mesh's CA issued.
 //! - `foreign_ca`: agents whose certificates come from different CAs cannot talk (while each
@@ -42,6 +44,7 @@
 
 mod authz;
 mod ca_outage;
+mod early_data;
 mod foreign_ca;
 mod forged_connect;
 mod hbone;

@@ -1,22 +1,25 @@
 //! The outbound side of HBONE: a pool of mutual-TLS HTTP/2 connections, one per (source
 //! identity, destination node, destination identity), each carrying many CONNECT streams.
+//!
+//! A stream's first bytes (what the app had already sent when its connection was accepted)
+//! go out with the CONNECT, not after the answer: the destination keeps them until it has
+//! admitted the stream and delivered it to the app, and discards them if it refuses it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_common::ports;
 use mesh_identity::{Credential, SpiffeId};
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use super::stream::HboneStream;
 use super::tls::TlsConfigs;
 use crate::identity::Identities;
 use crate::metrics::Failure;
@@ -43,7 +46,7 @@ pub enum HboneError {
         expected: SpiffeId,
     },
     #[error("HTTP/2: {0}")]
-    Http(#[from] hyper::Error),
+    Http(#[from] h2::Error),
     #[error("the peer answered the CONNECT with {0}")]
     Refused(StatusCode),
 }
@@ -66,8 +69,15 @@ struct PoolKey {
     destination: SpiffeId,
 }
 
+/// One pooled connection: a handle to open streams on it, and whether its task has ended.
+#[derive(Clone)]
+struct Connection {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
 struct Pooled {
-    sender: SendRequest<Empty<Bytes>>,
+    connection: Connection,
     /// The source certificate the connection was made with: a renewed certificate gets a
     /// new connection, the old one drains.
     credential: Arc<Credential>,
@@ -82,12 +92,16 @@ pub struct Pool {
     /// HBONE connections opened (streams are many per connection; a rate near the
     /// connection rate would mean the pool is not reusing them).
     pub opened: prometheus_client::metrics::counter::Counter,
+    /// Streams whose CONNECT carried the app's first bytes.
+    pub early_data: prometheus_client::metrics::counter::Counter,
 }
 
 impl Pool {
     /// Opens a CONNECT stream to `target` as `credential`'s identity, from inside the source
     /// pod (`netns`). `source` is the app's own address, passed along so the destination app
-    /// and policy see the real client.
+    /// and policy see the real client. `early` (may be empty) is sent with the CONNECT: the
+    /// app's first bytes, already read from its socket.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         &self,
         identities: &Identities,
@@ -95,8 +109,9 @@ impl Pool {
         credential: Arc<Credential>,
         target: HboneTarget<'_>,
         source: SocketAddr,
+        early: &Bytes,
         connect_timeout: std::time::Duration,
-    ) -> Result<Upgraded, HboneError> {
+    ) -> Result<HboneStream, HboneError> {
         let key = PoolKey {
             source: credential.id().clone(),
             node: target.node.to_owned(),
@@ -104,13 +119,18 @@ impl Pool {
         };
         let slot = self.slots.lock().entry(key).or_default().clone();
         let dial = || self.connect(identities, netns, &credential, &target, connect_timeout);
-        let mut sender = pooled_or_new(&slot, &credential, true, dial).await?;
-        match connect_stream(&mut sender, target.address, source).await {
-            // A reused connection may have died since: one retry on a fresh one.
+        let connection = pooled_or_new(&slot, &credential, true, dial).await?;
+        if !early.is_empty() {
+            self.early_data.inc();
+        }
+        match connect_stream(connection.sender, target.address, source, early).await {
+            // A reused connection may have died since: one retry on a fresh one. The
+            // early bytes went nowhere (the stream failed before any answer), so they are
+            // sent again.
             Err(HboneError::Http(e)) => {
                 tracing::debug!(error = %e, "pooled HBONE connection failed; reconnecting");
-                let mut sender = pooled_or_new(&slot, &credential, false, dial).await?;
-                connect_stream(&mut sender, target.address, source).await
+                let connection = pooled_or_new(&slot, &credential, false, dial).await?;
+                connect_stream(connection.sender, target.address, source, early).await
             }
             result => result,
         }
@@ -123,7 +143,7 @@ impl Pool {
         credential: &Arc<Credential>,
         target: &HboneTarget<'_>,
         connect_timeout: std::time::Duration,
-    ) -> Result<SendRequest<Empty<Bytes>>, HboneError> {
+    ) -> Result<Connection, HboneError> {
         let config = self
             .tls
             .client(identities, credential)
@@ -146,26 +166,32 @@ impl Pool {
                 expected: target.identity.clone(),
             });
         }
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(super::STREAM_WINDOW)
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(super::STREAM_WINDOW)
             .initial_connection_window_size(super::CONNECTION_WINDOW)
             .max_frame_size(super::MAX_FRAME)
-            .max_send_buf_size(super::SEND_BUFFER)
+            .max_send_buffer_size(super::SEND_BUFFER)
             .max_pending_accept_reset_streams(super::MAX_RESETS)
-            .keep_alive_interval(std::time::Duration::from_secs(30))
-            .keep_alive_timeout(std::time::Duration::from_secs(10))
-            .handshake(TokioIo::new(tls))
+            .handshake::<_, Bytes>(tls)
             .await?;
+        let ping_pong = connection
+            .ping_pong()
+            .expect("a new connection's ping handle is there to take");
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = closed.clone();
         let node = target.node.to_owned();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%node, error = %e, "HBONE connection ended");
+            tokio::select! {
+                result = &mut connection => if let Err(e) = result {
+                    tracing::debug!(%node, error = %e, "HBONE connection ended");
+                },
+                _ = super::keepalive::until_unanswered(ping_pong) => {}
             }
+            ended.store(true, Ordering::Release);
         });
         self.opened.inc();
         tracing::debug!(node = %target.node, peer = %target.identity, "HBONE connection opened");
-        Ok(sender)
+        Ok(Connection { sender, closed })
     }
 }
 
@@ -177,40 +203,50 @@ async fn pooled_or_new<Dial, Dialled>(
     credential: &Arc<Credential>,
     reuse: bool,
     dial: Dial,
-) -> Result<SendRequest<Empty<Bytes>>, HboneError>
+) -> Result<Connection, HboneError>
 where
     Dial: FnOnce() -> Dialled,
-    Dialled: std::future::Future<Output = Result<SendRequest<Empty<Bytes>>, HboneError>>,
+    Dialled: std::future::Future<Output = Result<Connection, HboneError>>,
 {
     let mut pooled = slot.lock().await;
     if let Some(p) = pooled.as_ref() {
-        if reuse && !p.sender.is_closed() && Arc::ptr_eq(&p.credential, credential) {
-            return Ok(p.sender.clone());
+        let open = !p.connection.closed.load(Ordering::Acquire);
+        if reuse && open && Arc::ptr_eq(&p.credential, credential) {
+            return Ok(p.connection.clone());
         }
     }
-    let sender = dial().await?;
+    let connection = dial().await?;
     *pooled = Some(Pooled {
-        sender: sender.clone(),
+        connection: connection.clone(),
         credential: credential.clone(),
     });
-    Ok(sender)
+    Ok(connection)
 }
 
+/// CONNECT `target` with `early` right behind the request, then waits for the answer.
 async fn connect_stream(
-    sender: &mut SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
     target: SocketAddr,
     source: SocketAddr,
-) -> Result<Upgraded, HboneError> {
-    sender.ready().await?;
+    early: &Bytes,
+) -> Result<HboneStream, HboneError> {
+    let mut sender = sender.ready().await?;
     let request = Request::builder()
         .method(Method::CONNECT)
         .uri(target.to_string())
         .header(http::header::FORWARDED, format!("for=\"{source}\""))
-        .body(Empty::new())
+        .body(())
         .expect("a CONNECT request from a socket address is well-formed");
-    let response = sender.send_request(request).await?;
+    let (response, mut send) = sender.send_request(request, false)?;
+    if !early.is_empty() {
+        // Within the stream's initial window (early data is at most one small read), so
+        // h2 queues it at once, in the same write as the request.
+        send.send_data(early.clone(), false)?;
+    }
+    let response = response.await?;
     if response.status() != StatusCode::OK {
+        // Dropping `send` resets the stream: the peer discards whatever it holds of it.
         return Err(HboneError::Refused(response.status()));
     }
-    Ok(hyper::upgrade::on(response).await?)
+    Ok(HboneStream::new(send, response.into_body()))
 }

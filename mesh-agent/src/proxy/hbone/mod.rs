@@ -6,13 +6,18 @@
 //! - `server`: the inbound side, the HBONE listener of each pod.
 //! - `tls`: rustls configs per identity, rebuilt when a certificate or the trust bundle
 //!   changes.
+//! - `stream`: one CONNECT stream as a tunnel, relayed without extra copies or tasks.
+//! - `keepalive`: HTTP/2 pings that find dead peers.
 
 mod client;
+mod keepalive;
 mod server;
+mod stream;
 mod tls;
 
 pub use client::{HboneTarget, Pool};
 pub use server::handle as serve_connection;
+pub use stream::{relay, HboneStream};
 
 /// HTTP/2 flow-control windows. Large, because one connection multiplexes whole TCP streams:
 /// the per-stream window bounds a single stream's throughput (window / round trip).

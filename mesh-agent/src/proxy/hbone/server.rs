@@ -3,29 +3,28 @@
 //! and serves HTTP/2 CONNECT streams: each is checked (target, policy), delivered to the
 //! app inside the destination pod, and relayed.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use mesh_api::Snapshot;
+use mesh_api::{Protocol, Snapshot};
 use mesh_common::ports;
 use mesh_identity::SpiffeId;
 use mesh_proto::limits::{RequestWatch, Watched};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::handover::serve_draining;
+use super::stream::HboneStream;
 use crate::metrics::Failure;
 use crate::proxy::http::sniff;
-use crate::proxy::inbound::{decision_holds, deliver, track};
+use crate::proxy::inbound::{decision_holds, deliver, track, Delivered};
 use crate::proxy::policy::{admit_counted, Carries, PeerInfo, Transport};
-use crate::proxy::relay::relay_stream;
+use crate::proxy::relay::{relay_stream, relay_tunnel};
 use crate::proxy::request_security::{self, serve::serve_inbound, serve::Inbound};
+use crate::proxy::tracker::Registration;
 use crate::proxy::PodContext;
 
 pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>) {
@@ -88,54 +87,125 @@ pub async fn handle(tcp: TcpStream, client: SocketAddr, context: Arc<PodContext>
         return;
     };
     let peer = Arc::new(peer);
-    let shared = context.shared.clone();
     let requests = RequestWatch::new(super::FIRST_REQUEST_TIMEOUT, None);
     let tls = Watched::new(tls, requests.clone());
-    let service = hyper::service::service_fn(move |request| {
-        let context = context.clone();
-        let peer = peer.clone();
-        let in_flight = requests.begin();
-        async move {
-            let _in_flight = in_flight;
-            Ok::<_, Infallible>(connect(request, context, &peer, client).await)
-        }
-    });
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(std::time::Duration::from_secs(30))
-        .keep_alive_timeout(std::time::Duration::from_secs(10))
-        .initial_stream_window_size(super::STREAM_WINDOW)
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(super::STREAM_WINDOW)
         .initial_connection_window_size(super::CONNECTION_WINDOW)
         .max_frame_size(super::MAX_FRAME)
         .max_concurrent_streams(4096)
-        .max_send_buf_size(super::SEND_BUFFER)
+        .max_send_buffer_size(super::SEND_BUFFER)
         .max_pending_accept_reset_streams(super::MAX_RESETS)
-        .max_local_error_reset_streams(super::MAX_RESETS)
-        .serve_connection(TokioIo::new(tls), service);
-    // Draining (upgrade, SIGTERM): GOAWAY, so the peer opens its next streams elsewhere
-    // while the ones under way finish.
-    let served = serve_draining!(shared.drain, connection).await;
-    if let Err(e) = served {
-        tracing::debug!(%client, error = %e, "HBONE connection ended");
+        .max_local_error_reset_streams(Some(super::MAX_RESETS))
+        .handshake::<_, Bytes>(tls);
+    let mut connection = match handshake.await {
+        Ok(connection) => connection,
+        Err(e) => {
+            tracing::debug!(%client, error = %e, "HBONE HTTP/2 handshake failed");
+            return;
+        }
+    };
+    let ping_pong = connection
+        .ping_pong()
+        .expect("a new connection's ping handle is there to take");
+    let keep_alive = super::keepalive::until_unanswered(ping_pong);
+    tokio::pin!(keep_alive);
+    // Draining (upgrade, SIGTERM): GOAWAY, so the peer opens its next streams elsewhere (the
+    // successor agent) while the ones under way finish.
+    let shared = context.shared.clone();
+    let drain = shared.drain.started();
+    tokio::pin!(drain);
+    let mut going_away = false;
+    loop {
+        let (request, respond) = tokio::select! {
+            _ = &mut drain, if !going_away => {
+                connection.graceful_shutdown();
+                going_away = true;
+                continue;
+            }
+            accepted = connection.accept() => match accepted {
+                Some(Ok(stream)) => stream,
+                Some(Err(e)) => {
+                    tracing::debug!(%client, error = %e, "HBONE connection ended");
+                    return;
+                }
+                None => return,
+            },
+            _ = &mut keep_alive => return,
+        };
+        // Each stream on a task of its own (checks, delivery, relay), counted as a request
+        // in flight until it has been answered.
+        let in_flight = requests.begin();
+        let (context, peer) = (context.clone(), peer.clone());
+        tokio::spawn(async move {
+            let tunnel = connect(&request, &context, &peer, client).await;
+            drop(in_flight);
+            if let Some((admitted, stream)) = respond_to(tunnel, request, respond) {
+                relay_admitted(admitted, stream).await;
+            }
+        });
     }
 }
 
-fn answer(status: StatusCode) -> Response<Empty<Bytes>> {
-    let mut response = Response::new(Empty::new());
+/// What a CONNECT stream gets: an answer, or an admitted stream to deliver.
+enum Tunnel {
+    Refused(StatusCode),
+    Admitted(Box<Admitted>),
+}
+
+/// A stream that passed every check and whose app connection is open.
+struct Admitted {
+    destination: Arc<PodContext>,
+    delivered: Delivered,
+    registration: Registration,
+    peer_info: PeerInfo,
+    source: SocketAddr,
+    target: SocketAddr,
+    /// Served as HTTP (judged per request) when the port says so.
+    http: Option<Protocol>,
+}
+
+/// Answers the stream; an admitted one comes back as a tunnel to relay. Bytes the client
+/// sent with the CONNECT (early data) wait in the request body until then: a refused
+/// stream's are discarded with it, never read.
+fn respond_to(
+    tunnel: Tunnel,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) -> Option<(Admitted, HboneStream)> {
+    let admitted = match tunnel {
+        Tunnel::Refused(status) => {
+            let _ = respond.send_response(answer(status), true);
+            return None;
+        }
+        Tunnel::Admitted(admitted) => admitted,
+    };
+    let send = match respond.send_response(answer(StatusCode::OK), false) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!(error = %e, "answering an HBONE stream failed");
+            return None;
+        }
+    };
+    Some((*admitted, HboneStream::new(send, request.into_body())))
+}
+
+fn answer(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
     *response.status_mut() = status;
     response
 }
 
-/// One CONNECT stream: check it, deliver it, answer 200 and relay, or answer why not.
+/// One CONNECT stream's checks and delivery: admitted, or the status that says why not.
 async fn connect(
-    mut request: Request<Incoming>,
-    context: Arc<PodContext>,
+    request: &Request<RecvStream>,
+    context: &Arc<PodContext>,
     peer: &SpiffeId,
     client: SocketAddr,
-) -> Response<Empty<Bytes>> {
+) -> Tunnel {
     let counters = &context.counters.inbound;
     if request.method() != Method::CONNECT {
-        return answer(StatusCode::METHOD_NOT_ALLOWED);
+        return Tunnel::Refused(StatusCode::METHOD_NOT_ALLOWED);
     }
     let target = request
         .uri()
@@ -143,7 +213,7 @@ async fn connect(
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
     let Some(target) = target else {
         counters.fail(Failure::HboneTargetRefused);
-        return answer(StatusCode::BAD_REQUEST);
+        return Tunnel::Refused(StatusCode::BAD_REQUEST);
     };
     // The target must be a pod this node serves, under the identity this connection's
     // certificate claimed: a client cannot reach other pods through an accepted connection.
@@ -154,12 +224,12 @@ async fn connect(
     let Some(destination) = destination.filter(|_| !ports::is_proxy_port(target.port())) else {
         tracing::info!(pod = %context.pod, %target, %peer, "HBONE CONNECT for a target this pod does not serve");
         counters.fail(Failure::HboneTargetRefused);
-        return answer(StatusCode::MISDIRECTED_REQUEST);
+        return Tunnel::Refused(StatusCode::MISDIRECTED_REQUEST);
     };
     let counters = &destination.counters.inbound;
     counters.connections.inc();
     let snapshot = destination.registry.snapshot();
-    let source = claimed_source(&request, &snapshot, peer).unwrap_or(client);
+    let source = claimed_source(request, &snapshot, peer).unwrap_or(client);
     let peer_info = PeerInfo {
         principal: Some(peer.to_string()),
         ip: source.ip(),
@@ -183,14 +253,14 @@ async fn connect(
         counters,
     );
     if admitted.is_err() {
-        return answer(StatusCode::FORBIDDEN);
+        return Tunnel::Refused(StatusCode::FORBIDDEN);
     }
     let delivered = match deliver(&destination, target, source).await {
         Ok(delivered) => delivered,
         Err(e) => {
             tracing::debug!(pod = %destination.pod, %target, error = %e, "delivering an HBONE stream failed");
             counters.fail(Failure::UpstreamConnect);
-            return answer(StatusCode::SERVICE_UNAVAILABLE);
+            return Tunnel::Refused(StatusCode::SERVICE_UNAVAILABLE);
         }
     };
     let registration = track(
@@ -210,75 +280,85 @@ async fn connect(
         carries,
     );
     if !held {
-        return answer(StatusCode::FORBIDDEN);
+        return Tunnel::Refused(StatusCode::FORBIDDEN);
     }
-    let upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        let upgraded = match upgrade.await {
-            Ok(upgraded) => TokioIo::new(upgraded),
-            Err(e) => {
-                tracing::debug!(error = %e, "HBONE stream upgrade failed");
-                return;
-            }
-        };
-        let Some(protocol) = http else {
-            let counters = &destination.counters.inbound;
-            tokio::select! {
-                _ = relay_stream(delivered.stream, upgraded, counters) => {}
-                _ = registration.closed() => {}
-            }
-            return;
-        };
-        let (stream, is_http) = sniff::decide_buffered(upgraded, protocol).await;
-        if is_http {
-            let inbound = Inbound {
-                pod: destination,
-                peer: peer_info,
-                peer_address: source,
-                destination: target,
-                protocol,
-            };
-            serve_inbound(stream, delivered.stream, inbound, registration).await;
-            return;
+    Tunnel::Admitted(Box::new(Admitted {
+        destination,
+        delivered,
+        registration,
+        peer_info,
+        source,
+        target,
+        http,
+    }))
+}
+
+/// Relays an admitted stream to its app: bytes as they are, or requests judged one by one.
+async fn relay_admitted(admitted: Admitted, stream: HboneStream) {
+    let Admitted {
+        destination,
+        delivered,
+        registration,
+        peer_info,
+        source,
+        target,
+        http,
+    } = admitted;
+    let counters = &destination.counters.inbound;
+    let Some(protocol) = http else {
+        tokio::select! {
+            _ = relay_tunnel(delivered.stream, stream, counters) => {}
+            _ = registration.closed() => {}
         }
-        // Not HTTP after all: the connection-level decision applies.
-        let snapshot = destination.registry.snapshot();
-        let counters = &destination.counters.inbound;
-        let workload = &destination.workload;
-        if admit_counted(
-            &snapshot,
-            workload,
-            &peer_info,
-            port,
+        return;
+    };
+    let (stream, is_http) = sniff::decide_buffered(stream, protocol).await;
+    if is_http {
+        let inbound = Inbound {
+            pod: destination,
+            peer: peer_info,
+            peer_address: source,
+            destination: target,
+            protocol,
+        };
+        serve_inbound(stream, delivered.stream, inbound, registration).await;
+        return;
+    }
+    // Not HTTP after all: the connection-level decision applies.
+    let snapshot = destination.registry.snapshot();
+    let port = target.port();
+    if admit_counted(
+        &snapshot,
+        &destination.workload,
+        &peer_info,
+        port,
+        Transport::Hbone,
+        Carries::Opaque,
+        counters,
+    )
+    .is_ok()
+    {
+        drop(registration);
+        let registration = track(
+            &destination,
             Transport::Hbone,
+            peer_info,
+            source,
+            target,
             Carries::Opaque,
-            counters,
-        )
-        .is_ok()
-        {
-            drop(registration);
-            let registration = track(
-                &destination,
-                Transport::Hbone,
-                peer_info,
-                source,
-                target,
-                Carries::Opaque,
-            );
-            tokio::select! {
-                _ = relay_stream(delivered.stream, stream, counters) => {}
-                _ = registration.closed() => {}
-            }
+        );
+        tokio::select! {
+            _ = relay_stream(delivered.stream, stream, counters) => {}
+            _ = registration.closed() => {}
         }
-    });
-    answer(StatusCode::OK)
+    }
 }
 
 /// The app address the client says the stream comes from (`Forwarded: for="ip:port"`),
 /// believed only if that address belongs to a workload with the client's verified identity;
 /// a pooled connection carries streams of every pod of that identity on the client's node.
 fn claimed_source(
-    request: &Request<Incoming>,
+    request: &Request<RecvStream>,
     snapshot: &Snapshot,
     peer: &SpiffeId,
 ) -> Option<SocketAddr> {

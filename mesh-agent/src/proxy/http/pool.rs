@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 
 use super::super::circuit::{Limit, Overflow, Permit};
 use super::super::dial::{self, Security};
+use super::super::early::Early;
 use super::super::policy::Carries;
 use super::super::PodContext;
 use super::body::ReplayBody;
@@ -252,6 +253,7 @@ async fn open(target: Target<'_>) -> Result<(dial::UpstreamIo, Security, Guard),
         target.app,
         Carries::Http,
         timeout,
+        &mut Early::none(),
     )
     .await
     .map_err(SendError::Connect)?;

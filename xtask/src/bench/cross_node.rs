@@ -22,6 +22,7 @@ use super::cpu::{machine_ticks, Ticks};
 use super::cross_bed::{
     CrossBed, Way, CLIENT_POD, ECHO_PORT, NODE_1, NODE_2, SERVER_POD, SINK_PORT,
 };
+use super::cross_iperf;
 use super::evidence::{hbone_numbers, hbone_peers, passive_opens, rises, transports, Wire};
 use super::machine::{Machine, Noise};
 use super::report::{self, Compare, Row, Target};
@@ -114,6 +115,12 @@ pub fn run(bins: &Path, agent: &Path, plan: &Plan) -> Result<CrossNode> {
             r.measure(way, SINK_PORT, args, secs, Some(n as u64))
         })?);
     }
+    progress("cross-node: iperf3 single stream (a cross-check with an outside tool)");
+    let iperf = cross_iperf::start_servers(&run.bed.server, &run.bed.dserver).and_then(|servers| {
+        let measured = cross_iperf::single_stream(&mut run, plan.stream_secs);
+        drop(servers);
+        measured
+    });
     progress("cross-node: new connections per second");
     let (secs, concurrency) = (plan.connect_secs, plan.concurrency);
     let (cr_direct, cr_mesh) = run.rotated(|r, way| {
@@ -133,7 +140,7 @@ pub fn run(bins: &Path, agent: &Path, plan: &Plan) -> Result<CrossNode> {
     let note = transport.target_note();
     let cpu1 = CpuPerGb::of(&s1_direct, &s1_mesh);
     let cpu4 = CpuPerGb::of(&s4_direct, &s4_mesh);
-    let rows = vec![
+    let mut rows = vec![
         Row::new(format!("{label}: single-stream throughput"), "Gbit/s")
             .values(
                 median(&s1_direct, "gbit_per_s"),
@@ -185,6 +192,19 @@ pub fn run(bins: &Path, agent: &Path, plan: &Plan) -> Result<CrossNode> {
         .values(cpu1.direct_total, cpu1.mesh_total, Compare::Ratio),
     ];
 
+    if let Ok((direct, mesh)) = &iperf {
+        // Beside the throughput rows it cross-checks.
+        let row = Row::new(
+            format!("{label}: iperf3 single-stream throughput ⁸"),
+            "Gbit/s",
+        )
+        .values(
+            median(direct, "gbit_per_s"),
+            median(mesh, "gbit_per_s"),
+            Compare::Ratio,
+        );
+        rows.insert(2, row);
+    }
     let mut notes = vec![path_note(
         transport,
         &mesh_runs,
@@ -193,9 +213,13 @@ pub fn run(bins: &Path, agent: &Path, plan: &Plan) -> Result<CrossNode> {
     )];
     notes.push(footnotes(transport));
     notes.push(cpu_note(&[("single stream", &cpu1), ("4 streams", &cpu4)]));
+    notes.push(match &iperf {
+        Ok(_) => cross_iperf::NOTE.to_string(),
+        Err(e) => format!("⁸ iperf3 not measured: {e:#}"),
+    });
     notes.push(noise_note(&run.noise));
     notes.append(&mut run.warnings);
-    notes.push(runs_note(&[
+    let mut series = vec![
         ("1 KiB round trip p50 (µs)", "p50_us", &rr_direct, &rr_mesh),
         ("1 KiB round trip p99 (µs)", "p99_us", &rr_direct, &rr_mesh),
         (
@@ -211,7 +235,11 @@ pub fn run(bins: &Path, agent: &Path, plan: &Plan) -> Result<CrossNode> {
             &s4_mesh,
         ),
         ("new connections/s", "per_s", &cr_direct, &cr_mesh),
-    ]));
+    ];
+    if let Ok((direct, mesh)) = &iperf {
+        series.push(("iperf3 single stream (Gbit/s)", "gbit_per_s", direct, mesh));
+    }
+    notes.push(runs_note(&series));
     notes.push(HOW.to_string());
     run.raw.insert(
         "latency".into(),
@@ -225,6 +253,12 @@ pub fn run(bins: &Path, agent: &Path, plan: &Plan) -> Result<CrossNode> {
         "stream_4".into(),
         json!({"direct": s4_direct, "mesh": s4_mesh}),
     );
+    if let Ok((direct, mesh)) = &iperf {
+        run.raw.insert(
+            "iperf3_stream_1".into(),
+            json!({"direct": direct, "mesh": mesh}),
+        );
+    }
     run.raw.insert(
         "connect_rate".into(),
         json!({"direct": cr_direct, "mesh": cr_mesh}),
@@ -273,9 +307,9 @@ pub fn json_rows(result: &Result<CrossNode>) -> Vec<Value> {
     report::json_rows_or_failure(rows, format!("{ROW_PREFIX}: HBONE across two agents"))
 }
 
-struct Runner<'a> {
-    bed: CrossBed,
-    plan: &'a Plan,
+pub(super) struct Runner<'a> {
+    pub(super) bed: CrossBed,
+    pub(super) plan: &'a Plan,
     noise: Vec<Noise>,
     warnings: Vec<String>,
     raw: Map<String, Value>,
@@ -396,6 +430,21 @@ impl Runner<'_> {
         seconds: f64,
         connections: Option<u64>,
     ) -> Result<Value> {
+        let pod_tool = self.bed.pod_tool.clone();
+        self.measure_with(&pod_tool, way, app_port, args, seconds, connections)
+    }
+
+    /// [`measure`](Self::measure) with another client `program` (it must print JSON: one
+    /// object on its last line, or as its whole output).
+    pub(super) fn measure_with(
+        &mut self,
+        program: &Path,
+        way: Way,
+        app_port: u16,
+        args: Vec<String>,
+        seconds: f64,
+        connections: Option<u64>,
+    ) -> Result<Value> {
         let agents = self.bed.agent_pids();
         ensure!(agents.len() == 2, "an agent is not running");
         let noise = Noise::sample_excluding(&agents);
@@ -405,7 +454,7 @@ impl Runner<'_> {
         let server_pod = self.bed.server_pod_pid();
         let accepted_before = passive_opens(server_pod);
         let cpu_before = CpuReading::take(&agents, sink);
-        let (mut out, wire) = self.tool(way, app_port, &args, seconds)?;
+        let (mut out, wire) = self.tool(program, way, app_port, &args, seconds)?;
         let cpu = CpuReading::take(&agents, sink).since(&cpu_before);
         let accepted = passive_opens(server_pod).saturating_sub(accepted_before);
         let after = Reading::take(&self.bed)?;
@@ -484,6 +533,7 @@ impl Runner<'_> {
     /// Runs the client to completion, sampling the server pod's sockets every 200 ms.
     fn tool(
         &self,
+        program: &Path,
         way: Way,
         app_port: u16,
         args: &[String],
@@ -495,7 +545,7 @@ impl Runner<'_> {
         };
         let pod = self.bed.client_pod(way);
         let timeout = Duration::from_secs_f64(seconds + 60.0);
-        let mut child = pod.spawn(&self.bed.pod_tool, args)?;
+        let mut child = pod.spawn(program, args)?;
         let started = Instant::now();
         let mut wire = Wire::default();
         // One sample right away, so even a run shorter than the interval has one.
@@ -537,7 +587,8 @@ impl Runner<'_> {
                 Way::Direct => String::new(),
             };
             bail!(
-                "pod-tool {} in pod {} failed ({}): {stderr}{logs}",
+                "{} {} in pod {} failed ({}): {stderr}{logs}",
+                program.display(),
                 args.join(" "),
                 pod.name(),
                 out.status
@@ -545,7 +596,10 @@ impl Runner<'_> {
         }
         let line = stdout.lines().last().unwrap_or_default();
         let mut value: Value = serde_json::from_str(line)
-            .with_context(|| format!("pod-tool {args:?} printed no JSON: {stdout:?}"))?;
+            .or_else(|_| serde_json::from_str(&stdout))
+            .with_context(|| {
+                format!("{} {args:?} printed no JSON: {stdout:?}", program.display())
+            })?;
         if !stderr.is_empty() {
             value["stderr"] = Value::String(stderr);
         }
@@ -566,7 +620,7 @@ impl Runner<'_> {
     }
 
     /// Direct and mesh, `repeats` times, alternating which goes first.
-    fn rotated(
+    pub(super) fn rotated(
         &mut self,
         mut one: impl FnMut(&mut Self, Way) -> Result<Value>,
     ) -> Result<(Vec<Value>, Vec<Value>)> {
@@ -607,7 +661,8 @@ impl Runner<'_> {
         let mut tries = Vec::new();
         loop {
             let before = Reading::take(&self.bed)?;
-            let (_, wire) = self.tool(Way::Mesh, ECHO_PORT, &args, 10.0)?;
+            let pod_tool = self.bed.pod_tool.clone();
+            let (_, wire) = self.tool(&pod_tool, Way::Mesh, ECHO_PORT, &args, 10.0)?;
             let after = Reading::take(&self.bed)?;
             let hbone = rises(&before.hbone, &after.hbone);
             let kind = path_kind(&wire, &hbone);

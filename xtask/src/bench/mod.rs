@@ -29,6 +29,7 @@ mod capture;
 mod churn;
 mod cpu;
 mod cross_bed;
+mod cross_iperf;
 mod cross_node;
 mod evidence;
 mod http;

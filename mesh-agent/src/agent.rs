@@ -50,6 +50,8 @@ pub struct Agent {
     pub cgroup_id: u64,
     /// Handing the pods to a successor agent (upgrade), or draining after SIGTERM.
     pub handover: crate::handover::Handover,
+    /// The previous agent's cgroup id while it drains (kept out of capture until it exits).
+    pub predecessor_cgroup: parking_lot::Mutex<Option<u64>>,
     /// Listeners the previous agent handed over, by pod uid, until the pod is resumed.
     pub inherited: parking_lot::Mutex<
         std::collections::HashMap<
@@ -57,4 +59,14 @@ pub struct Agent {
             Vec<(crate::handover::ListenerRole, std::net::TcpListener)>,
         >,
     >,
+}
+
+impl Agent {
+    /// The cgroup ids of the agents running on the node: this one, and its predecessor while
+    /// that drains.
+    pub fn live_agents(&self) -> Vec<u64> {
+        std::iter::once(self.cgroup_id)
+            .chain(*self.predecessor_cgroup.lock())
+            .collect()
+    }
 }

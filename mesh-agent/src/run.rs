@@ -25,10 +25,6 @@ use crate::registry::Registry;
 use crate::settings::Settings;
 use crate::sys::fs::{detect_cgroup2_root, require_cgroup2};
 
-/// How long a successor waits for its pods' certificates before taking over anyway (their
-/// HBONE listeners refuse handshakes until then).
-const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
-
 pub async fn run(settings: Settings) -> Result<()> {
     crate::sys::caps::require_agent_capabilities()?;
     // Every proxied connection costs two descriptors; the default soft limit (1024) would cap
@@ -105,7 +101,15 @@ pub async fn run(settings: Settings) -> Result<()> {
         cgroup_id,
         handover: Default::default(),
         inherited: Default::default(),
+        predecessor_cgroup: parking_lot::Mutex::new(
+            inheritance.as_ref().map(|i| i.predecessor_cgroup),
+        ),
     });
+    if inheritance.is_some() {
+        agent.handover.set_predecessor_draining(true);
+        // The old agent accepts on the listeners until this one is ready to.
+        agent.proxy.accepting.send_replace(false);
+    }
     agent.metrics.register_counter(
         "hbone_connections_opened",
         "HBONE (mutual TLS HTTP/2) connections this node opened to other nodes",
@@ -125,6 +129,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         agent.proxy.connections.clone(),
         agent.registry.clone(),
     ));
+    // A successor with no config yet waits for the control plane's before it takes over.
+    let wait_for_config = cached.is_none() && !settings.control_plane.is_empty();
     match &cached {
         Some(state) => control::install(&agent, snapshot, state, origin)?,
         None => install_static(&agent, snapshot, origin, Some(1))?,
@@ -162,7 +168,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     // Listeners of saved pods that were not resumed (gone meanwhile): closed, not kept.
     let unused = std::mem::take(&mut *agent.inherited.lock());
     if !unused.is_empty() {
-        tracing::info!(pods = unused.len(), "closing handed-over listeners of pods not resumed");
+        tracing::info!(
+            pods = unused.len(),
+            "closing handed-over listeners of pods not resumed"
+        );
     }
     // After resume, which saves once every saved pod is back: a save before would forget the
     // pods not resumed yet.
@@ -190,32 +199,11 @@ pub async fn run(settings: Settings) -> Result<()> {
         );
         tokio::spawn(cache.run(agent.clone()));
     }
-    if let Some(inheritance) = inheritance {
-        // The pods' HBONE listeners need certificates before the old agent stops serving.
-        handover::certificates_within(&agent, CERTIFICATE_WAIT).await;
-        let released = inheritance.complete().await?;
+    if let Some(pending) = inheritance {
+        handover::complete_takeover(&agent, pending, wait_for_config).await?;
         if let Some(admin) = admin_listeners.take() {
             serving.extend(admin.serve(agent.clone())?);
         }
-        let agent = agent.clone();
-        let runtime = tokio::runtime::Handle::current();
-        tokio::spawn(async move {
-            let adopting = agent.clone();
-            released
-                .follow(move |connection, pod_side, peer_side| {
-                    runtime.spawn(handover::adopt(
-                        adopting.clone(),
-                        connection,
-                        pod_side,
-                        peer_side,
-                    ));
-                })
-                .await;
-            tracing::info!("the previous agent has exited");
-            if let Err(e) = agent.datapath.maps.keep_agent_cgroups(&[agent.cgroup_id]) {
-                tracing::warn!(error = %format!("{e:#}"), "removing the previous agent's cgroup from MESH_AGENT_CGROUPS");
-            }
-        });
     }
     agent.ready.store(true, Ordering::Release);
     let stop = serving.iter().map(|t| t.abort_handle()).collect::<Vec<_>>();
@@ -245,7 +233,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     if !agent.handover.is_released() {
         // No successor: stop accepting (captured connections are refused from now on, fail
         // closed) and drain the same way. The admin routes stay up meanwhile.
-        agent.handover.freeze();
+        agent.handover.stop();
         agent.stop_serving_pods().await;
     }
     agent.proxy.drain.start();

@@ -193,7 +193,11 @@ pub fn install(
     agent
         .registry
         .replace(snapshot, origin, Some(state.version));
-    agent.datapath.maps.sync_capture_set(&capture)?;
+    // Not once handed over: the successor owns the kernel's capture set (this agent only
+    // drains, its registry still judging the connections it carries).
+    if !agent.handover.is_released() {
+        agent.datapath.maps.sync_capture_set(&capture)?;
+    }
     let health = state
         .health
         .iter()

@@ -4,7 +4,7 @@
 //! the same policy: the connection survives the upgrade. HBONE connections (TLS state in the
 //! old process) drain instead.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use crate::metrics::{Direction, DirectionCounters};
 use crate::proxy::policy::{Carries, PeerInfo, Transport};
 use crate::proxy::relay::relay;
 use crate::proxy::tracker::Registration;
-use crate::proxy::{inbound, PodContext};
+use crate::proxy::{idle, inbound, PodContext};
 
 /// Tells relays to stop for a successor (see `relay::relay`). Clones watch the same signal.
 #[derive(Clone)]
@@ -61,7 +61,9 @@ pub struct TrackedConnection {
     pub carries: Carries,
 }
 
-type Handed = (HandedConnection, OwnedFd, OwnedFd);
+/// A paused connection on its way to the successor; `Served` keeps the drain waiting until
+/// it has been sent.
+type Handed = (HandedConnection, OwnedFd, OwnedFd, super::drain::Served);
 
 /// The running agent's side: the pause signal, and where paused connections go.
 pub struct Handoff {
@@ -91,7 +93,13 @@ impl Handoff {
         receiver
     }
 
-    fn send(&self, handed: HandedConnection, pod_side: TcpStream, peer_side: TcpStream) {
+    fn send(
+        &self,
+        handed: HandedConnection,
+        pod_side: TcpStream,
+        peer_side: TcpStream,
+        served: super::drain::Served,
+    ) {
         let sockets = pod_side
             .into_std()
             .and_then(|pod| Ok((pod, peer_side.into_std()?)));
@@ -99,7 +107,7 @@ impl Handoff {
             return;
         };
         if let Some(queue) = &*self.queue.lock() {
-            let _ = queue.send((handed, pod_side.into(), peer_side.into()));
+            let _ = queue.send((handed, pod_side.into(), peer_side.into(), served));
         }
     }
 }
@@ -124,7 +132,8 @@ pub async fn relay_or_hand_over(
     )
     .await;
     if let Some((pod_side, peer_side)) = relayed.paused {
-        handoff.send(describe(), pod_side, peer_side);
+        let served = context.shared.drain.serve();
+        handoff.send(describe(), pod_side, peer_side, served);
     }
     (relayed.sent, relayed.received)
 }
@@ -164,6 +173,9 @@ pub async fn adopt(
         },
         None => None,
     };
+    // The idle timeout of the mesh (the service's is not known here).
+    let idle_timeout = idle::timeout_for(&context.registry.snapshot(), None);
+    let pod_fd = pod_side.as_raw_fd();
     let _served = context.shared.drain.serve();
     let counters = match handed.direction {
         Direction::Outbound => &context.counters.outbound,
@@ -180,32 +192,35 @@ pub async fn adopt(
     tokio::select! {
         _ = relay_or_hand_over(&context, pod_side, peer_side, counters, peer_counters, describe) => {}
         _ = closed => {}
+        _ = idle::idle_for(pod_fd, idle_timeout) => {}
     }
 }
 
 /// Tracks a handed-over connection in its destination pod, if the current config admits it.
+/// Tracked first, then checked: a config change in between is seen by one or the other.
 fn admitted(destination: &Arc<PodContext>, tracked: &TrackedConnection) -> Option<Registration> {
-    let snapshot = destination.registry.snapshot();
-    let port = tracked.destination.port();
-    if !inbound::still_admitted(
-        destination,
-        &snapshot,
-        &tracked.peer,
-        port,
-        tracked.transport,
-        tracked.carries,
-    ) {
-        tracing::info!(pod = %tracked.pod, peer = %tracked.peer_address, "a handed-over connection the config denies now; closed");
-        return None;
-    }
-    Some(inbound::track(
+    let registration = inbound::track(
         destination,
         tracked.transport,
         tracked.peer.clone(),
         tracked.peer_address,
         tracked.destination,
         tracked.carries,
-    ))
+    );
+    let snapshot = destination.registry.snapshot();
+    let admitted = inbound::still_admitted(
+        destination,
+        &snapshot,
+        &tracked.peer,
+        tracked.destination.port(),
+        tracked.transport,
+        tracked.carries,
+    );
+    if !admitted {
+        tracing::info!(pod = %tracked.pod, peer = %tracked.peer_address, "a handed-over connection the config denies now; closed");
+        return None;
+    }
+    Some(registration)
 }
 
 fn stream(fd: OwnedFd) -> std::io::Result<TcpStream> {

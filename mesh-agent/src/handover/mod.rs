@@ -42,6 +42,8 @@ pub use wire::{socket_path, Listener};
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::agent::Agent;
 use crate::datapath::Layout;
 
@@ -60,6 +62,10 @@ pub enum Message {
     },
     Refused {
         reason: String,
+        /// Try again once the running agent has exited (it is stopping, or its own
+        /// predecessor still drains); otherwise give up.
+        #[serde(default)]
+        wait: bool,
     },
     Take,
     /// The agent's own listeners, as descriptors in this order: admin TCP, admin socket,
@@ -96,9 +102,56 @@ pub enum ListenerRole {
     Hbone,
 }
 
+/// How long a successor waits for its config and its pods' certificates before taking over
+/// anyway (HBONE listeners refuse handshakes without a certificate).
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The successor's last steps: once it has config (from the control plane, when it had none
+/// cached) and its pods' certificates, tell the old agent, start accepting, and take the
+/// relayed connections the old agent hands over until it has exited; then its cgroup is
+/// forgotten.
+pub async fn complete_takeover(
+    agent: &Arc<Agent>,
+    pending: successor::Pending,
+    wait_for_config: bool,
+) -> anyhow::Result<()> {
+    if wait_for_config {
+        // The placeholder installed at start stays until the first push replaces it.
+        let placeholder = agent.registry.source();
+        let configured = async {
+            while agent.registry.source().origin == placeholder.origin {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(READY_WAIT, configured).await.is_err() {
+            tracing::warn!("no config from the control plane yet; taking over anyway");
+        }
+    }
+    certificates_within(agent, READY_WAIT).await;
+    let released = pending.complete().await?;
+    agent.proxy.accepting.send_replace(true);
+    let agent = agent.clone();
+    let runtime = tokio::runtime::Handle::current();
+    tokio::spawn(async move {
+        let adopting = agent.clone();
+        released
+            .follow(move |connection, pod_side, peer_side| {
+                runtime.spawn(adopt(adopting.clone(), connection, pod_side, peer_side));
+            })
+            .await;
+        tracing::info!("the previous agent has exited");
+        *agent.predecessor_cgroup.lock() = None;
+        agent.handover.set_predecessor_draining(false);
+        if let Err(e) = agent.datapath.maps.keep_agent_cgroups(&agent.live_agents()) {
+            tracing::warn!(error = %format!("{e:#}"), "removing the previous agent's cgroup from MESH_AGENT_CGROUPS");
+        }
+    });
+    Ok(())
+}
+
 /// Waits until every enrolled pod has a certificate (with a control plane), at most
 /// `timeout`: a successor that serves a pod's HBONE listener without one refuses handshakes.
-pub async fn certificates_within(agent: &Agent, timeout: std::time::Duration) {
+async fn certificates_within(agent: &Agent, timeout: std::time::Duration) {
     if !agent.identities.has_signer() {
         return;
     }

@@ -27,7 +27,13 @@ pub struct Handover {
     /// From a successor's `Take` until it gives up or the handover ends: enrollments are
     /// refused (the CNI plugin retries), so the pods handed over are all there are.
     frozen: AtomicBool,
-    /// The listeners are the successor's (or closed, on SIGTERM): this agent only drains.
+    /// SIGTERM: this agent stops without a successor. One that comes meanwhile waits until
+    /// this process is gone, then starts afresh.
+    stopping: AtomicBool,
+    /// This agent's own predecessor still drains: a successor waits until it is gone, so no
+    /// more than two agents ever share the node (and `MESH_AGENT_CGROUPS`).
+    predecessor_draining: AtomicBool,
+    /// The listeners are the successor's: this agent only drains.
     released: tokio::sync::watch::Sender<bool>,
 }
 
@@ -36,8 +42,25 @@ impl Handover {
         self.frozen.load(Ordering::Acquire)
     }
 
-    pub fn freeze(&self) {
+    /// SIGTERM: enrollments refused for good, successors told to wait for this exit.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
         self.frozen.store(true, Ordering::Release);
+    }
+
+    pub fn set_predecessor_draining(&self, draining: bool) {
+        self.predecessor_draining.store(draining, Ordering::Release);
+    }
+
+    /// Why a successor must wait before it can take over, if it must.
+    fn busy(&self) -> Option<&'static str> {
+        if self.stopping.load(Ordering::Acquire) {
+            Some("this agent is stopping (SIGTERM) and drains; start once it has exited")
+        } else if self.predecessor_draining.load(Ordering::Acquire) {
+            Some("this agent's own predecessor is still draining")
+        } else {
+            None
+        }
     }
 
     pub fn is_released(&self) -> bool {
@@ -94,13 +117,28 @@ pub fn serve(
                     continue;
                 }
             };
-            if agent.handover.is_released() {
-                let _ = channel.send(
-                    &Message::Refused {
-                        reason: "this agent has already handed over and is draining".into(),
-                    },
-                    &[],
-                );
+            let _ = channel.set_write_timeout(STEP_TIMEOUT);
+            let _ = channel.set_read_timeout(STEP_TIMEOUT);
+            // Read first: an answer sent before the successor has written would end its write.
+            match channel.recv() {
+                Ok((Message::Hello { version: theirs }, _)) => {
+                    tracing::info!(successor = %theirs, "a successor asks to take over")
+                }
+                Ok((other, _)) => {
+                    tracing::warn!(message = ?other, "unexpected first handover message; ignored");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "a successor went away before saying hello");
+                    continue;
+                }
+            }
+            if let Some(reason) = agent.handover.busy() {
+                let refusal = Message::Refused {
+                    reason: reason.into(),
+                    wait: true,
+                };
+                let _ = channel.send(&refusal, &[]);
                 continue;
             }
             match converse(&agent, &channel, &own, &runtime) {
@@ -115,7 +153,18 @@ pub fn serve(
                     return;
                 }
                 Err(e) => {
-                    agent.handover.frozen.store(false, Ordering::Release);
+                    // Told, in case it is still there: it must not take over now.
+                    let refusal = Message::Refused {
+                        reason: format!("the handover failed: {e:#}"),
+                        wait: false,
+                    };
+                    let _ = channel.send(&refusal, &[]);
+                    let stopping = agent.handover.stopping.load(Ordering::Acquire);
+                    agent.handover.frozen.store(stopping, Ordering::Release);
+                    // A successor that got as far as registering its cgroup is gone.
+                    if let Err(e) = agent.datapath.maps.keep_agent_cgroups(&agent.live_agents()) {
+                        tracing::warn!(error = %format!("{e:#}"), "cleaning MESH_AGENT_CGROUPS after a failed handover");
+                    }
                     tracing::warn!(error = %format!("{e:#}"), "a successor did not take over; this agent keeps serving");
                 }
             }
@@ -128,7 +177,8 @@ pub fn serve(
 fn hand_over_connections(agent: &Agent, channel: &Channel) {
     let paused = agent.proxy.handoff.start();
     let mut handed = 0usize;
-    while let Ok((connection, pod_side, peer_side)) = paused.recv() {
+    // `_served` counts the connection as served (the drain waits for it) until it is sent.
+    while let Ok((connection, pod_side, peer_side, _served)) = paused.recv() {
         let sent = channel.send(
             &Message::Connection(connection),
             &[pod_side.as_fd(), peer_side.as_fd()],
@@ -147,13 +197,6 @@ fn hand_over_connections(agent: &Agent, channel: &Channel) {
 
 /// One successor, up to its `Ready`.
 fn converse(agent: &Agent, channel: &Channel, own: &OwnListeners, runtime: &Handle) -> Result<()> {
-    channel.set_read_timeout(STEP_TIMEOUT)?;
-    match channel.recv()? {
-        (Message::Hello { version: theirs }, _) => {
-            tracing::info!(successor = %theirs, "a successor asks to take over")
-        }
-        (other, _) => bail!("unexpected handover message {other:?}"),
-    }
     channel.send(
         &Message::Welcome {
             version: version(),
@@ -170,7 +213,7 @@ fn converse(agent: &Agent, channel: &Channel, own: &OwnListeners, runtime: &Hand
         (Message::Take, _) => {}
         (other, _) => bail!("unexpected handover message {other:?}"),
     }
-    agent.handover.freeze();
+    agent.handover.frozen.store(true, Ordering::Release);
     runtime.block_on(offer(agent, channel, own))?;
     channel.set_read_timeout(READY_TIMEOUT)?;
     match channel
@@ -185,7 +228,16 @@ fn converse(agent: &Agent, channel: &Channel, own: &OwnListeners, runtime: &Hand
 /// Sends the agent's and every pod's listeners, as saved: under the pods lock, with
 /// enrollment frozen, so the state file the successor resumes from lists exactly these pods.
 async fn offer(agent: &Agent, channel: &Channel, own: &OwnListeners) -> Result<()> {
+    // Enrollments under way finish (or fail at their commit, seeing the freeze) first: one
+    // finishing after the handover would change pods the successor serves.
+    let settled = tokio::time::timeout(2 * crate::pods::PREPARE_TIMEOUT, agent.enrolling.settled());
+    if settled.await.is_err() {
+        bail!("enrollments under way did not finish");
+    }
     let pods = agent.pods.lock().await;
+    if agent.handover.busy().is_some() {
+        bail!("this agent started stopping (SIGTERM)");
+    }
     agent.save(&pods)?;
     channel.send(
         &Message::Agent {

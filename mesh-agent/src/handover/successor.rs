@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::wire::{socket_path, Channel, Listener};
+use super::wire::{socket_path, Channel, Listener, Received};
 use super::{version, HandedConnection, ListenerRole, Message, Place};
 use crate::admin::AdminListeners;
 use crate::datapath::Layout;
@@ -46,25 +46,38 @@ pub async fn take_over(
         .context("the handover thread")?
 }
 
+/// How long a successor waits for a stopping (or still draining) agent to exit.
+const WAIT_FOR_EXIT: Duration = Duration::from_secs(180);
+
 fn converse(path: &Path, layout: &Layout, place: &Place) -> Result<Option<Inheritance>> {
-    let Some(channel) = Channel::connect(path)? else {
-        return Ok(None);
-    };
-    channel.set_read_timeout(ANSWER_TIMEOUT)?;
-    channel.send(&Message::Hello { version: version() }, &[])?;
-    let (predecessor_version, running, running_place) = match channel.recv()? {
-        (
-            Message::Welcome {
-                version,
-                layout,
-                place,
-            },
-            _,
-        ) => (version, layout, place),
-        (Message::Refused { reason }, _) => {
-            bail!("the running agent refused to hand over: {reason}")
+    let waiting_since = std::time::Instant::now();
+    let (channel, predecessor_version, running, running_place) = loop {
+        let Some(channel) = Channel::connect(path)? else {
+            return Ok(None);
+        };
+        channel.set_read_timeout(ANSWER_TIMEOUT)?;
+        channel.set_write_timeout(ANSWER_TIMEOUT)?;
+        channel.send(&Message::Hello { version: version() }, &[])?;
+        match channel.recv()? {
+            (
+                Message::Welcome {
+                    version,
+                    layout,
+                    place,
+                },
+                _,
+            ) => break (channel, version, layout, place),
+            (Message::Refused { reason, wait }, _) => {
+                if !wait || waiting_since.elapsed() > WAIT_FOR_EXIT {
+                    bail!("the running agent refused to hand over: {reason}");
+                }
+                if waiting_since.elapsed() < Duration::from_secs(1) {
+                    tracing::info!(%reason, "waiting for the running agent to exit");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            (other, _) => bail!("unexpected handover answer {other:?}"),
         }
-        (other, _) => bail!("unexpected handover answer {other:?}"),
     };
     layout.check_against(&running).with_context(|| {
         format!("taking over from the running agent (version {predecessor_version})")
@@ -98,8 +111,11 @@ fn converse(path: &Path, layout: &Layout, place: &Place) -> Result<Option<Inheri
     let mut pods = HashMap::new();
     loop {
         match channel.recv()? {
+            // A pod with no listeners (none open: it is bound afresh) is not inherited.
             (Message::Pod { uid, roles }, fds) if fds.len() == roles.len() => {
-                pods.insert(uid, tcp_listeners(roles, fds)?);
+                if !fds.is_empty() {
+                    pods.insert(uid, tcp_listeners(roles, fds)?);
+                }
             }
             (Message::Offered, _) => break,
             (other, fds) => bail!(
@@ -146,17 +162,23 @@ pub struct Released {
 
 impl Pending {
     /// Tells the old agent that this one serves, and waits until it has stopped accepting.
-    /// The handed listeners that are left (pods gone meanwhile) close here.
+    /// An old agent that gave up meanwhile (it answers `Refused`) serves on: this one must
+    /// not, and fails. One that went away cannot accept any more either: this one serves.
     pub async fn complete(self) -> Result<Released> {
         let channel = self.channel;
         tokio::task::spawn_blocking(move || {
             channel.send(&Message::Ready, &[])?;
-            match channel.recv() {
-                Ok((Message::Released, _)) => Ok(Released { channel }),
-                Ok((other, _)) => bail!("unexpected handover message {other:?}"),
-                // Gone: it cannot accept any more either.
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "the old agent went away during the handover");
+            match channel.recv_or_closed() {
+                Ok(Received::Message(message, _)) => match *message {
+                    Message::Released => Ok(Released { channel }),
+                    Message::Refused { reason, .. } => {
+                        bail!("the running agent gave up the handover: {reason}")
+                    }
+                    other => bail!("unexpected handover message {other:?}"),
+                },
+                Ok(Received::Unknown(e)) => Err(e),
+                Ok(Received::Closed) | Err(_) => {
+                    tracing::warn!("the old agent went away during the handover; serving");
                     Ok(Released { channel })
                 }
             }
@@ -168,21 +190,31 @@ impl Pending {
 
 impl Released {
     /// Takes the relayed connections the old agent hands over (`adopt` each) until it has
-    /// exited (its end of the socket closed).
+    /// exited (its end of the socket closed). A message this agent cannot read is skipped.
     pub async fn follow(self, adopt: impl Fn(HandedConnection, OwnedFd, OwnedFd) + Send + 'static) {
         let _ = tokio::task::spawn_blocking(move || {
             let _ = self.channel.set_read_timeout(Duration::ZERO);
             loop {
-                match self.channel.recv() {
-                    Ok((Message::Connection(connection), fds)) if fds.len() == 2 => {
-                        let mut fds = fds.into_iter();
-                        let (pod_side, peer_side) = (fds.next().unwrap(), fds.next().unwrap());
-                        adopt(connection, pod_side, peer_side);
+                match self.channel.recv_or_closed() {
+                    Ok(Received::Message(message, fds)) => match (*message, fds.len()) {
+                        (Message::Connection(connection), 2) => {
+                            let mut fds = fds.into_iter();
+                            let (pod_side, peer_side) = (fds.next().unwrap(), fds.next().unwrap());
+                            adopt(connection, pod_side, peer_side);
+                        }
+                        (other, _) => {
+                            tracing::warn!(message = ?other, "unexpected handover message; ignored")
+                        }
+                    },
+                    Ok(Received::Unknown(e)) => {
+                        tracing::warn!(error = %format!("{e:#}"), "unreadable handover message; ignored")
                     }
-                    Ok((other, _)) => {
-                        tracing::warn!(message = ?other, "unexpected handover message; ignored")
+                    Ok(Received::Closed) => return,
+                    Err(e) => {
+                        // Broken, not closed: the old agent may still run; wait for its end.
+                        tracing::warn!(error = %format!("{e:#}"), "the handover socket failed");
+                        std::thread::sleep(Duration::from_millis(200));
                     }
-                    Err(_) => return,
                 }
             }
         })

@@ -42,13 +42,15 @@ impl Channel {
         }
     }
 
+    /// Zero: none.
     pub fn set_read_timeout(&self, timeout: Duration) -> Result<()> {
-        let micros = timeout.as_micros().min(i64::MAX as u128) as i64;
-        socket::setsockopt(
-            &self.fd,
-            sockopt::ReceiveTimeout,
-            &TimeVal::new(micros / 1_000_000, (micros % 1_000_000) as _),
-        )?;
+        socket::setsockopt(&self.fd, sockopt::ReceiveTimeout, &timeval(timeout))?;
+        Ok(())
+    }
+
+    /// A peer that stops reading must not hold the sender (and the locks it holds) for good.
+    pub fn set_write_timeout(&self, timeout: Duration) -> Result<()> {
+        socket::setsockopt(&self.fd, sockopt::SendTimeout, &timeval(timeout))?;
         Ok(())
     }
 
@@ -77,6 +79,16 @@ impl Channel {
     /// The next message and the descriptors that came with it. The other side closing is an
     /// error naming that.
     pub fn recv(&self) -> Result<(Message, Vec<OwnedFd>)> {
+        match self.recv_or_closed()? {
+            Received::Message(message, fds) => Ok((*message, fds)),
+            Received::Unknown(e) => Err(e),
+            Received::Closed => bail!("the other agent closed the handover socket"),
+        }
+    }
+
+    /// Like [`Self::recv`], telling apart the other side closing and a message this agent
+    /// cannot read (from another version) from a broken socket (an error).
+    pub fn recv_or_closed(&self) -> Result<Received> {
         let mut body = vec![0u8; MAX_MESSAGE];
         let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
         let (len, flags, fds) = {
@@ -105,11 +117,15 @@ impl Channel {
             bail!("a handover message was too large");
         }
         if len == 0 {
-            bail!("the other agent closed the handover socket");
+            return Ok(Received::Closed);
         }
-        let message = serde_json::from_slice(&body[..len])
-            .context("a handover message that is not one this agent knows")?;
-        Ok((message, fds))
+        Ok(match serde_json::from_slice(&body[..len]) {
+            Ok(message) => Received::Message(Box::new(message), fds),
+            Err(e) => Received::Unknown(
+                anyhow::Error::new(e)
+                    .context("a handover message that is not one this agent knows"),
+            ),
+        })
     }
 }
 
@@ -117,6 +133,19 @@ impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// What [`Channel::recv_or_closed`] got.
+pub enum Received {
+    Message(Box<Message>, Vec<OwnedFd>),
+    /// A packet this agent cannot read (its descriptors are closed).
+    Unknown(anyhow::Error),
+    Closed,
+}
+
+fn timeval(timeout: Duration) -> TimeVal {
+    let micros = timeout.as_micros().min(i64::MAX as u128) as i64;
+    TimeVal::new(micros / 1_000_000, (micros % 1_000_000) as _)
 }
 
 /// The listening handover socket.

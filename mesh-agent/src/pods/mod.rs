@@ -14,3 +14,4 @@ pub use enroll::EnrolledPod;
 pub use request::EnrollRequest;
 pub use reserve::Reservations;
 pub use state::{SavedPod, StateStore};
+pub use targets::PREPARE_TIMEOUT;

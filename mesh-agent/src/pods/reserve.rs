@@ -103,6 +103,13 @@ impl Reservations {
 
     /// Cancels the enrollment of `uid` if one is under way, returning what closes once that
     /// enrollment has finished (and undone its work); `None` if `uid` is not being enrolled.
+    /// Resolves once no enrollment or resume is under way.
+    pub async fn settled(&self) {
+        while !self.0.lock().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn cancel(&self, uid: &str) -> Option<watch::Receiver<()>> {
         let mut reserved = self.0.lock();
         let reservation = reserved.get_mut(uid)?;

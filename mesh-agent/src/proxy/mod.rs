@@ -21,7 +21,7 @@ mod dial;
 mod early;
 mod hbone;
 pub mod http;
-mod idle;
+pub(crate) mod idle;
 pub(crate) mod inbound;
 mod outbound;
 pub(crate) mod policy;
@@ -88,6 +88,9 @@ pub struct Shared {
     pub drain: crate::handover::Drain,
     /// Relayed connections paused for a successor agent, on their way to it.
     pub handoff: crate::handover::Handoff,
+    /// Whether the accept loops accept: a successor agent waits (the old one still accepts
+    /// on the same listeners) until it has config and certificates.
+    pub accepting: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Shared {
@@ -100,6 +103,7 @@ impl Default for Shared {
             circuits: Default::default(),
             drain: Default::default(),
             handoff: Default::default(),
+            accepting: tokio::sync::watch::channel(true).0,
         };
         shared.http.telemetry.register(
             "mesh_circuit_breaker_opens",
@@ -238,6 +242,7 @@ async fn accept_loop<Handle, Handled>(
     Handle: Fn(TcpStream, SocketAddr, Arc<PodContext>) -> Handled,
     Handled: std::future::Future<Output = ()> + Send + 'static,
 {
+    let _ = context.shared.accepting.subscribe().wait_for(|a| *a).await;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

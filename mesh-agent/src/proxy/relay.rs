@@ -197,11 +197,12 @@ async fn pump(
     let mut pipe: Option<Pipe> = None;
     tokio::pin!(pause);
     loop {
-        // The pipe is empty here: everything read so far has been written.
+        // The pipe is empty here: everything read so far has been written. The pause first,
+        // or a busy connection would never stop for it.
         tokio::select! {
             biased;
-            readable = from.readable() => readable.map_err(|e| (moved, e))?,
             _ = &mut pause => return Ok(Flow::Paused(moved)),
+            readable = from.readable() => readable.map_err(|e| (moved, e))?,
         }
         let pipe = match &pipe {
             Some(p) => p,

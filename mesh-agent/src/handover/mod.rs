@@ -3,25 +3,32 @@
 //!
 //! The conversation, over `<state-dir>/handover.sock` (`wire.rs`):
 //!
-//! 1. successor → `Hello`; the running agent answers `Welcome` with its map layout (or
-//!    `Refused`: another successor is at it). The successor compares layouts
-//!    (`datapath::Layout`) before touching anything; a mismatch ends the conversation, and the
-//!    running agent carries on as if nothing happened.
+//! 1. successor → `Hello`; the running agent answers `Welcome` with its map layout and where
+//!    it serves (node, bpffs, cgroup root), or `Refused { wait: true }` while it stops
+//!    (SIGTERM) or its own predecessor still drains: the successor retries until that
+//!    process is gone (then it starts afresh), so no more than two agents ever share a node.
+//!    The successor compares layouts (`datapath::Layout`) and places before touching
+//!    anything; a mismatch ends the conversation, and the running agent carries on.
 //! 2. successor → `Take`. The running agent stops taking enrollments (they are answered "try
-//!    again": the CNI plugin retries), saves its pods and sends its own listeners (admin TCP,
-//!    admin socket, handover socket) and each pod's listeners as descriptors.
+//!    again": the CNI plugin retries), lets those under way finish, saves its pods and sends
+//!    its own listeners (admin TCP, admin socket, handover socket) and each pod's listeners
+//!    as descriptors.
 //! 3. The successor loads the programs (replacing the old ones inside the same pinned links),
 //!    resumes the saved pods on the listeners it received (the very sockets sk_lookup and
-//!    connect4 steer to, so nothing queued in them is lost), waits for their certificates,
-//!    and sends `Ready`. Until then both processes could accept; only the old one does.
+//!    connect4 steer to, so nothing queued in them is lost) without accepting yet, waits for
+//!    config (if it had none cached) and the pods' certificates, and sends `Ready`.
 //! 4. The old agent stops accepting (its descriptors close; the sockets live on in the
-//!    successor), stops saving state and following pods, answers `Released`, and drains
-//!    (`Drain`): HTTP/2 and HBONE connections are told to finish (GOAWAY), HTTP/1 ones close
-//!    after their current response, relayed connections finish on their own, and whatever is
-//!    left at the deadline (`--drain-timeout-secs`) is closed when the process exits.
+//!    successor), stops saving state and following pods, leaves the capture set to the
+//!    successor, answers `Released`, and the successor starts accepting. The old agent pauses
+//!    its relayed TCP connections and sends each to the successor (`connections.rs`), and
+//!    drains the rest (`Drain`): HTTP/2 and HBONE connections are told to finish (GOAWAY),
+//!    HTTP/1 ones close after their current response, and whatever is left at the deadline
+//!    (`--drain-timeout-secs`) is closed when the process exits. Its end of the socket
+//!    closing tells the successor it is gone (its cgroup id then leaves the agent set).
 //!
 //! A successor that goes away before `Ready` leaves the running agent serving (it unfreezes
-//! enrollment). A predecessor that goes away after sending its listeners leaves the successor
+//! enrollment and is told nothing else). One whose `Ready` comes too late is told `Refused`
+//! and exits. A predecessor that goes away after sending its listeners leaves the successor
 //! with everything it needs. SIGTERM without a successor drains the same way after closing the
 //! listeners: captured connections are then refused (fail closed) until an agent starts.
 

@@ -3,13 +3,14 @@
 //! so the path behind the proxy is one plain hop: capture is all that differs, and the inbound
 //! hop's CPU cost does not crowd the measurement.
 //!
-//! iptables variant: the client pod's connect4 link is unpinned (which detaches it: the pin is
-//! the link's only reference), and `iptables -t nat -A OUTPUT -p tcp -d <VIP> --dport 80 -j
-//! REDIRECT --to-ports 15001` runs inside the pod's network namespace. The proxy finds no eBPF
-//! entry for the accepted connection and asks netfilter (SO_ORIGINAL_DST). Back to eBPF: the
-//! rule is deleted and the client is unenrolled and enrolled again, which attaches a fresh
-//! connect4. Every run checks the agent's counters: both variants must go through the
-//! outbound proxy, and the iptables one must not be captured by connect4.
+//! iptables variant: the node-wide connect4 link (`<bpffs>/node/`, capture keyed by network
+//! namespace) is unpinned (which detaches it: the pin is the link's only reference), and
+//! `iptables -t nat -A OUTPUT -p tcp -d <VIP> --dport 80 -j REDIRECT --to-ports 15001` runs
+//! inside the pod's network namespace. The proxy finds no eBPF entry for the accepted
+//! connection and asks netfilter (SO_ORIGINAL_DST). Back to eBPF: the rule is deleted and the
+//! agent restarted, which attaches a fresh connect4. Every run checks the agent's counters:
+//! both variants must go through the outbound proxy, and the iptables one must not be captured
+//! by connect4.
 
 use anyhow::{ensure, Context, Result};
 use mesh_common::programs::CONNECT4;
@@ -138,15 +139,15 @@ impl Bench<'_> {
         let timeout = std::time::Duration::from_secs(20);
         match to {
             Expect::OutboundIptables => {
-                let pin = self.bed.client_link_pin(CONNECT4);
+                let pin = self.bed.node_link_pin(CONNECT4);
                 ensure!(
                     pin.exists(),
-                    "the client pod's connect4 link is not pinned at {}",
+                    "the node-wide connect4 link is not pinned at {}",
                     pin.display()
                 );
                 std::fs::remove_file(&pin)
                     .with_context(|| format!("unpinning {}", pin.display()))?;
-                *state = Expect::OutboundIptables; // from here on, switching back needs a re-enroll
+                *state = Expect::OutboundIptables; // from here on, switching back needs a restart
                 self.bed
                     .client
                     .run("iptables", rule("-A"), timeout)
@@ -164,13 +165,12 @@ impl Bench<'_> {
             _ => {
                 // The rule may be missing if adding it failed; the netns goes with the pod.
                 let _ = self.bed.client.run("iptables", rule("-D"), timeout);
-                self.bed
-                    .reenroll_client()
-                    .context("re-enrolling the client pod")?;
+                self.restart_agent()
+                    .context("restarting the agent to attach connect4 again")?;
                 *state = Expect::OutboundEbpf;
                 ensure!(
-                    self.bed.client_link_pin(CONNECT4).exists(),
-                    "re-enrolling did not pin connect4 again"
+                    self.bed.node_link_pin(CONNECT4).exists(),
+                    "the restarted agent did not pin connect4 again"
                 );
             }
         }

@@ -113,7 +113,7 @@ impl Bench<'_> {
 
     /// The link pins of the socket hooks the agent attached to the node-wide cgroup.
     fn node_hook_pins(&self) -> Result<Vec<PathBuf>> {
-        let dir = self.bed.node.bpffs().join("node");
+        let dir = self.bed.node_link_dir();
         let entries =
             std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
         Ok(entries.flatten().map(|e| e.path()).collect())
@@ -121,7 +121,7 @@ impl Bench<'_> {
 
     /// Stops the agent and starts it again: it attaches the node-wide hooks whose pins are
     /// gone and resumes the pods.
-    fn restart_agent(&mut self) -> Result<()> {
+    pub(super) fn restart_agent(&mut self) -> Result<()> {
         self.bed.node.stop_agent()?;
         self.bed.node.start_agent()?;
         ensure!(

@@ -188,13 +188,15 @@ impl Testbed {
         Counters::read(&self.node)
     }
 
-    /// The pinned link of one of the client pod's programs.
-    pub fn client_link_pin(&self, program: &str) -> PathBuf {
-        self.node
-            .bpffs()
-            .join("pods")
-            .join(CLIENT_UID)
-            .join(program)
+    /// Where the socket hooks attached once for the node (capture keyed by network namespace)
+    /// have their link pins.
+    pub fn node_link_dir(&self) -> PathBuf {
+        self.node.bpffs().join("node")
+    }
+
+    /// The pinned link of one of the node-wide socket hooks.
+    pub fn node_link_pin(&self, program: &str) -> PathBuf {
+        self.node_link_dir().join(program)
     }
 
     pub fn pods(&self) -> [&Pod; 4] {
@@ -214,12 +216,6 @@ impl Testbed {
             .into_iter()
             .map(|pod| Ok((pod.short_name().to_string(), time_wait(pod)?)))
             .collect()
-    }
-
-    pub fn reenroll_client(&self) -> Result<()> {
-        self.node.unenroll(CLIENT_UID)?;
-        self.node.enroll(&self.client, CLIENT_UID, "client")?;
-        Ok(())
     }
 }
 

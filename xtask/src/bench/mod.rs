@@ -8,6 +8,8 @@
 //!   throughput and connection rate.
 //! - `churn`: sustained connection churn, client or server closing first.
 //! - `capture`: eBPF connect4 vs iptables REDIRECT in front of the same proxy.
+//! - `node_hooks`: what the node-wide socket hooks cost a connect() outside the mesh.
+//! - `upgrade`: new connections failed while the agent is replaced (restart vs handover).
 //! - `memory`: agent RSS, idle and per idle proxied connection.
 //! - `cross_bed`, `cross_node`, `evidence`: two agents (node-1, node-2) following one control
 //!   plane, a client pod on one and a server pod on the other: HBONE (or, without it,
@@ -41,11 +43,13 @@ mod http_security;
 mod http_tools;
 mod machine;
 mod memory;
+mod node_hooks;
 mod report;
 mod same_node;
 mod scenario;
 mod sections;
 mod testbed;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -55,7 +59,7 @@ use serde_json::json;
 
 use crate::cmd::{progress, workspace_root};
 use crate::setup;
-use machine::Machine;
+use machine::{Machine, Noise};
 use report::{Report, Row};
 use scenario::Plan;
 
@@ -104,6 +108,9 @@ pub enum Only {
     /// Balancing policies per connection, and requests failed while one of three endpoints
     /// is killed under load.
     Balance,
+    /// The control plane at scale (embedded store and etcd): full config and one change
+    /// reaching 100 and 1,000 simulated agents.
+    ControlPlane,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -114,6 +121,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(Only::SameNode) => return same_node_only(args),
         Some(Only::Http) => return http_only(args),
         Some(Only::Balance) => return balance_only(args),
+        Some(Only::ControlPlane) => return control_plane_only(args),
         None => {}
     }
     let (iptables, out_dir, plan) = same_node_setup(&args)?;
@@ -346,16 +354,53 @@ fn leftovers() -> Option<String> {
     (!left.is_empty()).then(|| left.join(", "))
 }
 
+/// `cargo xtask bench control-plane`: only the control-plane section (the last of
+/// results.md), replaced; the rest of results.md and results.json stays.
+fn control_plane_only(args: BenchArgs) -> Result<()> {
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("bench"));
+    let machine = Machine::describe();
+    let load = Noise::sample(None).load1;
+    let started = Instant::now();
+    let rows = crate::bench_control::run(args.quick)
+        .context("control-plane scenario (results.md left unchanged)")?;
+    let text = format!(
+        "{}\nMeasured {} at commit {} in {:.0} s{} (load average {load:.1} when it started).\n",
+        control_plane_section(Ok(rows)),
+        machine.date,
+        machine.git_commit,
+        started.elapsed().as_secs_f64(),
+        if args.quick { ", --quick" } else { "" },
+    );
+    let path = out_dir.join("results.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let kept = old
+        .find(&format!("\n{CONTROL_PLANE_HEADING}"))
+        .map_or(old.as_str(), |at| &old[..at]);
+    std::fs::write(&path, format!("{}\n{}\n", kept.trim_end(), text.trim()))?;
+    println!("{text}");
+    progress(&format!(
+        "updated the control-plane part of {}",
+        path.display()
+    ));
+    Ok(())
+}
+
+const CONTROL_PLANE_HEADING: &str = "## Control plane at scale";
+
 /// The control-plane rows (issue 3's scale targets), as their own table: they compare two
 /// stores rather than the mesh with a direct path.
 fn control_plane_section(result: Result<Vec<crate::bench_control::ControlPlaneRow>>) -> String {
     let rows = match result {
         Ok(rows) => rows,
-        Err(e) => return format!("\n## Control plane at scale\n\nnot measured: {e:#}"),
+        Err(e) => return format!("\n{CONTROL_PLANE_HEADING}\n\nnot measured: {e:#}"),
     };
-    let mut text = String::from(
-        "\n## Control plane at scale\n\n10,000 services and 50,000 workloads (1,000 / 5,000 with \
-         --quick), 100 simulated agents in one process; etcd is a 1-member cluster on loopback. \
+    let mut text = format!(
+        "\n{CONTROL_PLANE_HEADING}\n\n10,000 services and 50,000 workloads (1,000 / 5,000 with \
+         --quick), 100 and 1,000 simulated agents in one process; etcd is a 1-member cluster on \
+         loopback. \
          Raw numbers: control-plane.json.\n\n\
          | what | embedded | etcd (1 member) | target | met? |\n|---|---|---|---|---|\n",
     );

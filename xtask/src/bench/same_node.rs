@@ -42,6 +42,8 @@ pub fn run(agent: &Path, plan: &Plan, iptables: Result<(), String>) -> Result<Sa
     let connect = section(bench.connect_rate(), "new connections per second");
     progress("connect latency: eBPF capture vs iptables REDIRECT");
     let capture = bench.capture(iptables);
+    progress("connect latency of a non-mesh socket: node-wide socket hooks vs none");
+    let node_hooks = bench.node_hooks();
     let idle_after = bench.idle_rss(
         "idle_rss_after_traffic",
         "agent idle RSS after the traffic above",
@@ -59,12 +61,17 @@ pub fn run(agent: &Path, plan: &Plan, iptables: Result<(), String>) -> Result<Sa
         "agent RSS after the held connections closed",
         false,
     );
+    // After everything that reads the agent's memory and counters: the agent is replaced.
+    progress("new connections while the agent is replaced: restart vs handover");
+    let upgrade = bench.upgrade();
 
     let memory = vec![idle, per_conn, idle_after, after_hold];
-    let rows: Vec<Row> = [latency, throughput, connect, capture, memory]
-        .into_iter()
-        .flatten()
-        .collect();
+    let rows: Vec<Row> = [
+        latency, throughput, connect, capture, node_hooks, memory, upgrade,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let mut notes = footnotes(&mesh_path(&bench.raw));
     notes.push(noise_summary(&bench.noise));
     notes.append(&mut bench.notes);

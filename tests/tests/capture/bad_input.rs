@@ -97,10 +97,12 @@ fn bad_enrollments_are_refused_and_the_agent_keeps_serving() {
             MeshNode::enroll_args(&mesh.client, "client-uid", "client"),
             vec!["client-uid".into(), "already enrolled".into()],
         ),
+        // Another pod's address: refused by the declaration check, which comes first (an IP
+        // two Workloads declare is refused when the config is applied).
         (
             with("--ip", &mesh.web.ip().to_string()),
             vec![format!(
-                "IP {} already belongs to enrolled pod default/web",
+                "--ip {} is not an address of Workload default/extra",
                 mesh.web.ip()
             )],
         ),
@@ -110,7 +112,10 @@ fn bad_enrollments_are_refused_and_the_agent_keeps_serving() {
         ),
         (
             with("--uid", "ghost-uid"),
-            vec!["no Workload with uid \"ghost-uid\" is declared".into()],
+            vec![
+                "Workload default/extra is declared with uid \"extra-uid\", not \"ghost-uid\""
+                    .into(),
+            ],
         ),
     ];
     for (args, expected) in &cases {

@@ -278,10 +278,10 @@ Latency: `rr`, 1 KiB echo round trips on one connection after a warm-up. Through
 to a sink, the clock stops when the sink has read everything. Connections: `connect-rate` \
 (connect, 1-byte echo, close; 2 threads; connect() p50/p99 from the same runs; the \
 client closes first; with `--close-first server` against `peer-serve` the server does). iptables \
-variant: the client's pinned connect4 link is removed (which detaches it) and `iptables -t nat \
+variant: the node-wide connect4 link's pin is removed (which detaches it) and `iptables -t nat \
 -A OUTPUT -p tcp -d <VIP> --dport 80 -j REDIRECT --to-ports 15001` added in the client pod; \
-the proxy then finds the destination with SO_ORIGINAL_DST; switching back re-enrolls the \
-client. Memory: VmRSS of the agent process; per connection: RSS growth after `pod-tool hold` \
+the proxy then finds the destination with SO_ORIGINAL_DST; switching back restarts the agent, \
+which attaches connect4 again. Memory: VmRSS of the agent process; per connection: RSS growth after `pod-tool hold` \
 opened N more idle mesh connections (confirmed by the agent's active-connection gauges on \
 both hops), divided by N, over several steps without closing earlier ones; kernel socket \
 buffers are not in RSS. Agent CPU: utime+stime of the agent's threads across each run.";

@@ -96,6 +96,11 @@ async fn relay_to(
     let (upstream, endpoint, _load) = match connected {
         Ok(reached) => reached,
         Err(reason) => {
+            // Bytes read ahead and then refused: reset the app's connection, as closing it
+            // with those bytes still unread would have.
+            if !early.already_read().is_empty() {
+                let _ = app_stream.set_zero_linger();
+            }
             counters.fail(reason);
             return;
         }

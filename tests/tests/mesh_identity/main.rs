@@ -23,7 +23,8 @@
 //!   what the server does not serve is 421, a malformed target 400, a denied one 403, the real
 //!   pod 200 with bytes flowing; proxy ports and methods other than CONNECT are no tunnels.
 //! - `early_data`: bytes sent with a CONNECT before its answer reach the app only once the
-//!   stream is admitted; a refused one's (403, 421) never do.
+//!   stream is admitted; a refused one's (403, 421) never do, and the client app whose bytes
+//!   went ahead is reset, not closed with a FIN.
 //! - `server_identity`: the client's agent refuses an HBONE server that presents another
 //!   identity than the destination workload's, even one the mesh's CA issued.
 //! - `foreign_ca`: agents whose certificates come from different CAs cannot talk (while each

@@ -119,18 +119,19 @@ impl Pool {
         };
         let slot = self.slots.lock().entry(key).or_default().clone();
         let dial = || self.connect(identities, netns, &credential, &target, connect_timeout);
-        let connection = pooled_or_new(&slot, &credential, true, dial).await?;
+        let connection = pooled_or_new(&slot, &credential, None, dial).await?;
         if !early.is_empty() {
             self.early_data.inc();
         }
-        match connect_stream(connection.sender, target.address, source, early).await {
-            // A reused connection may have died since: one retry on a fresh one. The
-            // early bytes went nowhere (the stream failed before any answer), so they are
-            // sent again.
+        let sender = connection.sender.clone();
+        match connect_stream(sender, target.address, source, early).await {
+            // A reused connection may have died since (or be going away: GOAWAY): one retry
+            // on another. The early bytes went nowhere (the stream failed before any
+            // answer), so they are sent again.
             Err(HboneError::Http(e)) => {
                 tracing::debug!(error = %e, "pooled HBONE connection failed; reconnecting");
-                let connection = pooled_or_new(&slot, &credential, false, dial).await?;
-                connect_stream(connection.sender, target.address, source, early).await
+                let retry = pooled_or_new(&slot, &credential, Some(&connection), dial).await?;
+                connect_stream(retry.sender, target.address, source, early).await
             }
             result => result,
         }
@@ -195,13 +196,15 @@ impl Pool {
     }
 }
 
-/// The slot's connection if it is open and was made with `credential` (and `reuse`), else a
-/// new one from `dial`, which then replaces it. The slot's lock makes concurrent callers
-/// share one new connection instead of each dialling.
+/// The slot's connection if it is open, was made with `credential` and is not the one that
+/// just `failed`, else a new one from `dial`, which then replaces it. The slot's lock makes
+/// concurrent callers share one new connection instead of each dialling (also when many
+/// streams fail on a connection going away at once: the first replaces it, the others take
+/// the replacement).
 async fn pooled_or_new<Dial, Dialled>(
     slot: &Slot,
     credential: &Arc<Credential>,
-    reuse: bool,
+    failed: Option<&Connection>,
     dial: Dial,
 ) -> Result<Connection, HboneError>
 where
@@ -211,7 +214,8 @@ where
     let mut pooled = slot.lock().await;
     if let Some(p) = pooled.as_ref() {
         let open = !p.connection.closed.load(Ordering::Acquire);
-        if reuse && open && Arc::ptr_eq(&p.credential, credential) {
+        let failed = failed.is_some_and(|f| Arc::ptr_eq(&f.closed, &p.connection.closed));
+        if open && !failed && Arc::ptr_eq(&p.credential, credential) {
             return Ok(p.connection.clone());
         }
     }

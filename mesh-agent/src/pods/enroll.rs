@@ -17,6 +17,7 @@ use mesh_identity::SpiffeId;
 use tokio::task::JoinHandle;
 
 use super::addresses::SteeredAddresses;
+use super::refusal::{Reason, Refusal};
 use super::reserve::Reservation;
 use super::state::SavedPod;
 use super::targets::{prepare, PreparedPod, Unfit, PREPARE_TIMEOUT};
@@ -395,7 +396,10 @@ impl Agent {
     /// plugin takes this refusal as "try again later".
     fn refuse_while_handing_over(&self, uid: &str) -> Result<()> {
         if self.handover.is_frozen() || self.handover.is_released() {
-            bail!("{uid}: the agent is handing over to its successor (upgrade); try again in a few seconds");
+            let message = format!(
+                "{uid}: the agent is handing over to its successor (upgrade) or stopping; try again in a few seconds"
+            );
+            return Err(Refusal::new(Reason::NotReady, message).into());
         }
         Ok(())
     }

@@ -17,7 +17,8 @@ use super::EnrollRequest;
 pub enum Reason {
     /// No Workload declares the pod yet (its config may still be on its way).
     NotDeclared,
-    /// The agent has no mesh config at all yet (waiting for the control plane).
+    /// The agent has no mesh config at all yet (waiting for the control plane), or is
+    /// handing its pods to a successor (an upgrade) or stopping.
     NotReady,
     /// A Workload is declared for the pod but says otherwise (uid, node, service account,
     /// IPs): waiting does not fix it.

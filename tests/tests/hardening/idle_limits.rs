@@ -457,7 +457,8 @@ fn admin_listeners_close_idle_connections_and_cap_them() {
         ));
         let mut tcp = TcpStream::connect(admin).await.unwrap();
         tcp.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: agent\r\n\r\n").await.unwrap();
-        let response = read_response(&mut tcp, "ready\n").await;
+        // The readiness body is JSON ending with its (empty) pending list.
+        let response = read_response(&mut tcp, "\"pending\":[]}").await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         probes.push((
             format!("admin HTTP {admin}: idle after a keep-alive request"),

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_tests::held::Held;
+use mesh_tests::mesh::MeshNode;
 use mesh_tests::two_nodes::authz_policy;
 use mesh_tests::{require_root, PodProcess};
 
@@ -27,6 +28,17 @@ fn echo_server(mesh: &ClientWeb) -> (PodProcess, SocketAddr) {
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     (server, addr)
+}
+
+/// SIGTERM to the agent (no successor), once it has started draining.
+fn sigterm(node: &mut MeshNode) -> &mut mesh_tests::AgentProcess {
+    let agent = node.agent().unwrap();
+    let pid = nix::unistd::Pid::from_raw(agent.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(mesh_tests::wait_until(T, || agent
+        .log()
+        .contains("draining")));
+    agent
 }
 
 fn connect_rate(mesh: &ClientWeb, addr: SocketAddr, seconds: f64) -> PodProcess {
@@ -154,12 +166,7 @@ fn sigterm_drains_open_connections_and_refuses_new_ones() {
     let mut mesh = ClientWeb::new(52);
     let (_server, addr) = echo_server(&mesh);
     let holder = Held::open(&mesh.client, addr, 8).unwrap();
-    let agent = mesh.node.agent().unwrap();
-    let pid = nix::unistd::Pid::from_raw(agent.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(mesh_tests::wait_until(T, || agent
-        .log()
-        .contains("draining")));
+    let agent = sigterm(&mut mesh.node);
     assert!(agent.is_running(), "the agent exited without draining");
     let during = holder.check().unwrap();
     assert_eq!(
@@ -222,12 +229,7 @@ fn a_successor_during_a_sigterm_drain_waits_and_then_serves() {
     let (_server, addr) = echo_server(&mesh);
     // Keeps the old agent draining until its deadline (3 s in tests).
     let _held = Held::open(&mesh.client, addr, 2).unwrap();
-    let agent = mesh.node.agent().unwrap();
-    let pid = nix::unistd::Pid::from_raw(agent.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(mesh_tests::wait_until(T, || agent
-        .log()
-        .contains("draining")));
+    sigterm(&mut mesh.node);
     let mut old = mesh.node.upgrade_agent().unwrap();
     assert!(
         !old.is_running(),

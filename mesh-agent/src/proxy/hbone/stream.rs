@@ -13,7 +13,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Bytes read from the app per send: one read fills at most this much (then it goes to `h2`
@@ -130,26 +130,32 @@ fn finish(send: &mut SendStream<Bytes>) -> io::Result<()> {
 /// socket relay; an error ends the direction it happens in (a reset is ordinary).
 pub async fn relay(pod_side: TcpStream, stream: HboneStream) -> (u64, u64) {
     let HboneStream { mut send, mut recv } = stream;
-    let (mut pod_read, mut pod_write) = pod_side.into_split();
+    let (pod_read, mut pod_write) = pod_side.into_split();
     let outgoing = async {
         let mut moved = 0u64;
-        let mut buf = BytesMut::new();
         loop {
-            // Each read's bytes go to `h2` as they are; the next read gets a fresh buffer
-            // (or this one back, once `h2` has written it out).
-            buf.reserve(READ_CHUNK);
-            match pod_read.read_buf(&mut buf).await {
-                Ok(0) => {
+            // A buffer only once there is something to read, handed to `h2` whole: an idle
+            // tunnel holds no buffer of its own.
+            let read = match pod_read.readable().await {
+                Ok(()) => {
+                    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+                    pod_read.try_read_buf(&mut buf).map(|n| (n, buf))
+                }
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok((0, _)) => {
                     let _ = finish(&mut send);
                     break;
                 }
-                Ok(n) => {
-                    if let Err(e) = send_all(&mut send, buf.split().freeze()).await {
+                Ok((n, buf)) => {
+                    if let Err(e) = send_all(&mut send, buf.freeze()).await {
                         tracing::debug!(error = %e, "HBONE relay: sending failed");
                         break;
                     }
                     moved += n as u64;
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "HBONE relay: reading the app failed");
                     send.send_reset(Reason::CANCEL);

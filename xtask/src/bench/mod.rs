@@ -379,7 +379,7 @@ fn control_plane_only(args: BenchArgs) -> Result<()> {
     let kept = old
         .find(&format!("\n{CONTROL_PLANE_HEADING}"))
         .map_or(old.as_str(), |at| &old[..at]);
-    std::fs::write(&path, format!("{}\n{}\n", kept.trim_end(), text.trim()))?;
+    std::fs::write(&path, format!("{}\n\n{}\n", kept.trim_end(), text.trim()))?;
     println!("{text}");
     progress(&format!(
         "updated the control-plane part of {}",

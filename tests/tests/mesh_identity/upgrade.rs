@@ -11,7 +11,8 @@ use mesh_tests::{cargo_bin, require_root, wait_until};
 use crate::support::*;
 
 /// Client `a` on node-1 opens connections back to back to `b` on node-2 (HBONE) while first
-/// node-2's agent, then node-1's is upgraded: none fails. Connections held through the old
+/// node-2's agent, then node-1's (its successor without a config cache) is upgraded: none
+/// fails or goes uncaptured. Connections held through the old
 /// agent work during its drain and are closed at its deadline (3 s in tests).
 #[test]
 fn upgrading_either_node_under_cross_node_load_fails_no_connection() {
@@ -24,6 +25,13 @@ fn upgrading_either_node_under_cross_node_load_fails_no_connection() {
     mesh.serve_echo("b", ECHO_PORT);
     let target = mesh.pod("b").addr(ECHO_PORT);
     for node in [1, 0] {
+        // Node-1's successor finds no cached config (a new version that cannot read the old
+        // cache is the same): it must leave the client's capture set alone and wait for the
+        // control plane's config before it takes over.
+        if node == 0 {
+            std::fs::remove_file(mesh.agents[0].state_dir().join("config-cache.json")).unwrap();
+        }
+        let captured = mesh.agents[0].kernel_counter("connect_captured").unwrap();
         let client = &mesh.pod("a").pod;
         let holder = Held::open(client, target, 4).unwrap();
         let rate = client
@@ -62,7 +70,13 @@ fn upgrading_either_node_under_cross_node_load_fails_no_connection() {
             result["errors"], 0,
             "node {node}: connections failed during the upgrade: {result}"
         );
-        assert!(result["connections"].as_u64().unwrap() > 50, "{result}");
+        let made = result["connections"].as_u64().unwrap();
+        assert!(made > 50, "{result}");
+        let rose = mesh.agents[0].kernel_counter("connect_captured").unwrap() - captured;
+        assert!(
+            rose >= made,
+            "node {node}: {made} connections, connect4 captured {rose}"
+        );
         assert!(
             wait_until(Duration::from_secs(10), || !old.is_running()),
             "node {node}: the old agent did not exit after its drain"

@@ -133,11 +133,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     let wait_for_config = cached.is_none() && !settings.control_plane.is_empty();
     match &cached {
         Some(state) => control::install(&agent, snapshot, state, origin)?,
-        // A successor with no usable cache has no config yet, not an empty one: the capture
-        // set the running agent keeps stays as it is until the control plane's first push.
-        None if wait_for_config && agent.predecessor_cgroup.lock().is_some() => {
-            agent.registry.replace(snapshot, origin, Some(1))
-        }
+        // With a control plane and no usable cache this agent has no config yet, not an
+        // empty one: the capture set in the kernel (the running agent's, or what the last one
+        // left) stays as it is until the control plane's first push. Emptying it would let
+        // the pods' connections go around the mesh meanwhile.
+        None if wait_for_config => agent.registry.replace(snapshot, origin, Some(1)),
         None => install_static(&agent, snapshot, origin, Some(1))?,
     }
     // What a successor takes over: the admin listeners (served now at a cold start, so

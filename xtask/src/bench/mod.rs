@@ -33,6 +33,8 @@ mod cpu;
 mod cross_bed;
 mod cross_iperf;
 mod cross_node;
+mod cross_notes;
+mod cross_readings;
 mod evidence;
 mod http;
 mod http_bed;

@@ -21,6 +21,7 @@
 //! - `security_rules`: `meshctl rules add/list` of the security rule (AuthorizationPolicy +
 //!   RequestAuthentication + PeerAuthentication), and the apply warning for HTTP policy
 //!   rules on TCP ports.
+//! - `reboot`: the node credential in `--identity-dir` outlives a wiped state dir.
 //! - `identity`: joining with a token (and every way a token is refused), mTLS required for
 //!   the config stream and certificate signing, workload CSRs only for the node's own
 //!   workloads, meshctl verifying the control plane, root rotation with overlap, and an
@@ -42,6 +43,8 @@ mod jwks;
 mod meshctl;
 #[path = "control_plane/outage.rs"]
 mod outage;
+#[path = "control_plane/reboot.rs"]
+mod reboot;
 #[path = "control_plane/rejected.rs"]
 mod rejected;
 #[path = "control_plane/replicas.rs"]

@@ -30,6 +30,30 @@ fn echo_server(mesh: &ClientWeb) -> (PodProcess, SocketAddr) {
     (server, addr)
 }
 
+/// Starts a new agent that must wait until an agent still draining has exited before it
+/// serves: `draining`, or (None) the one the node runs, stopped by SIGTERM. Returns the agent
+/// it took over from.
+fn upgrade_after_waiting(
+    node: &mut MeshNode,
+    draining: Option<mesh_tests::AgentProcess>,
+) -> mesh_tests::AgentProcess {
+    let mut previous = node.upgrade_agent().unwrap();
+    let exited = match draining {
+        Some(mut draining) => !draining.is_running(),
+        None => !previous.is_running(),
+    };
+    assert!(
+        exited,
+        "the new agent served before the draining one exited"
+    );
+    let log = node.agent().unwrap().log();
+    assert!(
+        log.contains("waiting for the running agent to exit"),
+        "{log}"
+    );
+    previous
+}
+
 /// SIGTERM to the agent (no successor), once it has started draining.
 fn sigterm(node: &mut MeshNode) -> &mut mesh_tests::AgentProcess {
     let agent = node.agent().unwrap();
@@ -230,16 +254,7 @@ fn a_successor_during_a_sigterm_drain_waits_and_then_serves() {
     // Keeps the old agent draining until its deadline (3 s in tests).
     let _held = Held::open(&mesh.client, addr, 2).unwrap();
     sigterm(&mut mesh.node);
-    let mut old = mesh.node.upgrade_agent().unwrap();
-    assert!(
-        !old.is_running(),
-        "the new agent served before the old one exited"
-    );
-    let log = mesh.node.agent().unwrap().log();
-    assert!(
-        log.contains("waiting for the running agent to exit"),
-        "{log}"
-    );
+    upgrade_after_waiting(&mut mesh.node, None);
     mesh.assert_vip_works();
     let status = Status::of(&mesh.node);
     assert_eq!(status.pod_names(), ["default/client", "default/web"]);
@@ -284,17 +299,8 @@ fn back_to_back_upgrades_take_turns() {
         .spawn(pod_tool(), ["http-get", &slow_url])
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let mut first = mesh.node.upgrade_agent().unwrap();
-    let mut second = mesh.node.upgrade_agent().unwrap();
-    assert!(
-        !first.is_running(),
-        "the third agent took over while the first still ran"
-    );
-    let third = mesh.node.agent().unwrap().log();
-    assert!(
-        third.contains("waiting for the running agent to exit"),
-        "{third}"
-    );
+    let first = mesh.node.upgrade_agent().unwrap();
+    let mut second = upgrade_after_waiting(&mut mesh.node, Some(first));
     let answer = slow.wait_output(T).unwrap();
     assert!(
         answer.status.success(),

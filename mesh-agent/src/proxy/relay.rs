@@ -1,21 +1,17 @@
 //! Carrying bytes both ways between the two sides of a proxied connection.
 //!
-//! L4 relaying never needs the bytes in userspace, so they go socket -> pipe -> socket with
-//! splice(2): no copies through the proxy's memory, and no buffers held per connection (a pipe
-//! is created only once data flows, and pipe pages only exist while data is in flight). An
-//! idle proxied connection costs two sockets and a small task.
+//! Between two sockets, each direction is a [`pump`]: small messages through the worker
+//! thread's buffer, bulk transfers with splice(2), and no buffer or pipe held while the
+//! connection is idle. An idle proxied connection costs two sockets and a small task.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::pump::{pump, Flow};
 use crate::handover::Pause;
 use crate::metrics::DirectionCounters;
-
-/// Most bytes moved per splice call (the default pipe capacity).
-const CHUNK: usize = 64 * 1024;
 
 /// What a relay of two sockets did.
 pub struct Relayed {
@@ -65,12 +61,6 @@ pub async fn relay(
         received,
         paused: paused.then_some((pod_side, peer_side)),
     }
-}
-
-/// How a direction of a relay stopped, with the bytes it moved.
-enum Flow {
-    Ended(u64),
-    Paused(u64),
 }
 
 /// Like [`relay`] for a peer side that is not a socket (an HBONE stream): bytes go through
@@ -177,125 +167,11 @@ fn moved<T: Into<u64>>(result: Result<T, (u64, io::Error)>) -> u64 {
     }
 }
 
-impl From<Flow> for u64 {
-    fn from(flow: Flow) -> u64 {
-        match flow {
-            Flow::Ended(bytes) | Flow::Paused(bytes) => bytes,
-        }
-    }
-}
-
-/// Moves `from`'s bytes to `to` until end of stream, then half-closes `to` so the far side
-/// sees the end too; or, once `pause` resolves, stops before the next read. Returns the bytes
-/// moved (also on error).
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    pause: impl std::future::Future<Output = ()>,
-) -> Result<Flow, (u64, io::Error)> {
-    let mut moved = 0u64;
-    let mut pipe: Option<Pipe> = None;
-    tokio::pin!(pause);
-    loop {
-        // The pipe is empty here: everything read so far has been written. The pause first,
-        // or a busy connection would never stop for it.
-        tokio::select! {
-            biased;
-            _ = &mut pause => return Ok(Flow::Paused(moved)),
-            readable = from.readable() => readable.map_err(|e| (moved, e))?,
-        }
-        let pipe = match &pipe {
-            Some(p) => p,
-            None => pipe.insert(Pipe::new().map_err(|e| (moved, e))?),
-        };
-        let filled = match from.try_io(Interest::READABLE, || {
-            splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)
-        }) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                shutdown_write(to);
-                return Err((moved, e));
-            }
-        };
-        let mut in_pipe = filled;
-        while in_pipe > 0 {
-            to.writable().await.map_err(|e| (moved, e))?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), in_pipe)
-            }) {
-                Ok(n) => {
-                    in_pipe -= n;
-                    moved += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err((moved, e)),
-            }
-        }
-    }
-    shutdown_write(to);
-    Ok(Flow::Ended(moved))
-}
-
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl Pipe {
-    fn new() -> io::Result<Pipe> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: fds is a valid out array of two descriptors.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 returned two new descriptors that nobody else owns.
-        Ok(unsafe {
-            Pipe {
-                read: OwnedFd::from_raw_fd(fds[0]),
-                write: OwnedFd::from_raw_fd(fds[1]),
-            }
-        })
-    }
-}
-
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: plain syscall on descriptors owned by the caller; null offsets (streams).
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-fn shutdown_write(stream: &TcpStream) {
-    // SAFETY: valid socket; failure (already closed) is harmless.
-    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::pump::tests::connected;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// Both ends of a new loopback TCP connection.
-    async fn connected() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (client.unwrap(), accepted.unwrap().0)
-    }
 
     /// Two connected pairs (a1<->a2, b1<->b2) with a2 and b1 relayed: bytes written at a1
     /// come out at b2 and back, and a half-close travels through.

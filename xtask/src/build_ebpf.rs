@@ -36,6 +36,9 @@ pub fn build() -> Result<PathBuf> {
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("RUSTC")
             .env_remove("RUSTFLAGS")
+            // The workspace's release LTO is for the userspace binaries; bpf-linker links the
+            // eBPF object itself, as before.
+            .env("CARGO_PROFILE_RELEASE_LTO", "false")
             .args([
                 "+nightly",
                 "build",

@@ -3,11 +3,11 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key;
-use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, SkStorage, SockMap};
+use aya::maps::{HashMap, IterableMap, LpmTrie, MapData, PerCpuArray, SkStorage, SockMap};
 use aya::Ebpf;
 use mesh_common::{ip_words, maps as names, stats, ConnKey, ListenerKind, PodSlot, SockAddr};
 use parking_lot::Mutex;
@@ -219,9 +219,9 @@ impl Maps {
         app: SocketAddr,
     ) -> Option<SocketAddr> {
         let key = ConnKey::new(netns_cookie, SockAddr::from_std(normalise(app)));
-        let mut map = self.orig_dst.lock();
-        let found = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
+        let map = self.orig_dst.lock();
+        let fd = map.map().fd().as_fd();
+        let found: SockAddr = crate::sys::bpf::lookup_and_delete(fd, &key).ok()??;
         found.to_std()
     }
 

@@ -27,7 +27,8 @@ pub async fn connect(
 /// Connects to `target` from inside the pod, from `local_ip`; `prepare` sees the socket before
 /// it connects (so anything it records is there before the peer can accept the connection).
 ///
-/// The port is left to connect() (IP_BIND_ADDRESS_NO_PORT): the kernel then picks one whose
+/// The port is left to connect() (the socket has IP_BIND_ADDRESS_NO_PORT, see
+/// `sys::netns`): the kernel then picks one whose
 /// 4-tuple is free and may reuse a 4-tuple whose earlier connection is in TIME_WAIT
 /// (`net.ipv4.tcp_tw_reuse`). A port chosen at bind() time is never one held by a TIME_WAIT
 /// socket, so a pod whose connections end with the proxy closing first (the client closed
@@ -40,7 +41,6 @@ pub async fn connect_from(
     prepare: impl FnOnce(&TcpSocket) -> io::Result<()>,
 ) -> io::Result<TcpStream> {
     let socket = tokio_socket(netns.socket(target.is_ipv6()).await?);
-    set_bind_address_no_port(&socket)?;
     socket.bind(SocketAddr::new(local_ip, 0))?;
     prepare(&socket)?;
     finish_connect(socket, target, timeout).await
@@ -59,7 +59,6 @@ async fn finish_connect(
                 format!("connect to {target} timed out"),
             )
         })??;
-    stream.set_nodelay(true)?;
     Ok(stream)
 }
 
@@ -76,30 +75,6 @@ pub async fn bind_listener(netns: &NetnsSockets, addr: SocketAddr) -> io::Result
 
 /// IPv6 listeners take IPv6 only; IPv4 has its own listener (and SOCKMAP slot).
 fn set_v6only(socket: &TcpSocket) -> io::Result<()> {
-    set_flag(socket, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
-}
-
-/// bind() takes the address only; connect() picks the port. (An IPv4-level option that IPv6
-/// sockets honour too.)
-fn set_bind_address_no_port(socket: &TcpSocket) -> io::Result<()> {
-    set_flag(socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)
-}
-
-fn set_flag(socket: &TcpSocket, level: libc::c_int, option: libc::c_int) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: valid fd and option buffer.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    use std::os::fd::AsFd;
+    crate::sys::sockopt::enable(socket.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
 }

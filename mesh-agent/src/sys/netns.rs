@@ -110,7 +110,6 @@ impl NetnsSockets {
             .map_err(|_| io::Error::other("netns helper thread is gone"))
     }
 
-    /// A new non-blocking TCP socket in the namespace.
     /// A new TCP socket in the namespace: a spare if there is one (topping the spares up in
     /// the background when they run low), else made on the helper thread.
     pub async fn socket(&self, ipv6: bool) -> io::Result<OwnedFd> {
@@ -198,5 +197,12 @@ fn tcp_socket(ipv6: bool) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fd was just returned by socket() and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Set here, on the helper thread, rather than on the runtime's worker per connection:
+    // every socket of the proxy writes whole messages (Nagle would only delay them), and a
+    // bind() to an address leaves the port to connect() (see `proxy::upstream::connect_from`;
+    // no effect on listeners, which bind a port).
+    sockopt::enable(fd.as_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY)?;
+    sockopt::enable(fd.as_fd(), libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)?;
+    Ok(fd)
 }

@@ -7,6 +7,25 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// The eBPF programs key per-pod state by this cookie (`bpf_get_netns_cookie`).
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
+/// Sets an integer socket option to 1.
+pub fn enable(fd: BorrowedFd<'_>, level: libc::c_int, option: libc::c_int) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd and option buffer.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            option,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;

@@ -153,7 +153,6 @@ impl Pool {
         let tcp = crate::proxy::upstream_connect(netns, hbone, connect_timeout)
             .await
             .map_err(HboneError::Connect)?;
-        let _ = tcp.set_nodelay(true);
         let name = ServerName::IpAddress(target.address.ip().into());
         let handshake = TlsConnector::from(config).connect(name, tcp);
         let tls = tokio::time::timeout(super::HANDSHAKE_TIMEOUT, handshake)

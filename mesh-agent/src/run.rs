@@ -211,6 +211,10 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
     }
     agent.ready.store(true, Ordering::Release);
+    // What start-up allocated and freed (the eBPF object, the config) goes back now, and
+    // whatever a burst of connections leaves behind later.
+    crate::sys::heap::release_free_heap().await;
+    tokio::spawn(crate::sys::heap::release_free_heap_periodically());
     let stop = serving.iter().map(|t| t.abort_handle()).collect::<Vec<_>>();
     handover::serve(agent.clone(), handover_listener, own_listeners, {
         let agent = agent.clone();

@@ -4,6 +4,7 @@
 pub mod bpf;
 pub mod caps;
 pub mod fs;
+pub mod heap;
 pub mod netlink;
 pub mod netns;
 pub mod sockopt;

@@ -24,7 +24,8 @@
 //! - `reboot`: the node credential in `--identity-dir` outlives a wiped state dir.
 //! - `identity`: joining with a token (and every way a token is refused), mTLS required for
 //!   the config stream and certificate signing, workload CSRs only for the node's own
-//!   workloads, meshctl verifying the control plane, root rotation with overlap, and an
+//!   workloads, meshctl verifying the control plane.
+//! - `rotation`: root rotation with overlap, an agent that missed one, and an
 //!   operator-supplied root.
 //!
 //! Needs root (and `/usr/bin/etcd` for the etcd test); run with `--test-threads=1` after
@@ -49,6 +50,8 @@ mod reboot;
 mod rejected;
 #[path = "control_plane/replicas.rs"]
 mod replicas;
+#[path = "control_plane/rotation.rs"]
+mod rotation;
 #[path = "control_plane/security_rules.rs"]
 mod security_rules;
 #[path = "control_plane/support.rs"]

@@ -301,6 +301,22 @@ impl MeshNode {
         )?;
         Ok(())
     }
+
+    /// [`reload_config`](Self::reload_config), then waits until the agent serves the new
+    /// config (its version rose). For a config the agent must accept: a rejected one fails
+    /// here after the timeout.
+    pub fn reload_config_and_wait(&mut self, config_yaml: &str) -> Result<()> {
+        let version = crate::observe::AgentStatus::of(self).config_version();
+        self.reload_config(config_yaml)?;
+        crate::wait_until_ok(Duration::from_secs(10), || {
+            let now = crate::observe::AgentStatus::of(self).config_version();
+            anyhow::ensure!(
+                now > version,
+                "config version still {now}, not above {version}"
+            );
+            Ok(())
+        })
+    }
 }
 
 impl Drop for MeshNode {

@@ -174,7 +174,13 @@ fn a_second_agent_takes_over_without_refusing_a_connection() {
         "deny-all",
         "  selector: {app: web}\n  action: DENY\n  rules:\n  - {}\n",
     );
-    mesh.node.reload_config(&config).unwrap();
+    mesh.node.reload_config_and_wait(&config).unwrap();
+    // The tracker re-checks open connections on the new snapshot's tick, just after the
+    // version rises: wait for the web pod's inbound gauge to empty before asking the app.
+    let closed = mesh_tests::wait_until(T, || {
+        Status::of(&mesh.node).pod("default/web", "inbound", "active") == 0
+    });
+    assert!(closed, "{:?}", Status::of(&mesh.node).0);
     let after_deny = denied.check().unwrap();
     assert_eq!(
         after_deny["alive"], 0,
@@ -288,7 +294,7 @@ fn back_to_back_upgrades_take_turns() {
     config += "---\napiVersion: mesh/v1\nkind: Service\nmetadata: {name: slow}\nspec:\n  \
                vips: [\"10.96.0.30\"]\n  ports: [{port: 80, targetPort: 8081, protocol: http}]\n  \
                selector: {app: web}\n";
-    mesh.node.reload_config(&config).unwrap();
+    mesh.node.reload_config_and_wait(&config).unwrap();
     let held = Held::open(&mesh.client, addr, 8).unwrap();
     let rate = connect_rate(&mesh, addr, 6.0);
     std::thread::sleep(Duration::from_millis(300));

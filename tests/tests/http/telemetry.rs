@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use mesh_tests::mesh::MeshNode;
-use mesh_tests::observe::AgentStatus;
 use mesh_tests::two_nodes::metrics;
 use mesh_tests::{require_root, temp_dir, wait_until, wait_until_ok};
 use serde_json::Value;
@@ -248,17 +247,10 @@ fn metrics_and_access_log_match_the_requests_made() {
     assert_eq!(timeout["rule_name"], "slow", "{timeout}");
 
     // Access log off (the file path stays): requests are still counted, no line is added.
-    let version = AgentStatus::of(&mesh.node).config_version();
     let config = std::fs::read_to_string(mesh.node.config_path()).unwrap();
     let off = config.replace("accessLog: {enabled: true", "accessLog: {enabled: false");
     assert_ne!(off, config);
-    mesh.node.reload_config(&off).unwrap();
-    wait_until_ok(T, || {
-        let now = AgentStatus::of(&mesh.node).config_version();
-        anyhow::ensure!(now > version, "config version still {now}");
-        Ok(())
-    })
-    .unwrap();
+    mesh.node.reload_config_and_wait(&off).unwrap();
     for _ in 0..3 {
         let r = show(&mesh.client, &format!("http://{VIP}/"), &[]);
         assert_eq!(r.status, 200, "{r:?}");

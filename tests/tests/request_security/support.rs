@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use mesh_tests::jwt::{claims, jwks, SigningKey};
 use mesh_tests::mesh::{workload_yaml, MeshNode};
-use mesh_tests::observe::{grpc_server, http_server, pod_tool_json, AgentStatus};
+use mesh_tests::observe::{grpc_server, http_server, pod_tool_json};
 use mesh_tests::two_nodes::authz_policy;
 use mesh_tests::{temp_dir, wait_until, wait_until_ok, Bridge, Pod, PodProcess, TempDir};
 use serde_json::Value;
@@ -189,16 +189,9 @@ impl Bed {
     /// Replaces the policies (and RequestAuthentications) and waits until the agent serves
     /// the new config.
     pub fn set_policies(&mut self, policies: &str) {
-        let version = AgentStatus::of(&self.node).config_version();
         self.node
-            .reload_config(&(self.base.clone() + policies))
+            .reload_config_and_wait(&(self.base.clone() + policies))
             .unwrap();
-        wait_until_ok(T, || {
-            let now = AgentStatus::of(&self.node).config_version();
-            anyhow::ensure!(now > version, "config version still {now}");
-            Ok(())
-        })
-        .unwrap();
     }
 
     /// A request from `client` to Service `web` (`path` with query): the same-node path.

@@ -15,6 +15,9 @@ pub const T: Duration = Duration::from_secs(10);
 pub const VIP: &str = "10.96.0.20";
 /// The HTTP port apps listen on (the service's targetPort).
 pub const APP_PORT: u16 = 8080;
+/// The echo server's port in web (pod IPs are captured: the client reaches it through the
+/// mesh, delivered on the same node).
+pub const ECHO_PORT: u16 = 9090;
 
 pub fn pod_tool() -> &'static str {
     env!("CARGO_BIN_EXE_pod-tool")
@@ -206,4 +209,18 @@ pub fn passive_opens(pod: &Pod) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// An echo server in web on [`ECHO_PORT`], and its address as the client dials it.
+pub fn echo_server(mesh: &ClientWeb) -> (PodProcess, SocketAddr) {
+    let addr = SocketAddr::new(mesh.web.ip(), ECHO_PORT);
+    let server = mesh
+        .web
+        .spawn(
+            pod_tool(),
+            ["echo-serve", "--listen", &format!("0.0.0.0:{ECHO_PORT}")],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    (server, addr)
 }

@@ -13,23 +13,6 @@ use mesh_tests::{require_root, PodProcess};
 
 use crate::support::*;
 
-/// The echo server's port in web (pod IPs are captured: the client reaches it through the
-/// mesh, delivered on the same node).
-const ECHO_PORT: u16 = 9090;
-
-fn echo_server(mesh: &ClientWeb) -> (PodProcess, SocketAddr) {
-    let addr = SocketAddr::new(mesh.web.ip(), ECHO_PORT);
-    let server = mesh
-        .web
-        .spawn(
-            pod_tool(),
-            ["echo-serve", "--listen", &format!("0.0.0.0:{ECHO_PORT}")],
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    (server, addr)
-}
-
 /// Starts a new agent that must wait until an agent still draining has exited before it
 /// serves: `draining`, or (None) the one the node runs, stopped by SIGTERM. Returns the agent
 /// it took over from.

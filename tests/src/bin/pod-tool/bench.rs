@@ -35,10 +35,14 @@ pub fn rr(
     let mut s = connect(addr, timeout)?;
     // Without it Nagle + delayed ACK would add ~40 ms to some round trips.
     s.set_nodelay(true)?;
-    let req = vec![0xA5u8; size];
+    let mut req = vec![0u8; size];
     let mut resp = vec![0u8; size];
     let mut samples = Vec::with_capacity(count);
     for i in 0..warmup + count {
+        // Different bytes every round, so a reordered, lost or repeated piece shows.
+        for (j, byte) in req.iter_mut().enumerate() {
+            *byte = (j.wrapping_mul(7).wrapping_add(i)) as u8;
+        }
         let t = Instant::now();
         s.write_all(&req)
             .with_context(|| format!("write (round trip {i})"))?;
@@ -47,8 +51,11 @@ pub fn rr(
         if i >= warmup {
             samples.push(t.elapsed().as_secs_f64() * 1e6);
         }
+        anyhow::ensure!(
+            resp == req,
+            "round trip {i}: the echo differs from what was sent"
+        );
     }
-    anyhow::ensure!(resp == req, "echo returned different bytes");
     let mean = samples.iter().sum::<f64>() / samples.len() as f64;
     samples.sort_by(f64::total_cmp);
     print_json(json!({

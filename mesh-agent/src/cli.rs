@@ -115,11 +115,6 @@ pub struct RunArgs {
     /// environment only (the runtime starts before the settings file is read).
     #[arg(long, env = "MESH_AGENT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
-    /// Same-node legs (app <-> proxy over a pod's loopback) handed socket to socket by an
-    /// sk_msg program instead of through loopback TCP. Experimental, off by default: see
-    /// docs/ARCHITECTURE.md ("sk_msg redirection, measured") for what it gains and costs.
-    #[arg(long, env = "MESH_AGENT_SOCKMAP_REDIRECT")]
-    pub sockmap_redirect: bool,
 }
 
 #[derive(Args)]

@@ -71,11 +71,6 @@ pub async fn run(settings: Settings) -> Result<()> {
     };
     // After the config is known to be good: a bad file changes nothing in the kernel.
     let datapath = Datapath::load(&settings.bpffs, settings.capture_capacity)?;
-    datapath.redirect_loopback(settings.sockmap_redirect)?;
-    if settings.sockmap_redirect {
-        // Redirected bytes wait in a queue splice(2) does not read.
-        crate::proxy::pump::copy_only();
-    }
     let agents: Vec<u64> = std::iter::once(cgroup_id)
         .chain(inheritance.as_ref().map(|i| i.predecessor_cgroup))
         .collect();

@@ -25,7 +25,6 @@ pub struct SettingsFile {
     connect_timeout_ms: Option<u64>,
     drain_timeout_secs: Option<u64>,
     identity_dir: Option<PathBuf>,
-    sockmap_redirect: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -47,8 +46,6 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// How long a stopping agent (handed over, or SIGTERM) lets its connections finish.
     pub drain_timeout: Duration,
-    /// Same-node legs redirected by sk_msg (experimental).
-    pub sockmap_redirect: bool,
 }
 
 impl Settings {
@@ -125,7 +122,6 @@ impl Settings {
                     .or(file.drain_timeout_secs)
                     .unwrap_or(50),
             ),
-            sockmap_redirect: args.sockmap_redirect || file.sockmap_redirect.unwrap_or(false),
         })
     }
 }

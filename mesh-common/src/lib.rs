@@ -35,7 +35,6 @@ pub mod programs {
     pub const GETPEERNAME6: &str = "mesh_getpeername6";
     pub const SOCK_OPS: &str = "mesh_sock_ops";
     pub const SK_LOOKUP: &str = "mesh_sk_lookup";
-    pub const SK_MSG: &str = "mesh_sk_msg";
 }
 
 /// Names of the maps in the eBPF object (also their pin names under `<bpffs>/maps/`).
@@ -65,22 +64,6 @@ pub mod maps {
     pub const POD_NETNS: &str = "MESH_POD_NETNS";
     /// cgroup v2 ids of this node's agents, whose own sockets are never captured.
     pub const AGENT_CGROUPS: &str = "MESH_AGENT_CGROUPS";
-    /// Node-wide switches the programs read, indexed by [`settings`](super::settings).
-    pub const SETTINGS: &str = "MESH_SETTINGS";
-    /// SOCKHASH of the loopback TCP sockets in enrolled pods' namespaces (app <-> proxy and
-    /// proxy <-> app legs), keyed by [`SocketPairKey`](super::SocketPairKey), while
-    /// `settings::SOCKMAP_REDIRECT` is on: `sk_msg` hands a message straight to the other
-    /// end's receive queue instead of through loopback TCP.
-    pub const LOOPBACK_SOCKETS: &str = "MESH_LOOPBACK_SOCKETS";
-    /// The keys `LOOPBACK_SOCKETS` holds, readable by `sk_msg`.
-    pub const LOOPBACK_KEYS: &str = "MESH_LOOPBACK_KEYS";
-}
-
-/// Indices into `MESH_SETTINGS` (u32 each, 0 = off).
-pub mod settings {
-    /// Same-node loopback legs redirected by `sk_msg` (`--sockmap-redirect`).
-    pub const SOCKMAP_REDIRECT: u32 = 0;
-    pub const COUNT: u32 = 4;
 }
 
 /// Sizes of the maps. Pods per node are bounded by `MAX_PODS`.
@@ -90,9 +73,6 @@ pub mod limits {
     pub const MAX_AGENTS: u32 = 8;
     pub const MAX_CAPTURE_PREFIXES: u32 = 65536;
     pub const MAX_TRACKED_CONNECTIONS: u32 = 262144;
-    /// Loopback sockets (two per same-node leg) in `LOOPBACK_SOCKETS`; past it a socket
-    /// simply stays on loopback TCP.
-    pub const MAX_LOOPBACK_SOCKETS: u32 = 65536;
 }
 
 /// Indices into the per-CPU counter array.
@@ -156,16 +136,6 @@ impl ConnKey {
     }
 }
 
-/// Key of `LOOPBACK_SOCKETS`: one end of a TCP connection, as that end sees it, inside one
-/// network namespace. The other end's key swaps `local` and `remote`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct SocketPairKey {
-    pub netns_cookie: u64,
-    pub local: SockAddr,
-    pub remote: SockAddr,
-}
-
 /// Value of `POD_BY_IP`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -202,7 +172,6 @@ mod user {
     unsafe impl aya::Pod for SockAddr {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for PodSlot {}
-    unsafe impl aya::Pod for SocketPairKey {}
 }
 
 #[cfg(feature = "user")]

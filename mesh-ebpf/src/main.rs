@@ -7,9 +7,6 @@
 //!   proxy delivered sees the real client (found by `delivered` on the proxy's own socket).
 //! - `sk_lookup`: inbound capture of TCP arriving on the pod's interface.
 //!
-//! - `loopback`: same-node legs handed socket to socket by `sk_msg` instead of loopback TCP
-//!   (`--sockmap-redirect`, off by default).
-//!
 //! - `scope`: the socket hooks are attached once per node and act only in enrolled pods'
 //!   network namespaces, never on an agent's own sockets.
 //!
@@ -21,7 +18,6 @@ mod addr;
 mod connect;
 mod delivered;
 mod getpeername;
-mod loopback;
 mod maps;
 mod scope;
 mod sk_lookup;

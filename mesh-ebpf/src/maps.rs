@@ -7,9 +7,9 @@ use core::cell::UnsafeCell;
 use aya_ebpf::{
     bindings::{bpf_map_def, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, SockMap},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
 };
-use mesh_common::{limits, ConnKey, PodSlot, SockAddr, SocketPairKey, LISTENERS_PER_POD};
+use mesh_common::{limits, ConnKey, PodSlot, SockAddr, LISTENERS_PER_POD};
 
 #[map(name = "MESH_CAPTURE_V4")]
 pub static CAPTURE_V4: LpmTrie<u32, u8> = LpmTrie::pinned(limits::MAX_CAPTURE_PREFIXES, 0);
@@ -49,26 +49,6 @@ pub static POD_NETNS: HashMap<u64, u32> = HashMap::pinned(limits::MAX_PODS, 0);
 /// in pod namespaces (delivery, upstream connections) are never captured.
 #[map(name = "MESH_AGENT_CGROUPS")]
 pub static AGENT_CGROUPS: HashMap<u64, u8> = HashMap::pinned(limits::MAX_AGENTS, 0);
-
-#[map(name = "MESH_SETTINGS")]
-pub static SETTINGS: Array<u32> = Array::pinned(mesh_common::settings::COUNT, 0);
-
-#[map(name = "MESH_LOOPBACK_SOCKETS")]
-pub static LOOPBACK_SOCKETS: SockHash<SocketPairKey> =
-    SockHash::pinned(limits::MAX_LOOPBACK_SOCKETS, 0);
-
-/// The keys `LOOPBACK_SOCKETS` holds, in a map programs can read: `sk_msg` may not look a
-/// socket up (it could not release the reference), and redirecting to a missing key drops
-/// the message. Entries go when their socket closes (`sock_ops` state callback).
-#[map(name = "MESH_LOOPBACK_KEYS")]
-pub static LOOPBACK_KEYS: HashMap<SocketPairKey, u8> =
-    HashMap::pinned(limits::MAX_LOOPBACK_SOCKETS, 0);
-
-/// Whether the node-wide switch `index` (`mesh_common::settings`) is on.
-#[inline(always)]
-pub fn setting(index: u32) -> bool {
-    SETTINGS.get(index).is_some_and(|v| *v != 0)
-}
 
 #[map(name = "MESH_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(mesh_common::stats::COUNT, 0);

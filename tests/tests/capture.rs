@@ -35,8 +35,6 @@ mod lifecycle;
 mod outbound;
 #[path = "capture/reload.rs"]
 mod reload;
-#[path = "capture/sockmap.rs"]
-mod sockmap;
 #[path = "capture/support.rs"]
 mod support;
 #[path = "capture/upgrade.rs"]

@@ -6,7 +6,6 @@
 
 mod attach;
 mod layout;
-mod loopback;
 mod maps;
 mod peer_client;
 
@@ -18,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use aya::programs::{CgroupSockAddr, SkLookup, SkMsg, SockOps};
+use aya::programs::{CgroupSockAddr, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use mesh_common::programs as prog;
 use parking_lot::Mutex;
@@ -71,9 +70,6 @@ impl Datapath {
         program::<SkLookup>(&mut ebpf, prog::SK_LOOKUP)?
             .load()
             .context("loading sk_lookup (verifier)")?;
-        program::<SkMsg>(&mut ebpf, prog::SK_MSG)?
-            .load()
-            .context("loading sk_msg (verifier)")?;
         let maps = Arc::new(Maps::take(&mut ebpf)?);
         Ok(Datapath {
             programs: Mutex::new(ebpf),

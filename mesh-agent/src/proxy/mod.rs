@@ -25,7 +25,7 @@ pub(crate) mod idle;
 pub(crate) mod inbound;
 mod outbound;
 pub(crate) mod policy;
-pub(crate) mod pump;
+mod pump;
 pub(crate) mod relay;
 pub mod request_security;
 mod telemetry;

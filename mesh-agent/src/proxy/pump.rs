@@ -18,7 +18,6 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -29,15 +28,6 @@ const COPY_BUFFER: usize = 16 * 1024;
 
 /// Most bytes moved per splice call (the default pipe capacity).
 const SPLICE_CHUNK: usize = 64 * 1024;
-
-/// Off with `--sockmap-redirect`: bytes an sk_msg program redirected wait in the socket's
-/// BPF queue, which recv(2) reads and splice(2) never sees.
-static SPLICE: AtomicBool = AtomicBool::new(true);
-
-/// Every direction stays in copy mode from now on.
-pub fn copy_only() {
-    SPLICE.store(false, Ordering::Relaxed);
-}
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; COPY_BUFFER].into_boxed_slice());
@@ -83,7 +73,7 @@ pub async fn pump(
         match step {
             Ok(Step::Moved { bytes, bulk }) => {
                 moved += bytes as u64;
-                if bulk && pipe.is_none() && SPLICE.load(Ordering::Relaxed) {
+                if bulk && pipe.is_none() {
                     pipe = Some(Pipe::new().map_err(|e| (moved, e))?);
                 }
             }

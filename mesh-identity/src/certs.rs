@@ -178,7 +178,7 @@ impl Credential {
             received: SystemTime::now(),
         };
         // Catches a key that does not belong to the certificate before a handshake does.
-        rustls::crypto::ring::sign::any_supported_type(&credential.key)
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&credential.key)
             .context("private key: unsupported key type")?;
         Ok(credential)
     }

@@ -27,10 +27,9 @@ pub async fn connect(
 /// Connects to `target` from inside the pod, from `local_ip`; `prepare` sees the socket before
 /// it connects (so anything it records is there before the peer can accept the connection).
 ///
-/// The port is left to connect() (the socket has IP_BIND_ADDRESS_NO_PORT, see
-/// `sys::netns`): the kernel then picks one whose
-/// 4-tuple is free and may reuse a 4-tuple whose earlier connection is in TIME_WAIT
-/// (`net.ipv4.tcp_tw_reuse`). A port chosen at bind() time is never one held by a TIME_WAIT
+/// The port is left to connect() (the socket has IP_BIND_ADDRESS_NO_PORT, set in
+/// `sys::netns`): the kernel then picks one whose 4-tuple is free and may reuse a 4-tuple
+/// whose earlier connection is in TIME_WAIT (`net.ipv4.tcp_tw_reuse`). A port chosen at bind() time is never one held by a TIME_WAIT
 /// socket, so a pod whose connections end with the proxy closing first (the client closed
 /// first) would run out of ports after one port range per TIME_WAIT period (60 s).
 pub async fn connect_from(

@@ -75,33 +75,30 @@ fn root_rotation_keeps_the_agent_connected() {
         "the agent never dropped the old root"
     );
     // The stream lives on.
-    mesh.cp
-        .apply(&service_yaml(
-            "other",
-            &[ip("10.96.0.23")],
-            80,
-            APP_PORT,
-            "web",
-        ))
-        .unwrap();
-    wait_synced(&mesh.cp, &mesh.node);
+    apply_and_sync(&mesh, 80);
     // New connections trust only the new root, both ways.
     mesh.cp.stop().unwrap();
     mesh.cp.start_process().unwrap();
     wait_synced(&mesh.cp, &mesh.node);
     mesh.node.stop_agent().unwrap();
     mesh.node.start_agent().unwrap();
+    apply_and_sync(&mesh, 81);
+    assert_eq!(mesh.get_vip_through_mesh(vip()), "web");
+}
+
+/// Applies Service `other` (selecting web) on `port` and waits until the agent has it: a
+/// change the control plane can only push over a working stream.
+fn apply_and_sync(mesh: &Mesh, port: u16) {
     mesh.cp
         .apply(&service_yaml(
             "other",
             &[ip("10.96.0.23")],
-            81,
+            port,
             APP_PORT,
             "web",
         ))
         .unwrap();
     wait_synced(&mesh.cp, &mesh.node);
-    assert_eq!(mesh.get_vip_through_mesh(vip()), "web");
 }
 
 /// An agent that was down during a whole rotation holds only the old root: it cannot
